@@ -1,1 +1,20 @@
-//! placeholder
+//! The Hush vault: encrypted store, key hierarchy, CA, the admin gRPC API, and the `hush` CLI.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod ca;
+pub mod cli;
+pub mod client;
+pub mod crypto;
+pub mod fsutil;
+pub mod hardening;
+pub mod identity;
+pub mod init;
+pub mod keyring;
+pub mod layout;
+pub mod model;
+pub mod objects;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod vault;

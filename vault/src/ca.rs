@@ -1,0 +1,165 @@
+//! The vault's certificate authority: the CA itself, the server certificate, and client
+//! certificates whose Organizational Unit names their role (admin or node).
+
+use crate::crypto::sha256_hex;
+use crate::fsutil::{create_private_dir, write_private_atomic};
+use crate::layout::DataDir;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use std::fs;
+use std::path::Path;
+use time::{Duration, OffsetDateTime};
+
+/// OU of admin client certificates.
+pub const ADMIN_OU: &str = "hush-admin";
+/// OU of node client certificates.
+pub const NODE_OU: &str = "hush-node";
+
+const CA_VALIDITY: Duration = Duration::days(3650);
+const LEAF_VALIDITY: Duration = Duration::days(1825);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("CA file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("invalid PEM in {0}")]
+    Pem(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+    move |source| CaError::Io { path: path.display().to_string(), source }
+}
+
+/// A PEM certificate and its PEM private key.
+pub struct CertifiedKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn validity(params: &mut CertificateParams, length: Duration) {
+    let now = OffsetDateTime::now_utc();
+    // A little slack for clocks that disagree by a few minutes.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + length;
+}
+
+/// The CA, loaded to sign.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+impl CertificateAuthority {
+    /// A new self-signed CA.
+    pub fn generate() -> Result<Self, CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "Hush CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, CA_VALIDITY);
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+    }
+
+    pub fn load(dir: &DataDir) -> Result<Self, CaError> {
+        let cert_pem = fs::read_to_string(dir.ca_cert()).map_err(io_err(&dir.ca_cert()))?;
+        let key_pem = fs::read_to_string(dir.ca_key()).map_err(io_err(&dir.ca_key()))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(Self { issuer, cert_pem })
+    }
+
+    pub fn save(&self, dir: &DataDir) -> Result<(), CaError> {
+        create_private_dir(&dir.ca_dir()).map_err(io_err(&dir.ca_dir()))?;
+        write_private_atomic(&dir.ca_key(), self.issuer.key().serialize_pem().as_bytes()).map_err(io_err(&dir.ca_key()))?;
+        write_private_atomic(&dir.ca_cert(), self.cert_pem.as_bytes()).map_err(io_err(&dir.ca_cert()))
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// SHA-256 of the CA certificate's DER, hex: what a join token pins.
+    pub fn fingerprint(&self) -> Result<String, CaError> {
+        fingerprint_pem(&self.cert_pem)
+    }
+
+    /// The server certificate: valid for `localhost`, loopback and every advertised address.
+    pub fn issue_server(&self, advertise: &[String]) -> Result<CertifiedKey, CaError> {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        for addr in advertise {
+            let host = host_of(addr);
+            if !names.iter().any(|n| n == host) {
+                names.push(host.to_string());
+            }
+        }
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, "hush-vault");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A client certificate: CN = identity, OU = role.
+    pub fn issue_client(&self, common_name: &str, role_ou: &str) -> Result<CertifiedKey, CaError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.distinguished_name.push(DnType::OrganizationalUnitName, role_ou);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<CertifiedKey, CaError> {
+        validity(&mut params, LEAF_VALIDITY);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// `host:port`, `[v6]:port` or a bare host → the host.
+pub fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => addr,
+    }
+}
+
+/// SHA-256 of the first certificate's DER in a PEM text, hex.
+pub fn fingerprint_pem(pem: &str) -> Result<String, CaError> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| CaError::Pem("certificate".into()))?;
+    Ok(sha256_hex(&parsed.contents))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_handles_ports_and_ipv6() {
+        assert_eq!(host_of("vault.example:7443"), "vault.example");
+        assert_eq!(host_of("10.0.0.1"), "10.0.0.1");
+        assert_eq!(host_of("[::1]:7443"), "::1");
+        assert_eq!(host_of("::1"), "::1");
+    }
+
+    #[test]
+    fn ca_round_trips_and_signs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let ca = CertificateAuthority::generate().unwrap();
+        ca.save(&dir).unwrap();
+        let loaded = CertificateAuthority::load(&dir).unwrap();
+        assert_eq!(loaded.fingerprint().unwrap(), ca.fingerprint().unwrap());
+        let client = loaded.issue_client("admin", ADMIN_OU).unwrap();
+        assert!(client.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+}

@@ -1,0 +1,69 @@
+//! Output for people (aligned tables, relative times) and for machines (stable JSON).
+
+use chrono::{DateTime, Utc};
+use std::io::Write;
+use tabwriter::TabWriter;
+
+/// `--format`: `table` for people, `json` for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Writes rows as columns separated by at least three spaces, as Docker does.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut out = TabWriter::new(std::io::stdout().lock()).padding(3);
+    writeln!(out, "{}", header.join("\t"))?;
+    for row in rows {
+        writeln!(out, "{}", row.join("\t"))?;
+    }
+    out.flush()
+}
+
+pub fn print_json(value: &serde_json::Value) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)
+}
+
+/// "3 minutes ago", worded as Docker's (go-units `HumanDuration`).
+pub fn ago(when: &str, now: DateTime<Utc>) -> String {
+    match DateTime::parse_from_rfc3339(when) {
+        Ok(t) => format!("{} ago", human_duration((now - t.with_timezone(&Utc)).num_seconds().max(0))),
+        Err(_) => when.to_string(),
+    }
+}
+
+fn human_duration(seconds: i64) -> String {
+    let (minutes, hours) = (seconds / 60, seconds / 3600);
+    match seconds {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        _ if minutes == 1 => "About a minute".into(),
+        _ if minutes < 60 => format!("{minutes} minutes"),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", hours / 24 / 365),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_dockers() {
+        assert_eq!(human_duration(0), "Less than a second");
+        assert_eq!(human_duration(45), "45 seconds");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(600), "10 minutes");
+        assert_eq!(human_duration(3 * 3600), "3 hours");
+        assert_eq!(human_duration(3 * 86400), "3 days");
+        assert_eq!(human_duration(800 * 86400), "2 years");
+    }
+}

@@ -1,0 +1,119 @@
+//! `hush vault init|serve|unlock|rotate-key`.
+
+use super::{Connection, call_error};
+use crate::client::connect_admin;
+use crate::hardening::disable_core_dumps;
+use crate::init::{InitOptions, init};
+use crate::layout::DataDir;
+use crate::server::serve;
+use anyhow::Context;
+use clap::Subcommand;
+use hush_proto::v1 as pb;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Create a vault: key hierarchy, CA, server certificate and an admin client bundle
+    Init {
+        #[arg(long, env = "HUSH_DATA_DIR", default_value = "/var/lib/hush")]
+        data_dir: PathBuf,
+        /// Derive the key-encryption key from an unlock key (printed once) instead of a key file
+        #[arg(long)]
+        autolock: bool,
+        /// Address or name clients use to reach this vault (repeatable); added to its certificate
+        #[arg(long = "advertise-addr", value_name = "HOST[:PORT]")]
+        advertise: Vec<String>,
+    },
+    /// Serve a vault over mutual TLS
+    Serve {
+        #[arg(long, env = "HUSH_DATA_DIR", default_value = "/var/lib/hush")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: String,
+    },
+    /// Unlock an autolocked vault after a restart (reads the unlock key from standard input)
+    Unlock {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// New key-encryption key (and unlock key, if autolocked); the data key is re-wrapped
+    RotateKey {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        VaultCommand::Init { data_dir, autolock, advertise } => {
+            let dir = DataDir::new(&data_dir);
+            let done = init(&dir, &InitOptions { autolock, advertise })?;
+            println!("Vault initialised in {}", data_dir.display());
+            println!("CA fingerprint: sha256:{}", done.ca_fingerprint);
+            println!("Admin TLS bundle: {}", dir.admin_dir().display());
+            println!();
+            println!("Start it with:  hush vault serve --data-dir {}", data_dir.display());
+            println!("Use it with:    export HUSH_VAULT=127.0.0.1:7443 HUSH_TLS_DIR={}", dir.admin_dir().display());
+            if let Some(key) = done.unlock_key {
+                print_unlock_key(key.expose_secret());
+            }
+        }
+        VaultCommand::Serve { data_dir, listen } => {
+            disable_core_dumps();
+            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let dir = DataDir::new(&data_dir);
+            // Open before announcing, so "listening" means ready to answer.
+            let serving = serve(&dir, listener_announced(listener)?, shutdown_signal());
+            serving.await?;
+        }
+        VaultCommand::Unlock { connection } => {
+            if std::io::stdin().is_terminal() {
+                eprint!("Unlock key: ");
+                std::io::stderr().flush().ok();
+            }
+            let mut key = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().lock().read_line(&mut key).context("cannot read the unlock key from standard input")?;
+            let mut client = connect_admin(&connection.target()).await?;
+            client.unlock(pb::UnlockRequest { unlock_key: key.trim().to_string() }).await.map_err(call_error)?;
+            println!("Vault unlocked");
+        }
+        VaultCommand::RotateKey { connection } => {
+            let mut client = connect_admin(&connection.target()).await?;
+            let response = client.rotate_key(pb::RotateKeyRequest {}).await.map_err(call_error)?.into_inner();
+            println!("Key-encryption key rotated");
+            if !response.unlock_key.is_empty() {
+                print_unlock_key(&response.unlock_key);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn listener_announced(listener: tokio::net::TcpListener) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "vault listening");
+    println!("hush vault listening on {addr}");
+    std::io::stdout().flush().ok();
+    Ok(listener)
+}
+
+fn print_unlock_key(key: &str) {
+    println!();
+    println!("This vault is autolocked. After every restart, run `hush vault unlock` and enter this unlock key:");
+    println!();
+    println!("    {key}");
+    println!();
+    println!("It is shown only this once and cannot be recovered: keep it somewhere safe.");
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,105 @@
+//! Connecting to a vault as an admin: mutual TLS from a bundle directory (ca.pem, cert.pem,
+//! key.pem), and turning transport failures into one clear line.
+
+use crate::ca::host_of;
+use hush_proto::v1::admin_client::AdminClient;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no vault address: set HUSH_VAULT=host:port or pass --vault")]
+    NoAddress,
+    #[error("no TLS bundle: set HUSH_TLS_DIR to a directory with ca.pem, cert.pem and key.pem, or pass --tls-dir")]
+    NoTlsDir,
+    #[error("cannot read {path}: {source}")]
+    Bundle { path: String, source: std::io::Error },
+    #[error("invalid vault address {0:?}: expected host:port")]
+    Address(String),
+    #[error("cannot reach the vault at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+}
+
+/// The bundle files of a TLS directory.
+pub struct TlsBundle {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl TlsBundle {
+    pub fn read(dir: &Path) -> Result<Self, ClientError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| ClientError::Bundle { path: path.display().to_string(), source })
+        };
+        Ok(Self { ca: read("ca.pem")?, cert: read("cert.pem")?, key: read("key.pem")? })
+    }
+}
+
+/// Where the vault is and which bundle to present.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: Option<String>,
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// A TLS channel to the vault. The handshake happens here, so an untrusted server fails now;
+/// a refused client certificate shows only on the first call (see [`explain`]).
+pub async fn connect_channel(addr: &str, bundle: &TlsBundle) -> Result<Channel, ClientError> {
+    let host = host_of(addr);
+    if host.is_empty() || !addr.contains(':') {
+        return Err(ClientError::Address(addr.to_string()));
+    }
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&bundle.ca))
+        .identity(Identity::from_pem(&bundle.cert, &bundle.key))
+        .domain_name(host.to_string());
+    let uri = format!("https://{addr}");
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|_| ClientError::Address(addr.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| ClientError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    endpoint.connect().await.map_err(|e| ClientError::Unreachable { addr: addr.to_string(), reason: root_cause(&e) })
+}
+
+pub async fn connect_admin(target: &Target) -> Result<AdminClient<Channel>, ClientError> {
+    let addr = target.addr.as_deref().filter(|a| !a.is_empty()).ok_or(ClientError::NoAddress)?;
+    let dir = target.tls_dir.as_deref().ok_or(ClientError::NoTlsDir)?;
+    let bundle = TlsBundle::read(dir)?;
+    // Values up to 1000 KiB plus framing must fit; tonic's default decode limit is 4 MiB.
+    Ok(AdminClient::new(connect_channel(addr, &bundle).await?))
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+/// One line for a failed call. TLS 1.3 reports a refused client certificate only after the
+/// handshake, as a broken stream (`Unknown`/`Cancelled`/`Unavailable`), never `Unauthenticated`.
+pub fn explain(status: &Status) -> String {
+    match status.code() {
+        Code::Unknown | Code::Cancelled | Code::Unavailable if status.message().is_empty() || is_transport(status) => {
+            let detail = std::error::Error::source(status).map(root_cause).unwrap_or_else(|| status.message().to_string());
+            format!(
+                "the vault closed the connection ({detail}): check that HUSH_TLS_DIR holds a client certificate issued by this vault"
+            )
+        }
+        _ => status.message().to_string(),
+    }
+}
+
+fn is_transport(status: &Status) -> bool {
+    let message = status.message().to_ascii_lowercase();
+    ["transport", "connection", "tls", "certificate", "broken pipe", "h2 protocol", "stream"]
+        .iter()
+        .any(|word| message.contains(word))
+}

@@ -1,0 +1,353 @@
+//! Secrets and configs as the vault manages them: validation, lookup by name or ID, sealed
+//! versions, and their layout in the store. Knows nothing of gRPC.
+//!
+//! Store layout per kind (`secret` or `config`):
+//! `KIND/obj/ID` → [`ObjectRecord`] (JSON), `KIND/name/NAME` → ID,
+//! `KIND/data/ID/VERSION` → sealed value (version zero-padded so keys sort by version).
+
+use crate::crypto::{self, Key};
+use crate::model::{self, Kind, ObjectRecord, ValidationError, VersionRecord};
+use crate::secret::SecretBytes;
+use crate::store::{Entry, Expect, Store, StoreError, Txn};
+use chrono::Utc;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{kind} {name} already exists")]
+    NameTaken { kind: Kind, name: String },
+    #[error("{kind} {reference} not found")]
+    NotFound { kind: Kind, reference: String },
+    #[error("{kind} {reference} is ambiguous ({count} matches found)")]
+    Ambiguous { kind: Kind, reference: String, count: usize },
+    #[error("{kind} {name} version {version} failed its integrity check: the sealed record was altered or moved")]
+    Tampered { kind: Kind, name: String, version: u64 },
+    #[error("invalid filter {0:?}: expected name=NAME, id=ID or label=KEY[=VALUE]")]
+    Filter(String),
+    #[error("record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the object changed concurrently too many times; try again")]
+    Contended,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `--filter` terms: same keys ORed, different keys ANDed, as Docker.
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    names: Vec<String>,
+    ids: Vec<String>,
+    labels: Vec<(String, Option<String>)>,
+}
+
+impl Filters {
+    pub fn parse<'a>(terms: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, VaultError> {
+        let mut filters = Self::default();
+        for (key, value) in terms {
+            match key {
+                "name" => filters.names.push(value.to_string()),
+                "id" => filters.ids.push(value.to_string()),
+                "label" => filters.labels.push(match value.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (value.to_string(), None),
+                }),
+                _ => return Err(VaultError::Filter(format!("{key}={value}"))),
+            }
+        }
+        Ok(filters)
+    }
+
+    /// Name and ID terms match a prefix (as Docker's); each label term must hold.
+    fn matches(&self, record: &ObjectRecord) -> bool {
+        let any_prefix = |terms: &[String], s: &str| terms.is_empty() || terms.iter().any(|t| s.starts_with(t.as_str()));
+        any_prefix(&self.names, &record.name)
+            && any_prefix(&self.ids, &record.id)
+            && self.labels.iter().all(|(k, v)| match (record.labels.get(k), v) {
+                (Some(_), None) => true,
+                (Some(actual), Some(wanted)) => actual == wanted,
+                (None, _) => false,
+            })
+    }
+}
+
+/// An object's metadata and the store revision it was read at (for compare-and-swap).
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub record: ObjectRecord,
+    revision: u64,
+}
+
+/// Attempts of a read-modify-write before giving up with `Contended`.
+const CAS_ATTEMPTS: usize = 16;
+
+/// The secrets and configs of one vault, sealed under its data key.
+pub struct Objects {
+    store: Arc<dyn Store>,
+    data_key: Key,
+}
+
+fn obj_key(kind: Kind, id: &str) -> String {
+    format!("{kind}/obj/{id}")
+}
+fn name_key(kind: Kind, name: &str) -> String {
+    format!("{kind}/name/{name}")
+}
+fn data_prefix(kind: Kind, id: &str) -> String {
+    format!("{kind}/data/{id}/")
+}
+fn data_key(kind: Kind, id: &str, version: u64) -> String {
+    format!("{kind}/data/{id}/{version:020}")
+}
+/// Binds a sealed value to its kind, ID and version: a blob moved to another record fails to open.
+fn aad(kind: Kind, id: &str, version: u64) -> Vec<u8> {
+    format!("hush/v1/{kind}/{id}/{version}").into_bytes()
+}
+
+fn decode(entry: &Entry) -> Result<ObjectRecord, VaultError> {
+    serde_json::from_slice(&entry.value).map_err(|e| VaultError::Corrupt { key: entry.key.clone(), reason: e.to_string() })
+}
+
+impl Objects {
+    pub fn new(store: Arc<dyn Store>, data_key: Key) -> Self {
+        Self { store, data_key }
+    }
+
+    pub async fn create(
+        &self,
+        kind: Kind,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        data: SecretBytes,
+    ) -> Result<ObjectRecord, VaultError> {
+        model::validate_name(name)?;
+        model::validate_labels(&labels)?;
+        model::validate_size(kind, data.len())?;
+        let id = model::new_id();
+        let now = Utc::now();
+        let record = ObjectRecord {
+            id: id.clone(),
+            name: name.to_string(),
+            labels,
+            created_at: now,
+            updated_at: now,
+            versions: vec![VersionRecord { version: 1, created_at: now, size: data.len() as u64 }],
+        };
+        let sealed = crypto::seal(&self.data_key, &aad(kind, &id, 1), data.expose_secret());
+        let txn = Txn::new()
+            .check(name_key(kind, name), Expect::Absent)
+            .check(obj_key(kind, &id), Expect::Absent)
+            .put(name_key(kind, name), id.clone().into_bytes())
+            .put(obj_key(kind, &id), serde_json::to_vec(&record).expect("record serialises"))
+            .put(data_key(kind, &id, 1), sealed);
+        match self.store.commit(txn).await {
+            Ok(_) => Ok(record),
+            Err(StoreError::Conflict { .. }) => Err(VaultError::NameTaken { kind, name: name.to_string() }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Objects matching `filters`, sorted by name.
+    pub async fn list(&self, kind: Kind, filters: &Filters) -> Result<Vec<ObjectRecord>, VaultError> {
+        let snapshot = self.store.range(&format!("{kind}/obj/")).await?;
+        let mut records = Vec::with_capacity(snapshot.entries.len());
+        for entry in &snapshot.entries {
+            let record = decode(entry)?;
+            if filters.matches(&record) {
+                records.push(record);
+            }
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        Ok(records)
+    }
+
+    /// Docker's lookup order: full ID, then exact name, then unique ID prefix.
+    pub async fn find(&self, kind: Kind, reference: &str) -> Result<Found, VaultError> {
+        let not_found = || VaultError::NotFound { kind, reference: reference.to_string() };
+        if reference.len() == model::ID_LEN
+            && let Some(found) = self.get_by_id(kind, reference).await?
+        {
+            return Ok(found);
+        }
+        if model::validate_name(reference).is_ok()
+            && let Some(entry) = self.store.get(&name_key(kind, reference)).await?
+        {
+            let id = String::from_utf8_lossy(&entry.value).into_owned();
+            return self.get_by_id(kind, &id).await?.ok_or_else(not_found);
+        }
+        if !model::is_id_prefix(reference) {
+            return Err(not_found());
+        }
+        let snapshot = self.store.range(&obj_key(kind, reference)).await?;
+        match snapshot.entries.as_slice() {
+            [] => Err(not_found()),
+            [entry] => Ok(Found { record: decode(entry)?, revision: entry.mod_revision }),
+            many => Err(VaultError::Ambiguous { kind, reference: reference.to_string(), count: many.len() }),
+        }
+    }
+
+    async fn get_by_id(&self, kind: Kind, id: &str) -> Result<Option<Found>, VaultError> {
+        match self.store.get(&obj_key(kind, id)).await? {
+            Some(entry) => Ok(Some(Found { record: decode(&entry)?, revision: entry.mod_revision })),
+            None => Ok(None),
+        }
+    }
+
+    /// The plaintext of one version, checked against tampering.
+    pub async fn open_version(&self, kind: Kind, record: &ObjectRecord, version: u64) -> Result<SecretBytes, VaultError> {
+        let key = data_key(kind, &record.id, version);
+        let tampered = || VaultError::Tampered { kind, name: record.name.clone(), version };
+        let entry = self.store.get(&key).await?.ok_or_else(tampered)?;
+        crypto::open(&self.data_key, &aad(kind, &record.id, version), &entry.value).map_err(|_| tampered())
+    }
+
+    /// Adds a version; the new one becomes current.
+    pub async fn rotate(&self, kind: Kind, reference: &str, data: SecretBytes) -> Result<ObjectRecord, VaultError> {
+        model::validate_size(kind, data.len())?;
+        for _ in 0..CAS_ATTEMPTS {
+            let Found { mut record, revision } = self.find(kind, reference).await?;
+            let version = record.current_version() + 1;
+            let now = Utc::now();
+            record.versions.push(VersionRecord { version, created_at: now, size: data.len() as u64 });
+            record.updated_at = now;
+            let sealed = crypto::seal(&self.data_key, &aad(kind, &record.id, version), data.expose_secret());
+            let txn = Txn::new()
+                .check(obj_key(kind, &record.id), Expect::At(revision))
+                .put(obj_key(kind, &record.id), serde_json::to_vec(&record).expect("record serialises"))
+                .put(data_key(kind, &record.id, version), sealed);
+            match self.store.commit(txn).await {
+                Ok(_) => return Ok(record),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VaultError::Contended)
+    }
+
+    /// Removes the object with all its versions.
+    pub async fn remove(&self, kind: Kind, reference: &str) -> Result<ObjectRecord, VaultError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Found { record, revision } = self.find(kind, reference).await?;
+            let mut txn = Txn::new()
+                .check(obj_key(kind, &record.id), Expect::At(revision))
+                .delete(obj_key(kind, &record.id))
+                .delete(name_key(kind, &record.name));
+            for entry in self.store.range(&data_prefix(kind, &record.id)).await?.entries {
+                txn = txn.delete(entry.key);
+            }
+            match self.store.commit(txn).await {
+                Ok(_) => return Ok(record),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VaultError::Contended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+
+    async fn objects() -> (tempfile::TempDir, Arc<RedbStore>, Objects) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let objects = Objects::new(store.clone(), Key::random());
+        (dir, store, objects)
+    }
+
+    fn data(s: &str) -> SecretBytes {
+        SecretBytes::new(s.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn create_find_rotate_remove() {
+        let (_d, _s, objects) = objects().await;
+        let created = objects.create(Kind::Secret, "db", BTreeMap::new(), data("v1")).await.unwrap();
+        let by_name = objects.find(Kind::Secret, "db").await.unwrap().record;
+        let by_prefix = objects.find(Kind::Secret, &created.id[..5]).await.unwrap().record;
+        assert_eq!(by_name, created);
+        assert_eq!(by_prefix, created);
+        let rotated = objects.rotate(Kind::Secret, "db", data("v2")).await.unwrap();
+        assert_eq!(rotated.current_version(), 2);
+        assert_eq!(objects.open_version(Kind::Secret, &rotated, 1).await.unwrap().expose_secret(), b"v1");
+        assert_eq!(objects.open_version(Kind::Secret, &rotated, 2).await.unwrap().expose_secret(), b"v2");
+        objects.remove(Kind::Secret, &created.id).await.unwrap();
+        assert!(matches!(objects.find(Kind::Secret, "db").await, Err(VaultError::NotFound { .. })));
+        // The name is free again.
+        objects.create(Kind::Secret, "db", BTreeMap::new(), data("v1")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn duplicate_names_are_refused_per_kind() {
+        let (_d, _s, objects) = objects().await;
+        objects.create(Kind::Secret, "x", BTreeMap::new(), data("a")).await.unwrap();
+        let err = objects.create(Kind::Secret, "x", BTreeMap::new(), data("b")).await.unwrap_err();
+        assert_eq!(err.to_string(), "secret x already exists");
+        objects.create(Kind::Config, "x", BTreeMap::new(), data("b")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn name_wins_over_id_prefix_and_ambiguity_is_reported() {
+        let (_d, _s, objects) = objects().await;
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            ids.push(objects.create(Kind::Secret, &format!("s{i}"), BTreeMap::new(), data("a")).await.unwrap().id);
+        }
+        // 40 IDs over 36 first characters: some first character is shared.
+        let shared = (0..ids.len())
+            .find_map(|i| ids[i + 1..].iter().find(|other| other[..1] == ids[i][..1]).map(|_| ids[i][..1].to_string()))
+            .unwrap();
+        let count = ids.iter().filter(|id| id.starts_with(&shared)).count();
+        let err = objects.find(Kind::Secret, &shared).await.unwrap_err();
+        assert_eq!(err.to_string(), format!("secret {shared} is ambiguous ({count} matches found)"));
+        // A secret named like that prefix is found by name first.
+        let named = objects.create(Kind::Secret, &shared, BTreeMap::new(), data("a")).await.unwrap();
+        assert_eq!(objects.find(Kind::Secret, &shared).await.unwrap().record.id, named.id);
+    }
+
+    #[tokio::test]
+    async fn sealed_value_moved_to_another_record_fails() {
+        let (_d, store, objects) = objects().await;
+        let a = objects.create(Kind::Config, "a", BTreeMap::new(), data("aaa")).await.unwrap();
+        let b = objects.create(Kind::Config, "b", BTreeMap::new(), data("bbb")).await.unwrap();
+        let blob_a = store.get(&data_key(Kind::Config, &a.id, 1)).await.unwrap().unwrap().value;
+        store.commit(Txn::new().put(data_key(Kind::Config, &b.id, 1), blob_a)).await.unwrap();
+        let err = objects.open_version(Kind::Config, &b, 1).await.unwrap_err();
+        assert_eq!(err.to_string(), "config b version 1 failed its integrity check: the sealed record was altered or moved");
+    }
+
+    #[tokio::test]
+    async fn invalid_input_stores_nothing() {
+        let (_d, store, objects) = objects().await;
+        assert!(objects.create(Kind::Secret, "bad name", BTreeMap::new(), data("a")).await.is_err());
+        assert!(objects.create(Kind::Secret, "empty", BTreeMap::new(), data("")).await.is_err());
+        let big = SecretBytes::new(vec![1; Kind::Secret.max_size() + 1]);
+        assert!(objects.create(Kind::Secret, "big", BTreeMap::new(), big).await.is_err());
+        assert!(store.range("").await.unwrap().entries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn filters_follow_docker() {
+        let (_d, _s, objects) = objects().await;
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        objects.create(Kind::Secret, "web_key", labels(&[("env", "prod")]), data("a")).await.unwrap();
+        objects.create(Kind::Secret, "web_cert", labels(&[("env", "dev")]), data("a")).await.unwrap();
+        objects.create(Kind::Secret, "db", BTreeMap::new(), data("a")).await.unwrap();
+        let names = |records: Vec<ObjectRecord>| records.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let list = |terms: &'static [(&'static str, &'static str)]| {
+            let filters = Filters::parse(terms.iter().copied()).unwrap();
+            let objects = &objects;
+            async move { names(objects.list(Kind::Secret, &filters).await.unwrap()) }
+        };
+        assert_eq!(list(&[]).await, ["db", "web_cert", "web_key"]);
+        assert_eq!(list(&[("name", "web")]).await, ["web_cert", "web_key"]);
+        assert_eq!(list(&[("label", "env")]).await, ["web_cert", "web_key"]);
+        assert_eq!(list(&[("label", "env=prod")]).await, ["web_key"]);
+        assert_eq!(list(&[("name", "db"), ("name", "web_k")]).await, ["db", "web_key"]);
+        assert!(Filters::parse([("driver", "x")]).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! Serving a vault: mutual TLS (TLS 1.3, client certificates signed by the vault's CA) on an
+//! already bound listener, until a shutdown future completes.
+
+use crate::api::AdminService;
+use crate::layout::DataDir;
+use crate::vault::{Vault, VaultStateError};
+use hush_proto::v1::admin_server::AdminServer;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Vault(#[from] VaultStateError),
+    #[error("reading TLS material {path}: {source}")]
+    TlsFile { path: String, source: std::io::Error },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::TlsFile { path: path.display().to_string(), source })
+}
+
+/// Opens the vault in `dir` and serves it on `listener` until `shutdown` resolves.
+pub async fn serve(dir: &DataDir, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    let vault = Arc::new(Vault::open(dir)?);
+    if vault.is_locked() {
+        tracing::warn!("vault is autolocked: it serves nothing until `hush vault unlock`");
+    }
+    serve_vault(vault, dir, listener, shutdown).await
+}
+
+/// Serves an opened vault (tests use this to keep a handle on it).
+pub async fn serve_vault(
+    vault: Arc<Vault>,
+    dir: &DataDir,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&dir.server_cert())?, read(&dir.server_key())?))
+        .client_ca_root(Certificate::from_pem(read(&dir.ca_cert())?));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .tls_config(tls)
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .add_service(AdminServer::new(AdminService::new(vault)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! The storage interface: a revisioned key-value store with compare-and-swap transactions and
+//! watches, shaped after etcd so that the embedded store (redb) and etcd are two implementations
+//! of one contract.
+//!
+//! When each operation is allowed: any time after `open`. Every committed transaction gets the
+//! next revision (strictly increasing, never reused); an entry remembers the revision that last
+//! wrote it. A transaction applies all its operations or none: when one of its checks fails,
+//! nothing is written and `StoreError::Conflict` names the key.
+
+pub mod redb;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+/// Position in the store's history.
+pub type Revision = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The revision of the transaction that last wrote this key.
+    pub mod_revision: Revision,
+}
+
+/// A precondition of a transaction on one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist.
+    Absent,
+    /// The key must exist and have been last written at exactly this revision.
+    At(Revision),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+/// Checks, then operations, applied atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub checks: Vec<(String, Expect)>,
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn check(mut self, key: impl Into<String>, expect: Expect) -> Self {
+        self.checks.push((key.into(), expect));
+        self
+    }
+
+    pub fn put(mut self, key: impl Into<String>, value: Vec<u8>) -> Self {
+        self.ops.push(Op::Put { key: key.into(), value });
+        self
+    }
+
+    pub fn delete(mut self, key: impl Into<String>) -> Self {
+        self.ops.push(Op::Delete { key: key.into() });
+        self
+    }
+}
+
+/// A committed transaction, as watchers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: Revision,
+    pub ops: Vec<Op>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("concurrent change to {key}")]
+    Conflict { key: String },
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store is closed")]
+    Closed,
+}
+
+/// A consistent listing and the revision it was read at.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub entries: Vec<Entry>,
+    pub revision: Revision,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    async fn range(&self, prefix: &str) -> Result<Snapshot, StoreError>;
+
+    /// Applies `txn` atomically and durably; returns its revision once it is on disk.
+    async fn commit(&self, txn: Txn) -> Result<Revision, StoreError>;
+
+    /// Changes committed after this call. Pair with `range` for list-then-watch: subscribe
+    /// first, then range, then skip changes at or below the snapshot's revision.
+    fn subscribe(&self) -> broadcast::Receiver<Change>;
+}
