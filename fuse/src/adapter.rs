@@ -1,0 +1,264 @@
+//! The only module that speaks fuser's API (it changes between versions): replies to kernel
+//! requests by calling [`SecretFs`], sends cache invalidations through fuser's `Notifier`, and
+//! starts the session.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
+};
+
+use crate::fs::{Attr, FsError, Invalidation, Invalidator, NodeKind, RequestInfo, SecretFs};
+
+/// How long the kernel may cache attributes and names. Short: correctness after rotation and
+/// removal relies on invalidation, and this bounds the damage if a notification is lost.
+const TTL: Duration = Duration::from_secs(1);
+
+struct FuseAdapter {
+    fs: Arc<SecretFs>,
+}
+
+fn errno(e: FsError) -> Errno {
+    Errno::from_i32(e.to_errno())
+}
+
+fn request_info(req: &Request) -> RequestInfo {
+    RequestInfo {
+        tid: req.pid(),
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn file_type(kind: NodeKind) -> FileType {
+    match kind {
+        NodeKind::Directory => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            // Inodes are never reused, so the generation can stay 0.
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY
+            || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
+        match self.fs.open(&request_info(req), ino.0, write) {
+            // Direct I/O: every read reaches us (per-read audit; rotation seen at once).
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(&request_info(req), fh.0, offset, size) {
+            Ok(slice) => reply.data(slice.expose_secret()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing to flush on a read-only filesystem. ENOSYS (rather than ok) makes the kernel
+        // stop sending FLUSH for good, saving a round trip on every close(); fuser's default
+        // would do the same but log a warning.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(&request_info(req), ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.fs.readdir(ino.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(errno(e)),
+        };
+        // The offset of an entry is the index of the next one.
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &*e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        // An empty list: the size query gets 0, a buffer gets no bytes.
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+}
+
+/// Invalidation through the session's notifier.
+struct NotifierInvalidator(Notifier);
+
+impl Invalidator for NotifierInvalidator {
+    fn invalidate(&self, what: &Invalidation) {
+        let result = match what {
+            // Offset 0, length 0: all cached pages, and the attributes (size, mtime).
+            Invalidation::Inode(ino) => self.0.inval_inode(INodeNo(*ino), 0, 0),
+            Invalidation::Entry { parent, name } => {
+                self.0.inval_entry(INodeNo(*parent), OsStr::new(&**name))
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(?what, error = %e, "kernel cache invalidation failed");
+        }
+    }
+}
+
+/// A mounted session running on its own threads.
+pub(crate) struct RunningSession {
+    unmounter: SessionUnmounter,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RunningSession {
+    /// Unmount (not lazily: fails with `EBUSY` if the mount is in use).
+    pub(crate) fn unmount(&mut self) -> io::Result<()> {
+        self.unmounter.unmount()
+    }
+
+    /// Whether the session threads have exited (the kernel connection is gone).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Join the session thread if it has exited; otherwise leave it running detached.
+    pub(crate) fn join_if_finished(&mut self) -> Option<io::Result<()>> {
+        if !self.is_finished() {
+            return None;
+        }
+        let thread = self.thread.take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("fuse session thread panicked"))),
+        )
+    }
+}
+
+/// Mount `fs` at `path` and serve it on `threads` threads. Returns once the kernel handshake is
+/// done, with the invalidator installed in `fs`.
+pub(crate) fn start(fs: Arc<SecretFs>, path: &Path, threads: usize) -> io::Result<RunningSession> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoExec,
+        // The kernel checks uid/gid/mode; without it anyone could read a root 0400 file.
+        MountOption::DefaultPermissions,
+        MountOption::FSName("hush".to_string()),
+    ];
+    // allow_other: tasks run as any uid. Our own owner check and default_permissions decide.
+    config.acl = SessionACL::All;
+    config.n_threads = Some(threads.max(1));
+    let adapter = FuseAdapter { fs: fs.clone() };
+    let mut session = Session::new(adapter, path, &config)?;
+    fs.set_invalidator(Some(Arc::new(NotifierInvalidator(session.notifier()))));
+    let unmounter = session.unmount_callable();
+    let thread = std::thread::Builder::new()
+        .name("hush-fuse".to_string())
+        .spawn(move || session.run())
+        .inspect_err(|_| fs.set_invalidator(None))?;
+    Ok(RunningSession {
+        unmounter,
+        thread: Some(thread),
+    })
+}

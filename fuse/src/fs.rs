@@ -1,0 +1,1423 @@
+//! The filesystem core, free of fuser: the inode table of tasks and their files, owner checks on
+//! open, reads from in-memory plaintext, and access events. `adapter` only translates.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use crate::caller::{Caller, CallerResolver, ProcResolver};
+use crate::event::{AccessEvent, AccessOp, DenyReason};
+use crate::secret::Plaintext;
+
+/// Inode number of the mount root.
+pub const ROOT_INO: u64 = 1;
+
+/// Longest task id or path component (the kernel's `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// Who may open a task's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskOwner {
+    /// Processes whose mount namespace has this inode (`stat -L /proc/<pid>/ns/mnt`, or
+    /// [`crate::mount_namespace_of`]). Host root is not in it, so host root is refused too.
+    MountNamespace(u64),
+}
+
+/// Whether a file is a secret or a config (for the audit trail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A secret.
+    Secret,
+    /// A config.
+    Config,
+}
+
+/// What a served file is, as reported in access events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Secret or config.
+    pub kind: FileKind,
+    /// The secret's or config's name in the vault (not the path it is served at).
+    pub name: String,
+    /// The version being served; [`SecretFs::update_content`] changes it.
+    pub version: u64,
+}
+
+/// One file of a task, as the agent hands it over.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    /// Path relative to the task directory, e.g. `secrets/db_password`. Intermediate directories
+    /// are created implicitly. No empty, `.` or `..` components; not absolute.
+    pub path: String,
+    /// Owner uid the kernel checks permissions against (`default_permissions`).
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Permission bits only (at most `0o777`), e.g. `0o400`.
+    pub mode: u32,
+    /// The content, shared so that rotation swaps an `Arc`.
+    pub content: Arc<Plaintext>,
+    /// What the file is, for access events.
+    pub meta: FileMeta,
+}
+
+/// Directory or regular file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A directory (the root, a task directory, or an intermediate directory).
+    Directory,
+    /// A read-only regular file.
+    File,
+}
+
+/// Attributes of a node, as `stat` shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number; never reused while the filesystem lives.
+    pub ino: u64,
+    /// Directory or file.
+    pub kind: NodeKind,
+    /// Content length for files, 0 for directories.
+    pub size: u64,
+    /// Permission bits.
+    pub perm: u16,
+    /// Link count: 1 for files, 2 + subdirectories for directories.
+    pub nlink: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Last content change (files) or creation (directories).
+    pub mtime: SystemTime,
+}
+
+/// One directory entry, `.` and `..` included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode of the entry.
+    pub ino: u64,
+    /// Directory or file.
+    pub kind: NodeKind,
+    /// Entry name.
+    pub name: Arc<str>,
+}
+
+/// The caller of a request as the kernel describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// Calling **thread** id (`fuser::Request::pid()`).
+    pub tid: u32,
+    /// Caller's fs uid.
+    pub uid: u32,
+    /// Caller's fs gid.
+    pub gid: u32,
+}
+
+/// Bytes answered to a read: a range of a shared [`Plaintext`], so no extra copy is made.
+pub struct ReadSlice {
+    content: Arc<Plaintext>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadSlice {
+    /// The bytes to hand to the kernel.
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.content.expose_secret()[self.start..self.end]
+    }
+
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether the read is at or past the end of the file.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+impl fmt::Debug for ReadSlice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadSlice([REDACTED; {} bytes])", self.len())
+    }
+}
+
+/// Errors of filesystem operations; [`FsError::to_errno`] is the only translation to errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FsError {
+    /// No such inode or name.
+    #[error("no such file or directory")]
+    NotFound,
+    /// A directory operation on a file.
+    #[error("not a directory")]
+    NotADirectory,
+    /// A file operation on a directory.
+    #[error("is a directory")]
+    IsADirectory,
+    /// The caller is not the task's owner (or the task has no owner yet).
+    #[error("permission denied")]
+    PermissionDenied,
+    /// Write access was asked for.
+    #[error("read-only file system")]
+    ReadOnly,
+    /// Unknown file handle.
+    #[error("bad file handle")]
+    BadHandle,
+    /// The file was removed while open: its content is no longer served.
+    #[error("file was removed")]
+    Revoked,
+}
+
+impl FsError {
+    /// The errno the kernel passes to the caller.
+    pub fn to_errno(self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::PermissionDenied => libc::EACCES,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            // The kernel has no "revoked"; EIO tells the reader the data is gone.
+            FsError::Revoked => libc::EIO,
+        }
+    }
+}
+
+/// Errors of the agent-facing operations.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// Task ids are `[a-z0-9-_.]+`, not `.` or `..`, at most 255 bytes.
+    #[error("invalid task id {0:?}")]
+    InvalidTaskId(String),
+    /// `add_task` for an id that is already served.
+    #[error("task {0:?} already exists")]
+    TaskExists(String),
+    /// No task with this id.
+    #[error("no task {0:?}")]
+    NoSuchTask(String),
+    /// A file path is unusable (see [`FileSpec::path`]).
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A mode with bits beyond `0o777` (setuid, setgid, sticky, file type).
+    #[error("invalid mode {mode:#o} for {path:?}: only permission bits are allowed")]
+    InvalidMode {
+        /// The file's path.
+        path: String,
+        /// The mode as given.
+        mode: u32,
+    },
+    /// `update_content` for a path the task does not have.
+    #[error("no file {path:?} in task {task_id:?}")]
+    NoSuchFile {
+        /// The task.
+        task_id: String,
+        /// The path asked for.
+        path: String,
+    },
+}
+
+/// A kernel cache entry that must be dropped after a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Cached data and attributes (size, mtime) of an inode.
+    Inode(u64),
+    /// The name `name` in directory `parent`.
+    Entry {
+        /// Directory inode.
+        parent: u64,
+        /// Entry name.
+        name: Arc<str>,
+    },
+}
+
+/// Tells the kernel to forget cached state. The mount layer installs one backed by fuser's
+/// `Notifier`; it is called after the change, with no lock of ours held.
+pub trait Invalidator: Send + Sync {
+    /// Drop the cache entry. Failures are the implementation's to log: the change is done.
+    fn invalidate(&self, what: &Invalidation);
+}
+
+struct FileNode {
+    uid: u32,
+    gid: u32,
+    mode: u16,
+    content: Arc<Plaintext>,
+    meta: FileMeta,
+    mtime: SystemTime,
+}
+
+enum Body {
+    Dir {
+        children: BTreeMap<Arc<str>, u64>,
+        mtime: SystemTime,
+    },
+    File(FileNode),
+}
+
+struct Node {
+    parent: u64,
+    /// Owning task; `None` only for the root.
+    task: Option<Arc<str>>,
+    /// Path relative to the task directory, for events.
+    rel: Arc<str>,
+    body: Body,
+}
+
+struct Task {
+    dir: u64,
+    owner: Option<TaskOwner>,
+    /// Every inode of the task, its directory included.
+    inodes: Vec<u64>,
+}
+
+struct Tree {
+    nodes: HashMap<u64, Node>,
+    tasks: HashMap<Arc<str>, Task>,
+    next_ino: u64,
+}
+
+impl Tree {
+    fn alloc(&mut self) -> u64 {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        ino
+    }
+
+    fn children_mut(&mut self, dir: u64) -> &mut BTreeMap<Arc<str>, u64> {
+        match self.nodes.get_mut(&dir).map(|n| &mut n.body) {
+            Some(Body::Dir { children, .. }) => children,
+            _ => unreachable!("inode {dir} is a directory we created"),
+        }
+    }
+}
+
+/// State of an open file: the content as of `open` (a reader never sees two versions mixed),
+/// `None` once the task is removed.
+#[derive(Clone)]
+struct Handle {
+    ino: u64,
+    task: Arc<str>,
+    path: Arc<str>,
+    meta: FileMeta,
+    content: Option<Arc<Plaintext>>,
+    opener_tid: u32,
+    opener: Caller,
+}
+
+/// The in-memory secrets filesystem. All methods take `&self`; share it as `Arc<SecretFs>`
+/// between the agent and the mount.
+///
+/// Layout: root → one directory per task id → the task's files at their relative paths.
+/// Everything is read-only; directories are `0o555` root:root.
+///
+/// # Security
+/// Only processes in the task owner's mount namespace can open a task's files, whatever their
+/// uid (host root included); the kernel also checks uid/gid/mode (`default_permissions`).
+/// Names and sizes are visible to anyone who can reach the mount: the kernel's dentry cache
+/// is shared between namespaces, so lookups cannot be reliably restricted.
+pub struct SecretFs {
+    tree: RwLock<Tree>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    resolver: Arc<dyn CallerResolver>,
+    events: Option<SyncSender<AccessEvent>>,
+    dropped: AtomicU64,
+    invalidator: RwLock<Option<Arc<dyn Invalidator>>>,
+}
+
+impl fmt::Debug for SecretFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretFs")
+            .field("tasks", &self.read_tree().tasks.len())
+            .field("dropped_events", &self.dropped_events())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SecretFs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SecretFs {
+    /// An empty filesystem identifying callers through `/proc`, with no event sink.
+    pub fn new() -> Self {
+        let now = SystemTime::now();
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node {
+                parent: ROOT_INO,
+                task: None,
+                rel: Arc::from(""),
+                body: Body::Dir {
+                    children: BTreeMap::new(),
+                    mtime: now,
+                },
+            },
+        );
+        Self {
+            tree: RwLock::new(Tree {
+                nodes,
+                tasks: HashMap::new(),
+                next_ino: ROOT_INO + 1,
+            }),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            resolver: Arc::new(ProcResolver::new()),
+            events: None,
+            dropped: AtomicU64::new(0),
+            invalidator: RwLock::new(None),
+        }
+    }
+
+    /// Replace the `/proc` caller resolver (tests; a different `/proc`).
+    pub fn with_resolver(mut self, resolver: Arc<dyn CallerResolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Send access events to `sink`. Sending never blocks a filesystem thread: when the channel
+    /// is full (or closed) the event is dropped and counted in [`SecretFs::dropped_events`].
+    pub fn with_event_sink(mut self, sink: SyncSender<AccessEvent>) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
+    /// Install (or remove) the kernel cache invalidator. [`crate::mount`] does this; only a
+    /// custom mount layer needs to call it.
+    pub fn set_invalidator(&self, invalidator: Option<Arc<dyn Invalidator>>) {
+        *self
+            .invalidator
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = invalidator;
+    }
+
+    /// Events lost because the sink was full or closed.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Ids of the tasks being served, sorted.
+    pub fn task_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .read_tree()
+            .tasks
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    // ---- agent-facing operations ----
+
+    /// Serve a new task directory with `files`. `owner` may be `None` when the task's mount
+    /// namespace does not exist yet; nobody can open the files until [`SecretFs::set_owner`].
+    ///
+    /// Fails, changing nothing, if the task exists or any path or mode is invalid, or two files
+    /// collide (same path, or a file where another needs a directory).
+    pub fn add_task(
+        &self,
+        task_id: &str,
+        owner: Option<TaskOwner>,
+        files: Vec<FileSpec>,
+    ) -> Result<(), TaskError> {
+        validate_task_id(task_id)?;
+        validate_files(&files)?;
+        let now = SystemTime::now();
+        let task: Arc<str> = Arc::from(task_id);
+
+        let mut tree = self.write_tree();
+        if tree.tasks.contains_key(task_id) {
+            return Err(TaskError::TaskExists(task_id.to_string()));
+        }
+        let dir = tree.alloc();
+        let mut inodes = vec![dir];
+        tree.nodes.insert(dir, new_dir(ROOT_INO, &task, "", now));
+        tree.children_mut(ROOT_INO).insert(task.clone(), dir);
+
+        for spec in files {
+            let rel: Arc<str> = Arc::from(spec.path.as_str());
+            let components: Vec<&str> = rel.split('/').collect();
+            let (file_name, dirs) = components.split_last().expect("paths are not empty");
+            let mut parent = dir;
+            for (depth, name) in dirs.iter().enumerate() {
+                let existing = tree.children_mut(parent).get(*name).copied();
+                parent = match existing {
+                    Some(ino) => ino,
+                    None => {
+                        let ino = tree.alloc();
+                        let rel = components[..=depth].join("/");
+                        tree.nodes.insert(ino, new_dir(parent, &task, &rel, now));
+                        tree.children_mut(parent).insert(Arc::from(*name), ino);
+                        inodes.push(ino);
+                        ino
+                    }
+                };
+            }
+            let ino = tree.alloc();
+            tree.nodes.insert(
+                ino,
+                Node {
+                    parent,
+                    task: Some(task.clone()),
+                    rel: rel.clone(),
+                    body: Body::File(FileNode {
+                        uid: spec.uid,
+                        gid: spec.gid,
+                        mode: spec.mode as u16,
+                        content: spec.content,
+                        meta: spec.meta,
+                        mtime: now,
+                    }),
+                },
+            );
+            tree.children_mut(parent).insert(Arc::from(*file_name), ino);
+            inodes.push(ino);
+        }
+        tree.tasks.insert(task, Task { dir, owner, inodes });
+        Ok(())
+    }
+
+    /// Set (or change) who may open the task's files.
+    pub fn set_owner(&self, task_id: &str, owner: TaskOwner) -> Result<(), TaskError> {
+        let mut tree = self.write_tree();
+        let task = tree
+            .tasks
+            .get_mut(task_id)
+            .ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+        task.owner = Some(owner);
+        Ok(())
+    }
+
+    /// Stop serving a task: its directory disappears, open files answer reads with `EIO`, and
+    /// the kernel is told to drop the cached entries.
+    pub fn remove_task(&self, task_id: &str) -> Result<(), TaskError> {
+        let (name, inodes) = {
+            let mut tree = self.write_tree();
+            let (name, task) = tree
+                .tasks
+                .remove_entry(task_id)
+                .ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+            for ino in &task.inodes {
+                tree.nodes.remove(ino);
+            }
+            tree.children_mut(ROOT_INO).remove(task_id);
+            (name, task.inodes)
+        };
+        // Revoke open handles now rather than at close: the plaintext is zeroed as soon as
+        // nothing else holds it.
+        let removed: HashSet<u64> = inodes.iter().copied().collect();
+        for h in self.lock_handles().values_mut() {
+            if removed.contains(&h.ino) {
+                h.content = None;
+            }
+        }
+        self.invalidate(&Invalidation::Entry {
+            parent: ROOT_INO,
+            name,
+        });
+        for ino in inodes {
+            self.invalidate(&Invalidation::Inode(ino));
+        }
+        Ok(())
+    }
+
+    /// Rotate a file's content: opens from now on read `content` (and `stat` shows its size);
+    /// files already open keep reading the version they opened.
+    pub fn update_content(
+        &self,
+        task_id: &str,
+        path: &str,
+        content: Arc<Plaintext>,
+        version: u64,
+    ) -> Result<(), TaskError> {
+        let ino = {
+            let mut tree = self.write_tree();
+            let ino = find_file(&tree, task_id, path)?;
+            match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
+                Some(Body::File(f)) => {
+                    f.content = content;
+                    f.meta.version = version;
+                    f.mtime = SystemTime::now();
+                }
+                _ => unreachable!("find_file returns files"),
+            }
+            ino
+        };
+        self.invalidate(&Invalidation::Inode(ino));
+        Ok(())
+    }
+
+    // ---- filesystem operations (called by the adapter) ----
+
+    /// Look `name` up in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let tree = self.read_tree();
+        let node = tree.nodes.get(&parent).ok_or(FsError::NotFound)?;
+        let Body::Dir { children, .. } = &node.body else {
+            return Err(FsError::NotADirectory);
+        };
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let ino = *children.get(name).ok_or(FsError::NotFound)?;
+        Ok(attr_of(&tree, ino))
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let tree = self.read_tree();
+        if !tree.nodes.contains_key(&ino) {
+            return Err(FsError::NotFound);
+        }
+        Ok(attr_of(&tree, ino))
+    }
+
+    /// Entries of directory `ino`, `.` and `..` first, then by name.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let tree = self.read_tree();
+        let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
+        let Body::Dir { children, .. } = &node.body else {
+            return Err(FsError::NotADirectory);
+        };
+        let mut out = Vec::with_capacity(children.len() + 2);
+        out.push(DirEntry {
+            ino,
+            kind: NodeKind::Directory,
+            name: Arc::from("."),
+        });
+        out.push(DirEntry {
+            ino: node.parent,
+            kind: NodeKind::Directory,
+            name: Arc::from(".."),
+        });
+        for (name, &child) in children {
+            let kind = match tree.nodes.get(&child).map(|n| &n.body) {
+                Some(Body::File(_)) => NodeKind::File,
+                _ => NodeKind::Directory,
+            };
+            out.push(DirEntry {
+                ino: child,
+                kind,
+                name: name.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Open directory `ino` for listing. The root is open to all; a task's directories only to
+    /// its owner (a refusal is an access event).
+    pub fn opendir(&self, req: &RequestInfo, ino: u64) -> Result<(), FsError> {
+        if ino == ROOT_INO {
+            return Ok(());
+        }
+        let caller = self.resolver.resolve(req.tid);
+        let tree = self.read_tree();
+        let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
+        if !matches!(node.body, Body::Dir { .. }) {
+            return Err(FsError::NotADirectory);
+        }
+        let task = node.task.clone().expect("non-root nodes belong to a task");
+        let owner = tree.tasks.get(&task).and_then(|t| t.owner);
+        let rel = node.rel.clone();
+        drop(tree);
+        match check_access(owner, &caller, false) {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                self.emit(event(
+                    req,
+                    &caller,
+                    task,
+                    rel,
+                    None,
+                    AccessOp::Denied(reason),
+                    0,
+                ));
+                Err(FsError::PermissionDenied)
+            }
+        }
+    }
+
+    /// Open file `ino` for reading and return a file handle. Refused unless the caller is in
+    /// the owner's mount namespace and asks for read-only access. Every outcome is an event.
+    pub fn open(&self, req: &RequestInfo, ino: u64, write: bool) -> Result<u64, FsError> {
+        // Identify the caller before taking any lock: it reads /proc.
+        let caller = self.resolver.resolve(req.tid);
+        let tree = self.read_tree();
+        let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
+        let Body::File(file) = &node.body else {
+            return Err(FsError::IsADirectory);
+        };
+        let task = node.task.clone().expect("files belong to a task");
+        let owner = tree.tasks.get(&task).and_then(|t| t.owner);
+        let (path, meta, content) = (node.rel.clone(), file.meta.clone(), file.content.clone());
+        drop(tree);
+
+        let caller = match check_access(owner, &caller, write) {
+            Ok(()) => caller.expect("check_access refuses unknown callers"),
+            Err(reason) => {
+                self.emit(event(
+                    req,
+                    &caller,
+                    task,
+                    path,
+                    Some(meta),
+                    AccessOp::Denied(reason),
+                    0,
+                ));
+                return Err(match reason {
+                    DenyReason::WriteAccess => FsError::ReadOnly,
+                    _ => FsError::PermissionDenied,
+                });
+            }
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let opened = event(
+            req,
+            &Ok(caller.clone()),
+            task.clone(),
+            path.clone(),
+            Some(meta.clone()),
+            AccessOp::Open,
+            0,
+        );
+        self.lock_handles().insert(
+            fh,
+            Handle {
+                ino,
+                task,
+                path,
+                meta,
+                content: Some(content),
+                opener_tid: req.tid,
+                opener: caller,
+            },
+        );
+        self.emit(opened);
+        Ok(fh)
+    }
+
+    /// Read up to `size` bytes at `offset` from open file `fh`. Reads returning data are events.
+    pub fn read(
+        &self,
+        req: &RequestInfo,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<ReadSlice, FsError> {
+        let handle = self
+            .lock_handles()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let content = match handle.content {
+            // Also catches an open that raced with remove_task and registered its handle late.
+            Some(c) if self.read_tree().nodes.contains_key(&handle.ino) => c,
+            _ => return Err(FsError::Revoked),
+        };
+        let len = content.len();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
+        let end = start.saturating_add(size as usize).min(len);
+        let slice = ReadSlice {
+            content,
+            start,
+            end,
+        };
+        if !slice.is_empty() {
+            // Usually the opener reads; otherwise (an fd passed on, another thread) look again.
+            let caller = if req.tid == handle.opener_tid {
+                Ok(handle.opener)
+            } else {
+                self.resolver.resolve(req.tid)
+            };
+            self.emit(event(
+                req,
+                &caller,
+                handle.task,
+                handle.path,
+                Some(handle.meta),
+                AccessOp::Read,
+                slice.len() as u64,
+            ));
+        }
+        Ok(slice)
+    }
+
+    /// Close file handle `fh`.
+    pub fn release(&self, fh: u64) {
+        self.lock_handles().remove(&fh);
+    }
+
+    // ---- internals ----
+
+    fn read_tree(&self) -> RwLockReadGuard<'_, Tree> {
+        // A panic elsewhere never leaves the tree half-updated in a way reads could trip on.
+        self.tree.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_tree(&self) -> RwLockWriteGuard<'_, Tree> {
+        self.tree.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_handles(&self) -> MutexGuard<'_, HashMap<u64, Handle>> {
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn invalidate(&self, what: &Invalidation) {
+        let inv = self
+            .invalidator
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(inv) = inv {
+            inv.invalidate(what);
+        }
+    }
+
+    fn emit(&self, ev: AccessEvent) {
+        let Some(sink) = &self.events else { return };
+        match sink.try_send(ev) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn new_dir(parent: u64, task: &Arc<str>, rel: &str, now: SystemTime) -> Node {
+    Node {
+        parent,
+        task: Some(task.clone()),
+        rel: Arc::from(rel),
+        body: Body::Dir {
+            children: BTreeMap::new(),
+            mtime: now,
+        },
+    }
+}
+
+fn attr_of(tree: &Tree, ino: u64) -> Attr {
+    let node = &tree.nodes[&ino];
+    match &node.body {
+        Body::Dir { children, mtime } => {
+            let subdirs = children
+                .values()
+                .filter(|c| matches!(tree.nodes.get(c).map(|n| &n.body), Some(Body::Dir { .. })))
+                .count();
+            Attr {
+                ino,
+                kind: NodeKind::Directory,
+                size: 0,
+                perm: 0o555,
+                nlink: 2 + subdirs as u32,
+                uid: 0,
+                gid: 0,
+                mtime: *mtime,
+            }
+        }
+        Body::File(f) => Attr {
+            ino,
+            kind: NodeKind::File,
+            size: f.content.len() as u64,
+            perm: f.mode,
+            nlink: 1,
+            uid: f.uid,
+            gid: f.gid,
+            mtime: f.mtime,
+        },
+    }
+}
+
+fn find_file(tree: &Tree, task_id: &str, path: &str) -> Result<u64, TaskError> {
+    let no_file = || TaskError::NoSuchFile {
+        task_id: task_id.to_string(),
+        path: path.to_string(),
+    };
+    let task = tree
+        .tasks
+        .get(task_id)
+        .ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+    let mut ino = task.dir;
+    for name in path.split('/') {
+        ino = match tree.nodes.get(&ino).map(|n| &n.body) {
+            Some(Body::Dir { children, .. }) => *children.get(name).ok_or_else(no_file)?,
+            _ => return Err(no_file()),
+        };
+    }
+    match tree.nodes.get(&ino).map(|n| &n.body) {
+        Some(Body::File(_)) => Ok(ino),
+        _ => Err(no_file()),
+    }
+}
+
+/// The access rule: read-only, an owner set, and the caller in the owner's mount namespace.
+fn check_access(
+    owner: Option<TaskOwner>,
+    caller: &std::io::Result<Caller>,
+    write: bool,
+) -> Result<(), DenyReason> {
+    if write {
+        return Err(DenyReason::WriteAccess);
+    }
+    let Ok(caller) = caller else {
+        return Err(DenyReason::UnknownCaller);
+    };
+    match owner {
+        None => Err(DenyReason::NoOwner),
+        Some(TaskOwner::MountNamespace(ns)) if ns == caller.mnt_ns => Ok(()),
+        Some(TaskOwner::MountNamespace(_)) => Err(DenyReason::NotOwner),
+    }
+}
+
+fn event(
+    req: &RequestInfo,
+    caller: &std::io::Result<Caller>,
+    task_id: Arc<str>,
+    path: Arc<str>,
+    meta: Option<FileMeta>,
+    op: AccessOp,
+    bytes: u64,
+) -> AccessEvent {
+    // An unidentified caller is still reported, by its thread id.
+    let (pid, command) = match caller {
+        Ok(c) => (c.pid, c.command.clone()),
+        Err(_) => (req.tid, String::new()),
+    };
+    AccessEvent {
+        time: SystemTime::now(),
+        task_id,
+        path,
+        meta,
+        op,
+        pid,
+        uid: req.uid,
+        gid: req.gid,
+        command,
+        bytes,
+    }
+}
+
+fn validate_task_id(id: &str) -> Result<(), TaskError> {
+    let ok = !id.is_empty()
+        && id.len() <= NAME_MAX
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(TaskError::InvalidTaskId(id.to_string()))
+    }
+}
+
+/// Checks every path and mode, and that no two files collide.
+fn validate_files(files: &[FileSpec]) -> Result<(), TaskError> {
+    let invalid = |path: &str, reason| TaskError::InvalidPath {
+        path: path.to_string(),
+        reason,
+    };
+    let mut file_paths = HashSet::new();
+    let mut dir_paths = HashSet::new();
+    for spec in files {
+        let path = spec.path.as_str();
+        if spec.mode & !0o777 != 0 {
+            return Err(TaskError::InvalidMode {
+                path: path.to_string(),
+                mode: spec.mode,
+            });
+        }
+        let components = split_path(path).map_err(|reason| invalid(path, reason))?;
+        if !file_paths.insert(path) {
+            return Err(invalid(path, "duplicate path"));
+        }
+        for i in 1..components.len() {
+            let end: usize = components[..i].iter().map(|c| c.len() + 1).sum::<usize>() - 1;
+            dir_paths.insert(&path[..end]);
+        }
+    }
+    if let Some(clash) = file_paths.intersection(&dir_paths).next() {
+        return Err(invalid(clash, "is both a file and a directory"));
+    }
+    Ok(())
+}
+
+fn split_path(path: &str) -> Result<Vec<&str>, &'static str> {
+    if path.is_empty() {
+        return Err("empty path");
+    }
+    if path.starts_with('/') {
+        return Err("absolute path");
+    }
+    let components: Vec<&str> = path.split('/').collect();
+    for c in &components {
+        match *c {
+            "" => return Err("empty component"),
+            "." | ".." => return Err("`.` or `..` component"),
+            c if c.contains('\0') => return Err("NUL byte"),
+            c if c.len() > NAME_MAX => return Err("component longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    Ok(components)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::mpsc::{Receiver, sync_channel};
+
+    const OWNER_NS: u64 = 4026532001;
+    const OTHER_NS: u64 = 4026532002;
+    /// Thread ids the fake resolver knows: 100 (owner ns, process 10), 101 (a second thread of
+    /// process 10), 200 (another namespace), anything else is unknown.
+    struct FakeResolver;
+
+    impl CallerResolver for FakeResolver {
+        fn resolve(&self, tid: u32) -> io::Result<Caller> {
+            let (pid, mnt_ns, command) = match tid {
+                100 | 101 => (10, OWNER_NS, "app"),
+                200 => (20, OTHER_NS, "intruder"),
+                _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
+            };
+            Ok(Caller {
+                pid,
+                mnt_ns,
+                command: command.to_string(),
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Invalidation>>);
+
+    impl Invalidator for Recorder {
+        fn invalidate(&self, what: &Invalidation) {
+            self.0.lock().unwrap().push(what.clone());
+        }
+    }
+
+    const OWNER: RequestInfo = RequestInfo {
+        tid: 100,
+        uid: 1000,
+        gid: 1000,
+    };
+    const OWNER_THREAD: RequestInfo = RequestInfo {
+        tid: 101,
+        uid: 1000,
+        gid: 1000,
+    };
+    const INTRUDER: RequestInfo = RequestInfo {
+        tid: 200,
+        uid: 0,
+        gid: 0,
+    };
+    const UNKNOWN: RequestInfo = RequestInfo {
+        tid: 999,
+        uid: 0,
+        gid: 0,
+    };
+
+    fn spec(path: &str, content: &[u8]) -> FileSpec {
+        FileSpec {
+            path: path.to_string(),
+            uid: 1000,
+            gid: 1000,
+            mode: 0o400,
+            content: Arc::new(Plaintext::new(content.to_vec())),
+            meta: FileMeta {
+                kind: FileKind::Secret,
+                name: path.rsplit('/').next().unwrap().to_string(),
+                version: 1,
+            },
+        }
+    }
+
+    fn fs_with_events(cap: usize) -> (SecretFs, Receiver<AccessEvent>) {
+        let (tx, rx) = sync_channel(cap);
+        let fs = SecretFs::new()
+            .with_resolver(Arc::new(FakeResolver))
+            .with_event_sink(tx);
+        (fs, rx)
+    }
+
+    /// A filesystem with task "web.1" owned by OWNER_NS holding two files.
+    fn web_fs() -> (SecretFs, Receiver<AccessEvent>) {
+        let (fs, rx) = fs_with_events(64);
+        fs.add_task(
+            "web.1",
+            Some(TaskOwner::MountNamespace(OWNER_NS)),
+            vec![
+                spec("secrets/db_password", b"hunter2"),
+                spec("configs/0", b"listen: 80\n"),
+            ],
+        )
+        .unwrap();
+        (fs, rx)
+    }
+
+    fn ino(fs: &SecretFs, path: &str) -> u64 {
+        let mut ino = ROOT_INO;
+        for c in path.split('/') {
+            ino = fs.lookup(ino, OsStr::new(c)).unwrap().ino;
+        }
+        ino
+    }
+
+    fn read_all(fs: &SecretFs, req: &RequestInfo, fh: u64) -> Vec<u8> {
+        fs.read(req, fh, 0, 4096).unwrap().expose_secret().to_vec()
+    }
+
+    fn add_err(files: Vec<FileSpec>) -> TaskError {
+        SecretFs::new().add_task("t", None, files).unwrap_err()
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        for (path, reason) in [
+            ("", "empty path"),
+            ("/etc/passwd", "absolute path"),
+            ("a//b", "empty component"),
+            ("a/", "empty component"),
+            ("../x", "`.` or `..` component"),
+            ("a/./b", "`.` or `..` component"),
+            ("a/..", "`.` or `..` component"),
+            ("a\0b", "NUL byte"),
+        ] {
+            assert_eq!(
+                add_err(vec![spec(path, b"x")]),
+                TaskError::InvalidPath {
+                    path: path.to_string(),
+                    reason
+                },
+                "{path:?}"
+            );
+        }
+        let long = "x".repeat(256);
+        assert!(matches!(
+            add_err(vec![spec(&long, b"x")]),
+            TaskError::InvalidPath { .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_colliding_paths() {
+        assert_eq!(
+            add_err(vec![spec("a/b", b"1"), spec("a/b", b"2")]),
+            TaskError::InvalidPath {
+                path: "a/b".into(),
+                reason: "duplicate path"
+            }
+        );
+        for files in [
+            vec![spec("a", b"1"), spec("a/b", b"2")],
+            vec![spec("x/a/b", b"2"), spec("x/a", b"1")],
+        ] {
+            assert!(matches!(
+                add_err(files),
+                TaskError::InvalidPath {
+                    reason: "is both a file and a directory",
+                    ..
+                }
+            ));
+        }
+        // Siblings sharing a directory are fine.
+        SecretFs::new()
+            .add_task("t", None, vec![spec("a/b", b"1"), spec("a/c", b"2")])
+            .unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_modes_and_task_ids() {
+        let mut s = spec("a", b"x");
+        s.mode = 0o4755;
+        assert!(matches!(add_err(vec![s]), TaskError::InvalidMode { .. }));
+        let fs = SecretFs::new();
+        for id in ["", ".", "..", "Web", "a/b", "a b", &"x".repeat(256)] {
+            assert_eq!(
+                fs.add_task(id, None, vec![]),
+                Err(TaskError::InvalidTaskId(id.to_string()))
+            );
+        }
+        fs.add_task("web_1.task-2", None, vec![]).unwrap();
+        assert_eq!(
+            fs.add_task("web_1.task-2", None, vec![]),
+            Err(TaskError::TaskExists("web_1.task-2".into()))
+        );
+    }
+
+    #[test]
+    fn failed_add_changes_nothing() {
+        let fs = SecretFs::new();
+        fs.add_task("t", None, vec![spec("ok", b"1"), spec("../bad", b"2")])
+            .unwrap_err();
+        assert!(fs.task_ids().is_empty());
+        assert_eq!(fs.readdir(ROOT_INO).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn lookup_getattr_readdir() {
+        let (fs, _rx) = web_fs();
+        let names = |ino| -> Vec<String> {
+            fs.readdir(ino)
+                .unwrap()
+                .iter()
+                .map(|e| e.name.to_string())
+                .collect()
+        };
+        assert_eq!(names(ROOT_INO), [".", "..", "web.1"]);
+        let task = ino(&fs, "web.1");
+        assert_eq!(names(task), [".", "..", "configs", "secrets"]);
+        assert_eq!(fs.readdir(task).unwrap()[1].ino, ROOT_INO);
+
+        let dir = fs.getattr(task).unwrap();
+        assert_eq!(
+            (dir.kind, dir.perm, dir.uid, dir.gid, dir.nlink),
+            (NodeKind::Directory, 0o555, 0, 0, 4)
+        );
+        let file = fs.getattr(ino(&fs, "web.1/secrets/db_password")).unwrap();
+        assert_eq!(
+            (
+                file.kind, file.size, file.perm, file.uid, file.gid, file.nlink
+            ),
+            (NodeKind::File, 7, 0o400, 1000, 1000, 1)
+        );
+        assert_eq!(fs.lookup(task, OsStr::new("nope")), Err(FsError::NotFound));
+        assert_eq!(
+            fs.lookup(file.ino, OsStr::new("x")),
+            Err(FsError::NotADirectory)
+        );
+        assert_eq!(fs.readdir(file.ino), Err(FsError::NotADirectory));
+        assert_eq!(fs.getattr(9999), Err(FsError::NotFound));
+        assert_eq!(fs.task_ids(), ["web.1"]);
+    }
+
+    #[test]
+    fn owner_reads_with_offsets() {
+        let (fs, _rx) = web_fs();
+        let file = ino(&fs, "web.1/secrets/db_password");
+        let fh = fs.open(&OWNER, file, false).unwrap();
+        assert_eq!(read_all(&fs, &OWNER, fh), b"hunter2");
+        assert_eq!(fs.read(&OWNER, fh, 2, 3).unwrap().expose_secret(), b"nte");
+        assert!(fs.read(&OWNER, fh, 7, 10).unwrap().is_empty());
+        assert!(fs.read(&OWNER, fh, u64::MAX, u32::MAX).unwrap().is_empty());
+        fs.release(fh);
+        assert_eq!(fs.read(&OWNER, fh, 0, 1).unwrap_err(), FsError::BadHandle);
+        assert_eq!(
+            fs.open(&OWNER, ino(&fs, "web.1"), false),
+            Err(FsError::IsADirectory)
+        );
+    }
+
+    #[test]
+    fn non_owners_are_refused() {
+        let (fs, _rx) = web_fs();
+        let file = ino(&fs, "web.1/secrets/db_password");
+        let task = ino(&fs, "web.1");
+        assert_eq!(
+            fs.open(&INTRUDER, file, false),
+            Err(FsError::PermissionDenied)
+        );
+        assert_eq!(
+            fs.open(&UNKNOWN, file, false),
+            Err(FsError::PermissionDenied)
+        );
+        assert_eq!(fs.open(&OWNER, file, true), Err(FsError::ReadOnly));
+        assert_eq!(fs.opendir(&INTRUDER, task), Err(FsError::PermissionDenied));
+        assert_eq!(
+            fs.opendir(&INTRUDER, ino(&fs, "web.1/secrets")),
+            Err(FsError::PermissionDenied)
+        );
+        fs.opendir(&OWNER, task).unwrap();
+        fs.opendir(&INTRUDER, ROOT_INO).unwrap();
+    }
+
+    #[test]
+    fn nobody_reads_until_an_owner_is_set() {
+        let (fs, _rx) = fs_with_events(8);
+        fs.add_task("t", None, vec![spec("s", b"x")]).unwrap();
+        let file = ino(&fs, "t/s");
+        assert_eq!(fs.open(&OWNER, file, false), Err(FsError::PermissionDenied));
+        fs.set_owner("t", TaskOwner::MountNamespace(OWNER_NS))
+            .unwrap();
+        fs.open(&OWNER, file, false).unwrap();
+        fs.set_owner("t", TaskOwner::MountNamespace(OTHER_NS))
+            .unwrap();
+        assert_eq!(fs.open(&OWNER, file, false), Err(FsError::PermissionDenied));
+        fs.open(&INTRUDER, file, false).unwrap();
+        assert_eq!(
+            fs.set_owner("nope", TaskOwner::MountNamespace(1)),
+            Err(TaskError::NoSuchTask("nope".into()))
+        );
+    }
+
+    #[test]
+    fn rotation_swaps_content_and_invalidates() {
+        let (fs, _rx) = web_fs();
+        let rec = Arc::new(Recorder::default());
+        fs.set_invalidator(Some(rec.clone()));
+        let file = ino(&fs, "web.1/secrets/db_password");
+        let before = fs.getattr(file).unwrap();
+        let old_fh = fs.open(&OWNER, file, false).unwrap();
+
+        fs.update_content(
+            "web.1",
+            "secrets/db_password",
+            Arc::new(Plaintext::new(b"correct horse".to_vec())),
+            2,
+        )
+        .unwrap();
+        assert_eq!(*rec.0.lock().unwrap(), [Invalidation::Inode(file)]);
+        let after = fs.getattr(file).unwrap();
+        assert_eq!(after.size, 13);
+        assert!(after.mtime >= before.mtime);
+
+        // New opens see the new version; the handle opened before keeps its version.
+        let fh = fs.open(&OWNER, file, false).unwrap();
+        assert_eq!(read_all(&fs, &OWNER, fh), b"correct horse");
+        assert_eq!(read_all(&fs, &OWNER, old_fh), b"hunter2");
+
+        for (task, path) in [
+            ("web.1", "secrets"),
+            ("web.1", "nope"),
+            ("web.1", "secrets/db_password/x"),
+        ] {
+            assert_eq!(
+                fs.update_content(task, path, Arc::new(Plaintext::new(vec![])), 3),
+                Err(TaskError::NoSuchFile {
+                    task_id: task.into(),
+                    path: path.into()
+                })
+            );
+        }
+        assert_eq!(
+            fs.update_content("nope", "x", Arc::new(Plaintext::new(vec![])), 3),
+            Err(TaskError::NoSuchTask("nope".into()))
+        );
+    }
+
+    #[test]
+    fn remove_task_drops_everything() {
+        let (fs, _rx) = web_fs();
+        let rec = Arc::new(Recorder::default());
+        fs.set_invalidator(Some(rec.clone()));
+        let task = ino(&fs, "web.1");
+        let file = ino(&fs, "web.1/secrets/db_password");
+        let content = {
+            let fh = fs.open(&OWNER, file, false).unwrap();
+            fs.read(&OWNER, fh, 0, 1).unwrap().content.clone()
+        };
+        let fh = fs.open(&OWNER, file, false).unwrap();
+
+        fs.remove_task("web.1").unwrap();
+        assert_eq!(
+            fs.lookup(ROOT_INO, OsStr::new("web.1")),
+            Err(FsError::NotFound)
+        );
+        assert_eq!(fs.getattr(task), Err(FsError::NotFound));
+        assert_eq!(fs.getattr(file), Err(FsError::NotFound));
+        assert_eq!(fs.read(&OWNER, fh, 0, 10).unwrap_err(), FsError::Revoked);
+        // Only our clone still holds the plaintext: the handles let go of it.
+        assert_eq!(Arc::strong_count(&content), 1);
+        let inv = rec.0.lock().unwrap();
+        assert_eq!(
+            inv[0],
+            Invalidation::Entry {
+                parent: ROOT_INO,
+                name: Arc::from("web.1")
+            }
+        );
+        assert!(inv.contains(&Invalidation::Inode(file)));
+        assert_eq!(inv.len(), 1 + 5); // the entry, then the task dir, 2 dirs and 2 files
+        drop(inv);
+        assert_eq!(
+            fs.remove_task("web.1"),
+            Err(TaskError::NoSuchTask("web.1".into()))
+        );
+        // The id can be served again, with fresh inodes.
+        fs.add_task("web.1", None, vec![spec("a", b"1")]).unwrap();
+        assert!(ino(&fs, "web.1") > file);
+    }
+
+    #[test]
+    fn events_describe_each_access() {
+        let (fs, rx) = web_fs();
+        let file = ino(&fs, "web.1/secrets/db_password");
+        let fh = fs.open(&OWNER, file, false).unwrap();
+        fs.read(&OWNER, fh, 0, 4).unwrap();
+        fs.read(&OWNER_THREAD, fh, 4, 100).unwrap();
+        fs.read(&OWNER, fh, 7, 100).unwrap(); // EOF: no data, no event
+        fs.open(&INTRUDER, file, false).unwrap_err();
+        fs.open(&UNKNOWN, file, false).unwrap_err();
+        fs.opendir(&INTRUDER, ino(&fs, "web.1")).unwrap_err();
+
+        let evs: Vec<AccessEvent> = rx.try_iter().collect();
+        let summary: Vec<_> = evs
+            .iter()
+            .map(|e| (e.op, e.pid, e.uid, e.command.as_str(), e.bytes))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (AccessOp::Open, 10, 1000, "app", 0),
+                (AccessOp::Read, 10, 1000, "app", 4),
+                (AccessOp::Read, 10, 1000, "app", 3),
+                (AccessOp::Denied(DenyReason::NotOwner), 20, 0, "intruder", 0),
+                (AccessOp::Denied(DenyReason::UnknownCaller), 999, 0, "", 0),
+                (AccessOp::Denied(DenyReason::NotOwner), 20, 0, "intruder", 0),
+            ]
+        );
+        assert_eq!(&*evs[0].task_id, "web.1");
+        assert_eq!(&*evs[0].path, "secrets/db_password");
+        assert_eq!(
+            evs[0].meta,
+            Some(FileMeta {
+                kind: FileKind::Secret,
+                name: "db_password".into(),
+                version: 1
+            })
+        );
+        assert_eq!(evs[5].meta, None);
+        assert_eq!(&*evs[5].path, "");
+        // No content anywhere in what could be logged.
+        let printed = format!("{evs:?} {fs:?} {:?}", fs.read(&OWNER, fh, 0, 7).unwrap());
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let spec_dbg = format!("{:?}", spec("a", b"hunter2"));
+        assert!(!spec_dbg.contains("hunter2") && spec_dbg.contains("REDACTED"));
+    }
+
+    #[test]
+    fn full_sink_drops_and_counts() {
+        let (fs, rx) = fs_with_events(1);
+        fs.add_task(
+            "t",
+            Some(TaskOwner::MountNamespace(OWNER_NS)),
+            vec![spec("s", b"x")],
+        )
+        .unwrap();
+        let file = ino(&fs, "t/s");
+        fs.open(&OWNER, file, false).unwrap();
+        fs.open(&OWNER, file, false).unwrap();
+        fs.open(&OWNER, file, false).unwrap();
+        assert_eq!(fs.dropped_events(), 2);
+        assert_eq!(rx.try_iter().count(), 1);
+        drop(rx);
+        fs.open(&OWNER, file, false).unwrap();
+        assert_eq!(fs.dropped_events(), 3);
+    }
+}
