@@ -1,0 +1,503 @@
+//! Real FUSE mounts: owner-only access across mount namespaces, kernel permission checks,
+//! rotation, removal, unmount, stale-mount cleanup and access events. Needs root and /dev/fuse.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::time::{Duration, Instant};
+
+use hush_fuse::{
+    AccessEvent, AccessOp, DenyReason, FileKind, FileMeta, FileSpec, MountGuard, Plaintext,
+    SecretFs, TaskOwner, clean_stale_mount, mount, mount_namespace_of,
+};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn plaintext(s: &str) -> Arc<Plaintext> {
+    Arc::new(Plaintext::new(s.as_bytes().to_vec()))
+}
+
+fn file(path: &str, uid: u32, mode: u32, content: &str) -> FileSpec {
+    FileSpec {
+        path: path.to_string(),
+        uid,
+        gid: uid,
+        mode,
+        content: plaintext(content),
+        meta: FileMeta {
+            kind: FileKind::Secret,
+            name: path.rsplit('/').next().unwrap().to_string(),
+            version: 1,
+        },
+    }
+}
+
+/// A mounted filesystem in a temporary directory, with its event channel.
+struct Fixture {
+    fs: Arc<SecretFs>,
+    events: Receiver<AccessEvent>,
+    guard: Option<MountGuard>,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, events) = sync_channel(1024);
+        let fs = Arc::new(SecretFs::new().with_event_sink(tx));
+        let guard = mount(fs.clone(), dir.path()).expect("mount (needs root and /dev/fuse)");
+        Fixture {
+            fs,
+            events,
+            guard: Some(guard),
+            dir,
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Events received so far (all are sent before the kernel gets our reply).
+    fn drain(&self) -> Vec<AccessEvent> {
+        self.events.try_iter().collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Unmount before the tempdir is removed.
+        if let Some(g) = self.guard.take() {
+            g.unmount().expect("unmount");
+        }
+    }
+}
+
+/// A shell in a new mount namespace (a private copy of the host's mounts, ours included)
+/// that runs one command per line we send, like a task's process would.
+struct NsShell {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl NsShell {
+    fn spawn() -> Self {
+        let mut child = Command::new("unshare")
+            .args(["-m", "--propagation", "unchanged", "sh", "-c"])
+            .arg(r#"while IFS= read -r c; do eval "$c" 2>&1; echo "__rc=$?"; done"#)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn unshare (util-linux)");
+        let stdin = child.stdin.take().unwrap();
+        let lines = reader(child.stdout.take().unwrap());
+        let mut sh = NsShell {
+            child,
+            stdin,
+            lines,
+        };
+        // Once a command has run, `unshare` has exec'd sh in its new namespace.
+        assert_eq!(sh.run("echo ready"), ("ready".to_string(), 0));
+        assert_ne!(
+            sh.mnt_ns(),
+            mount_namespace_of(std::process::id()).unwrap(),
+            "unshare -m gave a new mount namespace"
+        );
+        sh
+    }
+
+    /// The shell's mount namespace inode: what the agent would register as the task's owner.
+    fn mnt_ns(&self) -> u64 {
+        mount_namespace_of(self.child.id()).expect("shell's namespace")
+    }
+
+    fn owner(&self) -> TaskOwner {
+        TaskOwner::MountNamespace(self.mnt_ns())
+    }
+
+    /// Run `cmd`; returns its output (stdout and stderr, trimmed) and exit status.
+    fn run(&mut self, cmd: &str) -> (String, i32) {
+        writeln!(self.stdin, "{cmd}").expect("write command");
+        self.stdin.flush().unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no answer to {cmd:?}; output so far: {out:?}"));
+            // Output without a final newline shares its last line with the marker.
+            if let Some((last, rc)) = line.split_once("__rc=") {
+                if !last.is_empty() {
+                    out.push(last.to_string());
+                }
+                return (out.join("\n"), rc.parse().unwrap());
+            }
+            out.push(line);
+        }
+    }
+}
+
+impl Drop for NsShell {
+    fn drop(&mut self) {
+        // Our namespace's copy of the mount keeps the FUSE connection alive: end it first.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of `r`, read on a thread so that waiting on them can have a deadline.
+fn reader(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = sync_channel(1024);
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+}
+
+fn errno_of(path: &Path) -> Option<i32> {
+    std::fs::metadata(path).err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn owner_namespace_reads_others_are_refused() {
+    let fx = Fixture::new();
+    fx.fs
+        .add_task(
+            "web.1",
+            None,
+            vec![
+                file("secrets/db_password", 0, 0o400, "hunter2"),
+                file("configs/public", 0, 0o444, "listen: 80"),
+            ],
+        )
+        .unwrap();
+    let secret = fx.path("web.1/secrets/db_password");
+    let public = fx.path("web.1/configs/public");
+    let mut owner = NsShell::spawn();
+    let mut other = NsShell::spawn();
+
+    // Until an owner is set nobody may read, not even the future owner.
+    let (out, rc) = owner.run(&format!("cat {}", secret.display()));
+    assert_ne!(rc, 0, "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+
+    fx.fs.set_owner("web.1", owner.owner()).unwrap();
+    assert_eq!(
+        owner.run(&format!("cat {}", secret.display())),
+        ("hunter2".to_string(), 0)
+    );
+    assert_eq!(
+        owner.run(&format!("ls {}", fx.path("web.1").display())),
+        ("configs\nsecrets".to_string(), 0)
+    );
+
+    // Host root (this process) is refused, for files and for the task directory.
+    let err = std::fs::read(&secret).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    let err = std::fs::read(&public).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    let err = std::fs::read_dir(fx.path("web.1")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    // ...but can list the root and see names and sizes.
+    let names: Vec<_> = std::fs::read_dir(fx.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["web.1"]);
+    let meta = std::fs::metadata(&secret).unwrap();
+    assert_eq!((meta.len(), meta.uid()), (7, 0));
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o400);
+
+    // Another namespace is refused.
+    let (out, rc) = other.run(&format!("cat {}", secret.display()));
+    assert_ne!(rc, 0);
+    assert!(out.contains("Permission denied"), "{out}");
+
+    // Writes are refused even to the owner (read-only mount).
+    let (out, rc) = owner.run(&format!("echo x >> {}", secret.display()));
+    assert_ne!(rc, 0);
+    assert!(out.contains("Read-only file system"), "{out}");
+
+    // In the owner namespace, the kernel still checks uid/gid/mode (default_permissions):
+    // nobody cannot read root's 0400 file, and that refusal never reaches us.
+    fx.drain();
+    let nobody = "setpriv --reuid 65534 --regid 65534 --clear-groups";
+    let (out, rc) = owner.run(&format!("{nobody} cat {}", secret.display()));
+    assert_ne!(rc, 0);
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(
+        fx.drain().is_empty(),
+        "the kernel refused before open reached us"
+    );
+    assert_eq!(
+        owner.run(&format!("{nobody} cat {}", public.display())),
+        ("listen: 80".to_string(), 0)
+    );
+}
+
+#[test]
+fn rotation_is_seen_immediately() {
+    let fx = Fixture::new();
+    let mut owner = NsShell::spawn();
+    fx.fs
+        .add_task(
+            "api.1",
+            Some(owner.owner()),
+            vec![file("token", 0, 0o400, "v1")],
+        )
+        .unwrap();
+    let token = fx.path("api.1/token");
+    let show = format!("cat {0}; echo; stat -c %s {0}", token.display());
+    assert_eq!(owner.run(&show), ("v1\n2".to_string(), 0));
+
+    // Longer, then shorter: neither stale bytes nor a stale (cached) size may show.
+    fx.fs
+        .update_content("api.1", "token", plaintext("version-two"), 2)
+        .unwrap();
+    assert_eq!(owner.run(&show), ("version-two\n11".to_string(), 0));
+    fx.fs
+        .update_content("api.1", "token", plaintext("3"), 3)
+        .unwrap();
+    assert_eq!(owner.run(&show), ("3\n1".to_string(), 0));
+    let versions: Vec<u64> = fx
+        .drain()
+        .iter()
+        .filter(|e| e.op == AccessOp::Open)
+        .map(|e| e.meta.as_ref().unwrap().version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+}
+
+#[test]
+fn remove_task_and_unmount() {
+    let mut fx = Fixture::new();
+    let mut owner = NsShell::spawn();
+    fx.fs
+        .add_task(
+            "gone.1",
+            Some(owner.owner()),
+            vec![file("a/b", 0, 0o444, "gone-secret")],
+        )
+        .unwrap();
+    fx.fs
+        .add_task(
+            "stays.1",
+            Some(owner.owner()),
+            vec![file("c", 0, 0o444, "y")],
+        )
+        .unwrap();
+    let b = fx.path("gone.1/a/b");
+    assert_eq!(
+        owner.run(&format!("cat {}", b.display())),
+        ("gone-secret".into(), 0)
+    );
+    // Keep the file open in the task across the removal.
+    owner.run(&format!("exec 7< {}", b.display()));
+    assert!(std::fs::metadata(&b).is_ok());
+
+    fx.fs.remove_task("gone.1").unwrap();
+    assert_eq!(errno_of(&fx.path("gone.1")), Some(libc::ENOENT));
+    assert_eq!(errno_of(&b), Some(libc::ENOENT));
+    let (out, rc) = owner.run(&format!("cat {}", b.display()));
+    assert_ne!(rc, 0, "{out}");
+    let (out, rc) = owner.run("cat <&7");
+    // fstat fails first (ENOENT); a read would get EIO: either way, no content.
+    assert_ne!(rc, 0, "an open file stops serving a removed task: {out}");
+    assert!(!out.contains("gone-secret"), "{out}");
+    let names: Vec<_> = std::fs::read_dir(fx.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["stays.1"]);
+
+    // Unmount: the path is no longer a mount point here.
+    drop(owner);
+    let root = fx.root().to_path_buf();
+    assert!(is_mount_point(&root));
+    fx.guard.take().unwrap().unmount().unwrap();
+    assert!(!is_mount_point(&root));
+    assert!(std::fs::read_dir(&root).unwrap().next().is_none());
+}
+
+#[test]
+fn guard_drop_unmounts_even_when_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(SecretFs::new());
+    fs.add_task("t", None, vec![]).unwrap();
+    let guard = mount(fs, dir.path()).unwrap();
+    assert!(is_mount_point(dir.path()));
+    // A process with its working directory inside makes a plain umount fail with EBUSY.
+    let mut busy = Command::new("sleep")
+        .arg("60")
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    drop(guard);
+    assert!(!is_mount_point(dir.path()));
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+}
+
+/// Not a test on its own: the child process of `stale_mount_is_cleaned`, which mounts and
+/// waits to be killed.
+#[test]
+fn stale_mount_child() {
+    let Ok(path) = std::env::var("HUSH_TEST_STALE_MOUNT") else {
+        return;
+    };
+    let fs = Arc::new(SecretFs::new());
+    let _guard = mount(fs, Path::new(&path)).expect("child mount");
+    println!("MOUNTED");
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn stale_mount_is_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "stale_mount_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HUSH_TEST_STALE_MOUNT", dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = reader(child.stdout.take().unwrap());
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains("MOUNTED") => break,
+            Ok(_) => {}
+            Err(_) => panic!("child did not mount"),
+        }
+    }
+    assert!(is_mount_point(dir.path()));
+    assert_eq!(
+        clean_stale_mount(Path::new("/nonexistent/hush")).unwrap(),
+        false
+    );
+
+    // A crashed agent: SIGKILL, reaped by us (PID 1 here does not reap).
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(errno_of(dir.path()), Some(libc::ENOTCONN));
+    let err = mount(Arc::new(SecretFs::new()), dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not connected"), "{err}");
+
+    assert!(clean_stale_mount(dir.path()).unwrap());
+    assert!(!is_mount_point(dir.path()));
+    assert_eq!(errno_of(dir.path()), None);
+    assert!(
+        !clean_stale_mount(dir.path()).unwrap(),
+        "nothing left to clean"
+    );
+
+    let fs = Arc::new(SecretFs::new());
+    fs.add_task("again", None, vec![]).unwrap();
+    let guard = mount(fs, dir.path()).unwrap();
+    assert!(dir.path().join("again").is_dir());
+    // A live hush mount left at the path (a previous agent still running) is detached too.
+    assert!(clean_stale_mount(dir.path()).unwrap());
+    assert!(!is_mount_point(dir.path()));
+    drop(guard);
+}
+
+#[test]
+fn events_name_the_process() {
+    let fx = Fixture::new();
+    let mut owner = NsShell::spawn();
+    fx.fs
+        .add_task(
+            "db.1",
+            Some(owner.owner()),
+            vec![file("secrets/pw", 0, 0o400, "0123456789")],
+        )
+        .unwrap();
+    let pw = fx.path("db.1/secrets/pw");
+    let (out, rc) = owner.run(&format!("sh -c 'echo pid=$$; exec cat {}'", pw.display()));
+    assert_eq!(rc, 0, "{out}");
+    let (pid_line, content) = out.split_once('\n').unwrap();
+    assert_eq!(content, "0123456789");
+    let cat_pid: u32 = pid_line.strip_prefix("pid=").unwrap().parse().unwrap();
+
+    let evs = fx.drain();
+    let summary: Vec<_> = evs
+        .iter()
+        .map(|e| (e.op, e.pid, e.uid, e.gid, e.command.as_str(), e.bytes))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (AccessOp::Open, cat_pid, 0, 0, "cat", 0),
+            (AccessOp::Read, cat_pid, 0, 0, "cat", 10),
+        ]
+    );
+    assert_eq!((&*evs[0].task_id, &*evs[0].path), ("db.1", "secrets/pw"));
+    assert_eq!(evs[0].meta.as_ref().unwrap().name, "pw");
+
+    // Refused from a thread of this process: the event names the process, not the thread.
+    let pw2 = pw.clone();
+    let err = std::thread::spawn(move || std::fs::File::open(pw2).unwrap_err())
+        .join()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    let evs = fx.drain();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].op, AccessOp::Denied(DenyReason::NotOwner));
+    assert_eq!(evs[0].pid, std::process::id());
+    assert_eq!(fx.fs.dropped_events(), 0);
+}
+
+#[test]
+fn own_namespace_as_owner_from_threads() {
+    // The agent's (and the benchmark's) setup: this process owns a task.
+    let fx = Fixture::new();
+    let me = std::process::id();
+    fx.fs
+        .add_task(
+            "self.1",
+            Some(TaskOwner::MountNamespace(mount_namespace_of(me).unwrap())),
+            vec![file("k", 0, 0o400, "abc")],
+        )
+        .unwrap();
+    let k = fx.path("self.1/k");
+    let got = std::thread::spawn(move || std::fs::read(k).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(got, b"abc");
+    let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
+    let evs = fx.drain();
+    assert!(evs.len() >= 2, "{evs:?}");
+    for e in &evs {
+        assert_eq!((e.pid, e.command.as_str()), (me, comm.trim_end()));
+    }
+    assert_eq!(evs[1].bytes, 3);
+}
