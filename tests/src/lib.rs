@@ -1,1 +1,229 @@
-//! placeholder
+//! Test harness: builds the real binaries, starts vaults on loopback ports chosen by the
+//! kernel, runs the `hush` CLI against them, and cleans up on drop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long anything in a test may take to become ready.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The workspace's `target/<profile>` directory (tests run from `target/<profile>/deps`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf()
+}
+
+/// Path of a workspace binary. `cargo test --workspace` builds them (the `hush-vault` and
+/// `hush-agent` packages have integration tests, which makes cargo build their binaries with
+/// the same features as this run; building them from here would flip features and rebuild).
+pub fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(path.exists(), "{} is missing: run the suite with `cargo test --workspace`", path.display());
+    path
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Self {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Runs `command` to completion with no stdin.
+    pub fn from_command(command: &mut Command) -> Self {
+        Self::from(command.stdin(Stdio::null()).output().expect("command runs"))
+    }
+
+    /// Asserts success; returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert!(self.status.success(), "command failed: {self:?}");
+        &self.stdout
+    }
+
+    /// Asserts the CLI failure shape: non-zero exit, exactly one stderr line `error: ...`
+    /// containing `needle`. Returns that line.
+    #[track_caller]
+    pub fn fails_with(&self, needle: &str) -> String {
+        assert!(!self.status.success(), "command should have failed: {self:?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one error line, got: {:?}", self.stderr);
+        assert!(lines[0].starts_with("error: "), "error line: {:?}", lines[0]);
+        assert!(lines[0].contains(needle), "{:?} does not contain {needle:?}", lines[0]);
+        lines[0].to_string()
+    }
+}
+
+/// A data directory initialised with `hush vault init`, and the vault process serving it.
+pub struct TestVault {
+    pub temp: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub addr: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+    pub init_stdout: String,
+}
+
+impl TestVault {
+    /// Initialises a data dir (extra `init` flags in `init_args`) without starting it.
+    pub fn init(init_args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut args = vec!["vault", "init", "--data-dir", data_dir.to_str().expect("utf-8 path")];
+        args.extend_from_slice(init_args);
+        let init = Run::from(Command::new(bin("hush")).args(&args).output().expect("hush runs"));
+        let init_stdout = init.ok().to_string();
+        let log = temp.path().join("vault.log");
+        Self { temp, data_dir, addr: String::new(), log, child: None, init_stdout }
+    }
+
+    /// Initialised and serving.
+    pub fn start_new() -> Self {
+        let mut vault = Self::init(&[]);
+        vault.start();
+        vault
+    }
+
+    pub fn admin_dir(&self) -> PathBuf {
+        self.data_dir.join("admin")
+    }
+
+    /// Starts `hush vault serve` on a free loopback port; returns once it listens.
+    /// Its stderr (the log) is appended to `self.log`.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let mut child = Command::new(bin("hush"))
+            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("vault starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        self.addr = read_line_with(stdout, "hush vault listening on ").unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vault did not start: {}", std::fs::read_to_string(&self.log).unwrap_or_default())
+        });
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        child.wait().expect("vault exits")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(bin("hush"));
+        command.env("HUSH_VAULT", &self.addr).env("HUSH_TLS_DIR", self.admin_dir()).env_remove("HUSH_LOG");
+        command
+    }
+
+    /// Runs `hush ARGS` against this vault.
+    pub fn hush(&self, args: &[&str]) -> Run {
+        Run::from(self.command().args(args).stdin(Stdio::null()).output().expect("hush runs"))
+    }
+
+    /// Runs `hush ARGS` with `input` on stdin.
+    pub fn hush_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hush runs");
+        child.stdin.take().expect("piped").write_all(input).expect("write stdin");
+        Run::from(child.wait_with_output().expect("hush exits"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestVault {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Reads lines until one starts with `prefix`; returns the rest of it. Gives up at EOF or
+/// after [`DEADLINE`] (the reader runs on its own thread so a silent child cannot hang us).
+pub fn read_line_with(stream: impl std::io::Read + Send + 'static, prefix: &str) -> Option<String> {
+    let prefix = prefix.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stream).lines();
+        let found = lines.by_ref().map_while(Result::ok).find_map(|l| l.strip_prefix(&prefix).map(str::to_string));
+        let _ = tx.send(found);
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    rx.recv_timeout(DEADLINE).ok().flatten()
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("readable dir") {
+                stack.push(entry.expect("dir entry").path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(path);
+        }
+    }
+    hits
+}
+
+/// A value unlikely to appear anywhere by chance.
+pub fn marker(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    format!("PLAINTEXT-{tag}-{nanos:x}-{}", std::process::id())
+}
+
+/// Polls `check` until it returns `Some` or [`DEADLINE`] passes.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -23,14 +23,14 @@ const LEAF_VALIDITY: Duration = Duration::days(1825);
 pub enum CaError {
     #[error("certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
-    #[error("CA file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("CA file {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("invalid PEM in {0}")]
     Pem(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
-    move |source| CaError::Io { path: path.display().to_string(), source }
+    move |error| CaError::Io { path: path.display().to_string(), error }
 }
 
 /// A PEM certificate and its PEM private key.

@@ -14,8 +14,8 @@ pub enum ClientError {
     NoAddress,
     #[error("no TLS bundle: set HUSH_TLS_DIR to a directory with ca.pem, cert.pem and key.pem, or pass --tls-dir")]
     NoTlsDir,
-    #[error("cannot read {path}: {source}")]
-    Bundle { path: String, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Bundle { path: String, error: std::io::Error },
     #[error("invalid vault address {0:?}: expected host:port")]
     Address(String),
     #[error("cannot reach the vault at {addr}: {reason}")]
@@ -33,7 +33,7 @@ impl TlsBundle {
     pub fn read(dir: &Path) -> Result<Self, ClientError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| ClientError::Bundle { path: path.display().to_string(), source })
+            std::fs::read(&path).map_err(|error| ClientError::Bundle { path: path.display().to_string(), error })
         };
         Ok(Self { ca: read("ca.pem")?, cert: read("cert.pem")?, key: read("key.pem")? })
     }

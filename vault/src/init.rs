@@ -11,8 +11,8 @@ use crate::store::redb::RedbStore;
 pub enum InitError {
     #[error("data dir {0} is already initialised")]
     AlreadyInitialised(String),
-    #[error("data dir {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("data dir {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error(transparent)]
@@ -42,7 +42,7 @@ pub fn init(dir: &DataDir, options: &InitOptions) -> Result<Initialised, InitErr
     }
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();
-        move |source| InitError::Io { path, source }
+        move |error| InitError::Io { path, error }
     };
     create_private_dir(dir.root()).map_err(io(dir.root()))?;
     let ca = CertificateAuthority::generate()?;

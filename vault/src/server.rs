@@ -15,8 +15,8 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 pub enum ServeError {
     #[error(transparent)]
     Vault(#[from] VaultStateError),
-    #[error("reading TLS material {path}: {source}")]
-    TlsFile { path: String, source: std::io::Error },
+    #[error("reading TLS material {path}: {error}")]
+    TlsFile { path: String, error: std::io::Error },
     #[error("TLS configuration: {0}")]
     Tls(String),
     #[error("server: {0}")]
@@ -24,7 +24,7 @@ pub enum ServeError {
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::TlsFile { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|error| ServeError::TlsFile { path: path.display().to_string(), error })
 }
 
 /// Opens the vault in `dir` and serves it on `listener` until `shutdown` resolves.

@@ -5,7 +5,9 @@ use crate::client::connect_admin;
 use crate::hardening::disable_core_dumps;
 use crate::init::{InitOptions, init};
 use crate::layout::DataDir;
-use crate::server::serve;
+use crate::server::serve_vault;
+use crate::vault::Vault;
+use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 use hush_proto::v1 as pb;
@@ -62,11 +64,14 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
         }
         VaultCommand::Serve { data_dir, listen } => {
             disable_core_dumps();
-            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             let dir = DataDir::new(&data_dir);
-            // Open before announcing, so "listening" means ready to answer.
-            let serving = serve(&dir, listener_announced(listener)?, shutdown_signal());
-            serving.await?;
+            // Open before listening, so a bad data dir fails before anything is announced.
+            let vault = Arc::new(Vault::open(&dir)?);
+            if vault.is_locked() {
+                tracing::warn!("vault is autolocked: it serves nothing until `hush vault unlock`");
+            }
+            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            serve_vault(vault, &dir, listener_announced(listener)?, shutdown_signal()).await?;
         }
         VaultCommand::Unlock { connection } => {
             if std::io::stdin().is_terminal() {

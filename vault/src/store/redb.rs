@@ -25,8 +25,21 @@ type Reply = oneshot::Sender<Result<Revision, StoreError>>;
 
 pub struct RedbStore {
     db: Arc<Database>,
-    writer: mpsc::Sender<(Txn, Reply)>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<(Txn, Reply)>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     changes: broadcast::Sender<Change>,
+}
+
+impl Drop for RedbStore {
+    /// Closes the queue and waits for the writer: once dropped, the file is closed and can be
+    /// opened again at once (by the same process, as `hush dev` does after `init`).
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -49,11 +62,11 @@ impl RedbStore {
         let (changes, _) = broadcast::channel(4096);
         let thread_db = db.clone();
         let thread_changes = changes.clone();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || write_loop(&thread_db, &queue, &thread_changes))
             .map_err(io)?;
-        Ok(Self { db, writer, changes })
+        Ok(Self { db, writer: Some(writer), writer_thread: Some(writer_thread), changes })
     }
 
     fn read_entry(value: &[u8], key: &str) -> Result<(Revision, Vec<u8>), StoreError> {
@@ -94,7 +107,8 @@ impl Store for RedbStore {
 
     async fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer.send((txn, reply)).map_err(|_| StoreError::Closed)?;
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer.send((txn, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -272,15 +286,8 @@ mod tests {
             let store = RedbStore::open(&path).unwrap();
             store.commit(Txn::new().put("a", b"kept".to_vec())).await.unwrap()
         };
-        // The writer thread holds the database until its channel closes; wait for it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let store = loop {
-            match RedbStore::open(&path) {
-                Ok(store) => break store,
-                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        };
+        // Dropping the store closes the file at once.
+        let store = RedbStore::open(&path).unwrap();
         let entry = store.get("a").await.unwrap().unwrap();
         assert_eq!((entry.value.as_slice(), entry.mod_revision), (b"kept".as_slice(), revision));
     }
