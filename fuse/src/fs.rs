@@ -391,6 +391,10 @@ impl SecretFs {
 
     /// Send access events to `sink`. Sending never blocks a filesystem thread: when the channel
     /// is full (or closed) the event is dropped and counted in [`SecretFs::dropped_events`].
+    ///
+    /// Drain it in batches (wake every few ms, then `try_recv` until empty) rather than blocking
+    /// in `recv`: a receiver blocked on the channel is woken for every event, which costs more
+    /// CPU per open than the event itself. Size the channel for the burst between drains.
     pub fn with_event_sink(mut self, sink: SyncSender<AccessEvent>) -> Self {
         self.events = Some(sink);
         self
