@@ -160,12 +160,16 @@ fn main() {
             ("hush fuse, 4 threads".to_string(), p, r)
         },
         {
+            let (p, r) = measure_fuse(2, None);
+            ("hush fuse, 2 threads (default)".to_string(), p, r)
+        },
+        {
             let (p, r) = measure_fuse(1, None);
             ("hush fuse, 1 thread".to_string(), p, r)
         },
         {
-            let (p, r) = measure_fuse(4, Some(fixed));
-            ("hush fuse, 4 threads, no /proc lookup".to_string(), p, r)
+            let (p, r) = measure_fuse(1, Some(fixed));
+            ("hush fuse, 1 thread, no /proc lookup".to_string(), p, r)
         },
     ];
 

@@ -51,14 +51,17 @@ pub enum MountError {
 /// Session tuning.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
-    /// Threads serving kernel requests (fuser's `n_threads`). Default 4: an open blocked on
-    /// `/proc` must not stall every other reader.
+    /// Threads serving kernel requests (fuser's `n_threads`). Default 2: more than one, so one
+    /// slow request (a `/proc` read) does not stall every reader; not more, because the kernel
+    /// hands requests to idle threads in turn, and on the 2-core machines measured each extra
+    /// thread made a request cost more CPU (cold thread, cross-CPU wakeup): 4 threads used up
+    /// to twice the CPU per open+read+close of 1 or 2 (see `benches/read.rs`).
     pub threads: usize,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        Self { threads: 4 }
+        Self { threads: 2 }
     }
 }
 
