@@ -1,1 +1,12 @@
-//! placeholder
+//! The Hush node agent: joins a vault, follows the node's assignment stream, and serves each
+//! task its secrets and configs from memory through the FUSE filesystem (`hush-fuse`).
+
+pub mod control;
+pub mod daemon;
+pub mod hardening;
+pub mod pin;
+pub mod reconcile;
+pub mod run;
+pub mod state;
+pub mod task_ns;
+pub mod vault_link;

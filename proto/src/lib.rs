@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod redact;
+pub mod token;
 
 /// Version 1 of the Hush protocol (`proto/hush.proto`).
 pub mod v1 {

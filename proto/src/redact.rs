@@ -1,6 +1,9 @@
 //! `Debug` for messages that carry values: fields shown, values replaced by their length.
 
-use crate::v1::{CreateRequest, InspectResponse, RotateKeyResponse, RotateRequest, UnlockRequest};
+use crate::v1::{
+    AssignedFile, CreateRequest, InspectResponse, JoinRequest, JoinTokenResponse, RotateKeyResponse, RotateRequest,
+    UnlockRequest,
+};
 use std::fmt;
 
 /// Stands in for a value in `Debug` output.
@@ -55,6 +58,37 @@ impl fmt::Debug for RotateKeyResponse {
         f.debug_struct("RotateKeyResponse")
             .field("unlock_key", &Redacted(self.unlock_key.len()))
             .finish()
+    }
+}
+
+impl fmt::Debug for AssignedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssignedFile")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("object_id", &self.object_id)
+            .field("version", &self.version)
+            .field("target", &self.target)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:#o}", self.mode))
+            .field("data", &Redacted(self.data.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token", &Redacted(self.token.len()))
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for JoinTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinTokenResponse").field("token", &Redacted(self.token.len())).finish()
     }
 }
 

@@ -31,7 +31,7 @@ impl From<VaultError> for Status {
             VaultError::Invalid(_) | VaultError::Filter(_) => Status::invalid_argument(message),
             VaultError::NameTaken { .. } => Status::already_exists(message),
             VaultError::NotFound { .. } => Status::not_found(message),
-            VaultError::Ambiguous { .. } => Status::failed_precondition(message),
+            VaultError::Ambiguous { .. } | VaultError::InUse { .. } => Status::failed_precondition(message),
             VaultError::Tampered { .. } | VaultError::Corrupt { .. } => Status::data_loss(message),
             VaultError::Contended => Status::aborted(message),
             VaultError::Store(_) => Status::unavailable(message),
@@ -56,6 +56,33 @@ fn kind_of(kind: i32) -> Result<Kind, Status> {
         Ok(pb::Kind::Secret) => Ok(Kind::Secret),
         Ok(pb::Kind::Config) => Ok(Kind::Config),
         _ => Err(Status::invalid_argument("kind must be secret or config")),
+    }
+}
+
+fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn to_reference(b: &crate::services::BoundReference) -> pb::FileReference {
+    pb::FileReference {
+        source: b.reference.source.clone(),
+        object_id: b.object_id.clone(),
+        target: b.reference.target.clone(),
+        uid: b.reference.uid,
+        gid: b.reference.gid,
+        mode: b.reference.mode,
+    }
+}
+
+fn to_service(s: &crate::services::ServiceRecord) -> pb::ServiceSpec {
+    pb::ServiceSpec {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        secrets: s.secrets.iter().map(to_reference).collect(),
+        configs: s.configs.iter().map(to_reference).collect(),
+        created_at: rfc3339(&s.created_at),
+        updated_at: rfc3339(&s.updated_at),
+        labels: s.labels.clone().into_iter().collect(),
     }
 }
 
@@ -120,7 +147,11 @@ impl Admin for AdminService {
         let objects = self.objects()?;
         let request = request.into_inner();
         let kind = kind_of(request.kind)?;
-        let record = objects.remove(kind, &request.reference).await?;
+        let services = self.vault.services()?;
+        let record = objects.remove(kind, &request.reference, |record| {
+            let services = &services;
+            async move { services.users_of(kind, &record.id).await }
+        }).await?;
         tracing::info!(actor = %peer.actor(), %kind, name = %record.name, id = %record.id, "removed");
         Ok(Response::new(pb::RemoveResponse { id: record.id }))
     }
@@ -157,6 +188,78 @@ impl Admin for AdminService {
         tracing::info!(actor = %peer.actor(), "key-encryption key rotated");
         let unlock_key = unlock.map(|k| k.expose_secret().to_string()).unwrap_or_default();
         Ok(Response::new(pb::RotateKeyResponse { unlock_key }))
+    }
+
+    async fn service_create(&self, request: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceCreateResponse>, Status> {
+        let peer = require_admin(&request)?;
+        let r = request.into_inner();
+        let service = self.vault.services()?.create(&r.name, &r.secrets, &r.configs, r.labels.into_iter().collect()).await?;
+        tracing::info!(actor = %peer.actor(), name = %service.name, id = %service.id, "service created");
+        Ok(Response::new(pb::ServiceCreateResponse { id: service.id }))
+    }
+
+    async fn service_list(&self, request: Request<pb::ServiceListRequest>) -> Result<Response<pb::ServiceListResponse>, Status> {
+        require_admin(&request)?;
+        let services = self.vault.services()?.list().await?;
+        Ok(Response::new(pb::ServiceListResponse { services: services.iter().map(to_service).collect() }))
+    }
+
+    async fn service_inspect(&self, request: Request<pb::ServiceInspectRequest>) -> Result<Response<pb::ServiceInspectResponse>, Status> {
+        require_admin(&request)?;
+        let (service, _) = self.vault.services()?.find(&request.into_inner().reference).await?;
+        Ok(Response::new(pb::ServiceInspectResponse { service: Some(to_service(&service)) }))
+    }
+
+    async fn service_remove(&self, request: Request<pb::ServiceRemoveRequest>) -> Result<Response<pb::ServiceRemoveResponse>, Status> {
+        let peer = require_admin(&request)?;
+        let service = self.vault.services()?.remove(&request.into_inner().reference).await?;
+        tracing::info!(actor = %peer.actor(), name = %service.name, "service removed");
+        Ok(Response::new(pb::ServiceRemoveResponse { id: service.id }))
+    }
+
+    async fn service_update(&self, request: Request<pb::ServiceUpdateRequest>) -> Result<Response<pb::ServiceUpdateResponse>, Status> {
+        let peer = require_admin(&request)?;
+        let r = request.into_inner();
+        let service = self.vault.services()?.update(&r.reference, &r.secret_add, &r.secret_rm, &r.config_add, &r.config_rm).await?;
+        tracing::info!(actor = %peer.actor(), name = %service.name, "service updated");
+        Ok(Response::new(pb::ServiceUpdateResponse { id: service.id }))
+    }
+
+    async fn join_token(&self, request: Request<pb::JoinTokenRequest>) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        let peer = require_admin(&request)?;
+        let rotate = request.into_inner().rotate;
+        let token = self.vault.nodes()?.join_token(rotate).await?;
+        if rotate {
+            tracing::info!(actor = %peer.actor(), "join token rotated");
+        }
+        Ok(Response::new(pb::JoinTokenResponse { token }))
+    }
+
+    async fn node_list(&self, request: Request<pb::NodeListRequest>) -> Result<Response<pb::NodeListResponse>, Status> {
+        require_admin(&request)?;
+        let nodes = self.vault.nodes()?;
+        let tasks = self.vault.tasks().list().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let infos = nodes
+            .list()
+            .await?
+            .into_iter()
+            .map(|n| pb::NodeInfo {
+                ready: nodes.is_connected(&n.id),
+                tasks: tasks.iter().filter(|t| t.node_id == n.id).count() as u32,
+                last_seen: rfc3339(&n.last_seen),
+                joined_at: rfc3339(&n.joined_at),
+                id: n.id,
+                name: n.name,
+            })
+            .collect();
+        Ok(Response::new(pb::NodeListResponse { nodes: infos }))
+    }
+
+    async fn node_remove(&self, request: Request<pb::NodeRemoveRequest>) -> Result<Response<pb::NodeRemoveResponse>, Status> {
+        let peer = require_admin(&request)?;
+        let node = self.vault.nodes()?.remove(&request.into_inner().reference).await?;
+        tracing::info!(actor = %peer.actor(), node = %node.id, name = %node.name, "node removed: certificate revoked");
+        Ok(Response::new(pb::NodeRemoveResponse { id: node.id }))
     }
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {

@@ -112,6 +112,21 @@ impl CertificateAuthority {
         self.issue(params)
     }
 
+    /// Signs a node's certificate request. Only its public key is taken from the request: the
+    /// subject (node ID, role) is the vault's to decide.
+    pub fn sign_request(&self, csr_pem: &str, common_name: &str, role_ou: &str) -> Result<String, CaError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.distinguished_name.push(DnType::OrganizationalUnitName, role_ou);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, LEAF_VALIDITY);
+        csr.params = params;
+        Ok(csr.signed_by(&self.issuer)?.pem())
+    }
+
     fn issue(&self, mut params: CertificateParams) -> Result<CertifiedKey, CaError> {
         validity(&mut params, LEAF_VALIDITY);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -48,7 +48,9 @@ pub fn init(dir: &DataDir, options: &InitOptions) -> Result<Initialised, InitErr
     let ca = CertificateAuthority::generate()?;
     ca.save(dir)?;
     let server = ca.issue_server(&options.advertise)?;
-    write_private_atomic(&dir.server_cert(), server.cert_pem.as_bytes()).map_err(io(&dir.server_cert()))?;
+    // Leaf then CA: joining agents find the CA in the chain and check it against their token.
+    let chain = format!("{}{}", server.cert_pem, ca.cert_pem());
+    write_private_atomic(&dir.server_cert(), chain.as_bytes()).map_err(io(&dir.server_cert()))?;
     write_private_atomic(&dir.server_key(), server.key_pem.as_bytes()).map_err(io(&dir.server_key()))?;
 
     let admin_dir = dir.admin_dir();

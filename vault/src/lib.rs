@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod assign;
 pub mod ca;
 pub mod cli;
 pub mod client;
@@ -13,8 +14,13 @@ pub mod init;
 pub mod keyring;
 pub mod layout;
 pub mod model;
+pub mod node_api;
+pub mod nodes;
 pub mod objects;
 pub mod secret;
 pub mod server;
+pub mod services;
+pub mod spec;
 pub mod store;
+pub mod tasks;
 pub mod vault;

@@ -29,6 +29,8 @@ pub enum VaultError {
     Filter(String),
     #[error("record {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("{kind} '{name}' is in use by the following service{}: {}", if services.len() == 1 { "" } else { "s" }, services.join(", "))]
+    InUse { kind: Kind, name: String, services: Vec<String> },
     #[error("the object changed concurrently too many times; try again")]
     Contended,
     #[error(transparent)]
@@ -188,7 +190,7 @@ impl Objects {
         }
     }
 
-    async fn get_by_id(&self, kind: Kind, id: &str) -> Result<Option<Found>, VaultError> {
+    pub async fn get_by_id(&self, kind: Kind, id: &str) -> Result<Option<Found>, VaultError> {
         match self.store.get(&obj_key(kind, id)).await? {
             Some(entry) => Ok(Some(Found { record: decode(&entry)?, revision: entry.mod_revision })),
             None => Ok(None),
@@ -226,11 +228,36 @@ impl Objects {
         Err(VaultError::Contended)
     }
 
-    /// Removes the object with all its versions.
-    pub async fn remove(&self, kind: Kind, reference: &str) -> Result<ObjectRecord, VaultError> {
+    /// Seals vault-internal values (the join token) under the data key, bound to `label`.
+    pub fn seal_internal(&self, label: &str, plaintext: &[u8]) -> Vec<u8> {
+        crypto::seal(&self.data_key, format!("hush/v1/internal/{label}").as_bytes(), plaintext)
+    }
+
+    pub fn open_internal(&self, label: &str, sealed: &[u8]) -> Result<SecretBytes, VaultError> {
+        crypto::open(&self.data_key, format!("hush/v1/internal/{label}").as_bytes(), sealed)
+            .map_err(|_| VaultError::Corrupt { key: label.to_string(), reason: "failed its integrity check".into() })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Removes the object with all its versions, unless `in_use` names a user of it. `in_use`
+    /// also returns a store check that holds while its answer does (so a service created
+    /// between the check and the removal makes the removal retry).
+    pub async fn remove<F, Fut>(&self, kind: Kind, reference: &str, in_use: F) -> Result<ObjectRecord, VaultError>
+    where
+        F: Fn(ObjectRecord) -> Fut,
+        Fut: std::future::Future<Output = Result<(Vec<String>, (String, Expect)), VaultError>>,
+    {
         for _ in 0..CAS_ATTEMPTS {
             let Found { record, revision } = self.find(kind, reference).await?;
+            let (users, (guard_key, guard)) = in_use(record.clone()).await?;
+            if !users.is_empty() {
+                return Err(VaultError::InUse { kind, name: record.name, services: users });
+            }
             let mut txn = Txn::new()
+                .check(guard_key, guard)
                 .check(obj_key(kind, &record.id), Expect::At(revision))
                 .delete(obj_key(kind, &record.id))
                 .delete(name_key(kind, &record.name));
@@ -275,7 +302,7 @@ mod tests {
         assert_eq!(rotated.current_version(), 2);
         assert_eq!(objects.open_version(Kind::Secret, &rotated, 1).await.unwrap().expose_secret(), b"v1");
         assert_eq!(objects.open_version(Kind::Secret, &rotated, 2).await.unwrap().expose_secret(), b"v2");
-        objects.remove(Kind::Secret, &created.id).await.unwrap();
+        objects.remove(Kind::Secret, &created.id, |_| async { Ok((vec![], ("unused".to_string(), Expect::Absent))) }).await.unwrap();
         assert!(matches!(objects.find(Kind::Secret, "db").await, Err(VaultError::NotFound { .. })));
         // The name is free again.
         objects.create(Kind::Secret, "db", BTreeMap::new(), data("v1")).await.unwrap();

@@ -1,10 +1,13 @@
 //! Serving a vault: mutual TLS (TLS 1.3, client certificates signed by the vault's CA) on an
-//! already bound listener, until a shutdown future completes.
+//! already bound listener, until a shutdown future completes. The server presents its
+//! certificate followed by the CA's, so a joining agent can pin the CA by fingerprint.
 
 use crate::api::AdminService;
 use crate::layout::DataDir;
 use crate::vault::{Vault, VaultStateError};
+use crate::node_api::NodeService;
 use hush_proto::v1::admin_server::AdminServer;
+use hush_proto::v1::node_server::NodeServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -45,12 +48,16 @@ pub async fn serve_vault(
 ) -> Result<(), ServeError> {
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&dir.server_cert())?, read(&dir.server_key())?))
-        .client_ca_root(Certificate::from_pem(read(&dir.ca_cert())?));
+        .client_ca_root(Certificate::from_pem(read(&dir.ca_cert())?))
+        // Optional only so that `Join` (authenticated by its token) can be called before a node
+        // has a certificate; every other call checks for one (identity.rs).
+        .client_auth_optional(true);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .tls_config(tls)
         .map_err(|e| ServeError::Tls(e.to_string()))?
-        .add_service(AdminServer::new(AdminService::new(vault)))
+        .add_service(AdminServer::new(AdminService::new(vault.clone())))
+        .add_service(NodeServer::new(NodeService::new(vault)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

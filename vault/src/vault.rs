@@ -7,7 +7,10 @@ use crate::ca::CertificateAuthority;
 use crate::crypto::Key;
 use crate::keyring::{Keyring, KeyringError, UnlockKey};
 use crate::layout::DataDir;
+use crate::nodes::{Nodes, Presence};
 use crate::objects::Objects;
+use crate::services::Services;
+use crate::tasks::Tasks;
 use crate::store::Store;
 use crate::store::redb::RedbStore;
 use std::sync::{Arc, RwLock};
@@ -31,6 +34,8 @@ struct Unlocked {
 
 pub struct Vault {
     store: Arc<dyn Store>,
+    ca: CertificateAuthority,
+    presence: Arc<Presence>,
     keyring: tokio::sync::Mutex<Keyring>,
     unlocked: RwLock<Option<Unlocked>>,
     autolock: bool,
@@ -51,12 +56,36 @@ impl Vault {
             let data_key = keyring.open_with_key_file()?;
             Some(Unlocked { objects: Arc::new(Objects::new(store.clone(), data_key.clone())), data_key })
         };
-        Ok(Self { store, keyring: tokio::sync::Mutex::new(keyring), unlocked: RwLock::new(unlocked), autolock, ca_fingerprint })
+        Ok(Self {
+            store,
+            ca,
+            presence: Arc::default(),
+            keyring: tokio::sync::Mutex::new(keyring),
+            unlocked: RwLock::new(unlocked),
+            autolock,
+            ca_fingerprint,
+        })
     }
 
     pub fn objects(&self) -> Result<Arc<Objects>, VaultStateError> {
         let guard = self.unlocked.read().expect("lock poisoned only by a panic");
         guard.as_ref().map(|u| u.objects.clone()).ok_or(VaultStateError::Locked)
+    }
+
+    pub fn services(&self) -> Result<Services, VaultStateError> {
+        Ok(Services::new(self.objects()?))
+    }
+
+    pub fn nodes(&self) -> Result<Nodes, VaultStateError> {
+        Ok(Nodes::new(self.objects()?, self.ca_fingerprint.clone(), self.presence.clone()))
+    }
+
+    pub fn tasks(&self) -> Tasks {
+        Tasks::new(self.store.clone())
+    }
+
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
     }
 
     pub fn is_locked(&self) -> bool {

@@ -3,8 +3,10 @@
 
 mod dev;
 mod input;
+mod nodes;
 mod objects;
 mod output;
+mod services;
 mod vault;
 
 use crate::client::{self, Target};
@@ -29,8 +31,31 @@ enum Command {
     Secret(objects::ObjectArgs),
     /// Manage configs
     Config(objects::ObjectArgs),
-    /// Run a throw-away vault on loopback for trying Hush out
+    /// Manage services: which secrets and configs their tasks get
+    Service(services::ServiceArgs),
+    /// Manage nodes (agents)
+    Node(nodes::NodeArgs),
+    /// Run a command as a task of a service, with its secrets at /run/secrets (needs a local agent)
+    Run(RunArgs),
+    /// Run a throw-away vault and agent on loopback for trying Hush out
     Dev(dev::DevArgs),
+}
+
+/// `hush run`: the task side lives with the agent (it sets up the task's mount namespace and
+/// talks to the agent's control socket), so `hush run` hands over to `hush-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<std::ffi::OsString>,
+}
+
+fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let agent = exe.with_file_name("hush-agent");
+    let agent = if agent.exists() { agent } else { PathBuf::from("hush-agent") };
+    let error = std::process::Command::new(&agent).arg("run").args(&args.args).exec();
+    anyhow::bail!("cannot start {}: {error}", agent.display())
 }
 
 /// Where the vault is: shared by every command that calls it.
@@ -60,6 +85,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vault(command) => vault::run(command).await,
         Command::Secret(args) => objects::run(Kind::Secret, args).await,
         Command::Config(args) => objects::run(Kind::Config, args).await,
+        Command::Service(args) => services::run(args).await,
+        Command::Node(args) => nodes::run(args).await,
+        Command::Run(args) => run_task(args),
         Command::Dev(args) => dev::run(args).await,
     }
 }

@@ -1,0 +1,89 @@
+//! `hush-agent`: join (or reuse the saved identity), mount the FUSE view, serve the control
+//! socket, and follow the vault's assignments until shutdown.
+
+use crate::control::ControlService;
+use crate::reconcile::Reconciler;
+use crate::state::StateDir;
+use crate::vault_link::{self, LinkEnd};
+use anyhow::{Context, bail};
+use hush_fuse::SecretFs;
+use hush_proto::v1::agent_control_server::AgentControlServer;
+use hush_proto::v1::node_client::NodeClient;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Vault address (host:port); needed for the first join
+    #[arg(long, env = "HUSH_VAULT")]
+    pub vault: Option<String>,
+    /// Join token from `hush node join-token`; needed for the first join only
+    #[arg(long, env = "HUSH_JOIN_TOKEN")]
+    pub join_token: Option<String>,
+    /// Where the node's key and certificate are kept (0600)
+    #[arg(long, default_value = "/var/lib/hush-agent")]
+    pub state_dir: PathBuf,
+    /// Where the FUSE filesystem with every task's files is mounted
+    #[arg(long, default_value = "/run/hush")]
+    pub mount_root: PathBuf,
+    /// Control socket for `hush run` (root only)
+    #[arg(long, env = "HUSH_AGENT_SOCKET", default_value = crate::run::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    crate::hardening::harden();
+    let state = StateDir::new(&args.state_dir);
+    let identity = match state.load().context("reading the state dir")? {
+        Some(identity) => identity,
+        None => {
+            let (Some(vault), Some(token)) = (&args.vault, &args.join_token) else {
+                bail!("this node has not joined a vault yet: pass --vault HOST:PORT and --join-token TOKEN");
+            };
+            let identity = vault_link::join(vault, token, &state).await?;
+            tracing::info!(node = %identity.info.node_id, "joined the vault");
+            identity
+        }
+    };
+
+    let fs = Arc::new(SecretFs::new());
+    std::fs::create_dir_all(&args.mount_root).with_context(|| format!("cannot create {}", args.mount_root.display()))?;
+    if hush_fuse::clean_stale_mount(&args.mount_root).context("cleaning a stale mount")? {
+        tracing::warn!(path = %args.mount_root.display(), "removed a stale mount left by an earlier agent");
+    }
+    let mount = hush_fuse::mount(fs.clone(), &args.mount_root).with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
+
+    let channel = vault_link::node_channel(&identity).map_err(anyhow::Error::msg)?;
+    let reconciler = Arc::new(Reconciler::new(fs));
+    let _ = std::fs::remove_file(&args.socket);
+    let listener = tokio::net::UnixListener::bind(&args.socket).with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))?;
+    let control = ControlService { vault: NodeClient::new(channel.clone()), reconciler: reconciler.clone(), mount_root: args.mount_root.clone() };
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let mut control_stopped = stopped.clone();
+    let control_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentControlServer::new(control))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
+                let _ = control_stopped.wait_for(|s| *s).await;
+            }),
+    );
+    println!("hush-agent: node {} serving tasks under {} (control socket {})", identity.info.node_id, args.mount_root.display(), args.socket.display());
+
+    let end = vault_link::follow_assignments(channel, reconciler.clone(), stopped).await;
+    control_server.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    reconciler.clear();
+    drop(mount);
+    match end {
+        LinkEnd::Shutdown => Ok(()),
+        LinkEnd::Revoked(reason) => bail!("this node was removed from the vault ({reason}): its tasks' files are gone"),
+    }
+}

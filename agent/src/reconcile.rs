@@ -1,0 +1,181 @@
+//! Turns the vault's latest assignment and the set of tasks running here into the FUSE
+//! filesystem's contents. One place decides what the filesystem shows; it is re-run whenever
+//! either input changes, so the order in which they change does not matter.
+
+use hush_fuse::{FileKind, FileMeta, FileSpec, Plaintext, SecretFs, TaskOwner};
+use hush_proto::v1 as pb;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Where secrets appear inside a task.
+pub const SECRETS_DIR: &str = "/run/secrets";
+
+/// A file as the task should see it (everything but the content decides its shape).
+#[derive(Clone)]
+struct DesiredFile {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    meta: FileMeta,
+    content: Arc<Plaintext>,
+}
+
+impl DesiredFile {
+    fn same_shape(&self, other: &DesiredFile) -> bool {
+        (self.uid, self.gid, self.mode, &self.meta.name, self.meta.kind) == (other.uid, other.gid, other.mode, &other.meta.name, other.meta.kind)
+    }
+}
+
+/// FUSE path of a target: the task dir mirrors the task's absolute paths under `root/`.
+pub fn fuse_path(target: &str) -> String {
+    format!("root/{}", target.trim_start_matches('/'))
+}
+
+type TaskFiles = BTreeMap<String, DesiredFile>;
+
+#[derive(Default)]
+struct State {
+    /// From the vault: task → files. Values moved out of the messages, never copied.
+    assigned: HashMap<String, TaskFiles>,
+    /// Tasks with a live `hush run` here, and their owners once known.
+    running: HashMap<String, Option<TaskOwner>>,
+    /// What the filesystem shows now.
+    applied: HashMap<String, TaskFiles>,
+    connected: bool,
+}
+
+pub struct Reconciler {
+    fs: Arc<SecretFs>,
+    state: Mutex<State>,
+    /// Task IDs whose directory exists, for `hush run` to wait on.
+    applied_tasks: watch::Sender<HashSet<String>>,
+}
+
+fn desired(task: pb::AssignedTask) -> (String, TaskFiles) {
+    let files = task
+        .files
+        .into_iter()
+        .map(|mut file| {
+            let kind = if file.kind == pb::Kind::Config as i32 { FileKind::Config } else { FileKind::Secret };
+            let content = Arc::new(Plaintext::new(std::mem::take(&mut file.data)));
+            let meta = FileMeta { kind, name: file.name, version: file.version };
+            (fuse_path(&file.target), DesiredFile { uid: file.uid, gid: file.gid, mode: file.mode, meta, content })
+        })
+        .collect();
+    (task.task_id, files)
+}
+
+impl Reconciler {
+    pub fn new(fs: Arc<SecretFs>) -> Self {
+        Self { fs, state: Mutex::new(State::default()), applied_tasks: watch::Sender::new(HashSet::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("reconciler lock poisoned only by a panic")
+    }
+
+    pub fn set_assignment(&self, assignment: pb::Assignment) {
+        let mut state = self.lock();
+        state.assigned = assignment.tasks.into_iter().map(desired).collect();
+        self.apply(&mut state);
+    }
+
+    /// Returns whether it was connected before.
+    pub fn set_connected(&self, connected: bool) -> bool {
+        std::mem::replace(&mut self.lock().connected, connected)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.lock().connected
+    }
+
+    pub fn task_started(&self, task_id: &str, owner: TaskOwner) {
+        let mut state = self.lock();
+        state.running.insert(task_id.to_string(), Some(owner));
+        self.apply(&mut state);
+    }
+
+    pub fn task_ended(&self, task_id: &str) {
+        let mut state = self.lock();
+        state.running.remove(task_id);
+        self.apply(&mut state);
+    }
+
+    pub fn running_tasks(&self) -> Vec<String> {
+        self.lock().running.keys().cloned().collect()
+    }
+
+    /// Drops every task's files (the node was removed from the vault).
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        state.assigned.clear();
+        state.running.clear();
+        self.apply(&mut state);
+    }
+
+    pub fn watch_applied(&self) -> watch::Receiver<HashSet<String>> {
+        self.applied_tasks.subscribe()
+    }
+
+    /// Files of an applied task, as (FUSE path, absolute target) pairs.
+    pub fn task_targets(&self, task_id: &str) -> Vec<(String, String)> {
+        let state = self.lock();
+        state
+            .applied
+            .get(task_id)
+            .map(|files| files.keys().map(|p| (p.clone(), format!("/{}", p.trim_start_matches("root/")))).collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes the filesystem show exactly the assigned files of running tasks.
+    fn apply(&self, state: &mut State) {
+        let wanted: HashMap<String, TaskFiles> = state
+            .assigned
+            .iter()
+            .filter(|(id, _)| state.running.contains_key(*id))
+            .map(|(id, files)| (id.clone(), files.clone()))
+            .collect();
+        let gone: Vec<String> = state.applied.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
+        for id in gone {
+            if let Err(e) = self.fs.remove_task(&id) {
+                tracing::warn!(task = %id, error = %e, "removing task files");
+            }
+            state.applied.remove(&id);
+        }
+        for (id, files) in wanted {
+            let owner = state.running.get(&id).copied().flatten();
+            match state.applied.get(&id) {
+                Some(current) if same_layout(current, &files) => {
+                    for (path, file) in &files {
+                        if current[path].meta.version != file.meta.version
+                            && let Err(e) = self.fs.update_content(&id, path, file.content.clone(), file.meta.version)
+                        {
+                            tracing::warn!(task = %id, path, error = %e, "rotating file");
+                        }
+                    }
+                }
+                current => {
+                    // New task, or files added/removed/changed shape: rebuild its directory.
+                    if current.is_some() {
+                        let _ = self.fs.remove_task(&id);
+                    }
+                    let specs = files
+                        .iter()
+                        .map(|(path, f)| FileSpec { path: path.clone(), uid: f.uid, gid: f.gid, mode: f.mode, content: f.content.clone(), meta: f.meta.clone() })
+                        .collect();
+                    if let Err(e) = self.fs.add_task(&id, owner, specs) {
+                        tracing::error!(task = %id, error = %e, "creating task files");
+                        continue;
+                    }
+                }
+            }
+            state.applied.insert(id, files);
+        }
+        self.applied_tasks.send_replace(state.applied.keys().cloned().collect());
+    }
+}
+
+fn same_layout(a: &TaskFiles, b: &TaskFiles) -> bool {
+    a.len() == b.len() && a.iter().all(|(path, file)| b.get(path).is_some_and(|other| file.same_shape(other)))
+}

@@ -1,0 +1,139 @@
+//! The agent's connection to the vault: joining, the mTLS channel, and the assignment stream
+//! turned into state (reconnecting with backoff, resuming with a full snapshot).
+
+use crate::pin;
+use crate::reconcile::Reconciler;
+use crate::state::{NodeIdentity, NodeInfo, StateDir};
+use hush_proto::v1 as pb;
+use hush_proto::v1::node_client::NodeClient;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("invalid join token: it is malformed (expected HUSHTKN-1-<fingerprint>-<secret>)")]
+    MalformedToken,
+    #[error(transparent)]
+    Pin(#[from] pin::PinError),
+    #[error("join refused by the vault: {0}")]
+    Refused(String),
+    #[error("cannot reach the vault at {0}: {1}")]
+    Unreachable(String, String),
+    #[error("cannot create a node key: {0}")]
+    Key(String),
+    #[error("cannot save the node identity in the state dir: {0}")]
+    Save(std::io::Error),
+}
+
+/// `host:port`, `[v6]:port` → host.
+pub fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+fn endpoint(addr: &str, tls: ClientTlsConfig) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+/// The node's mTLS channel; connects lazily and reconnects by itself.
+pub fn node_channel(identity: &NodeIdentity) -> Result<Channel, String> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&identity.ca_pem))
+        .identity(Identity::from_pem(&identity.cert_pem, identity.key_pem.as_bytes()))
+        .domain_name(host_of(&identity.info.vault).to_string());
+    Ok(endpoint(&identity.info.vault, tls)?.connect_lazy())
+}
+
+/// Joins the vault: pins its CA by the token's fingerprint, makes a key here (it never leaves
+/// the node), has the vault sign it, and saves the identity in the state dir.
+pub async fn join(vault: &str, token: &str, state: &StateDir) -> Result<NodeIdentity, JoinError> {
+    let (fingerprint, _) = hush_proto::token::split(token).ok_or(JoinError::MalformedToken)?;
+    let ca_pem = pin::fetch_pinned_ca(vault, fingerprint).await?;
+    let key = rcgen::KeyPair::generate().map_err(|e| JoinError::Key(e.to_string()))?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|params| params.serialize_request(&key))
+        .and_then(|csr| csr.pem())
+        .map_err(|e| JoinError::Key(e.to_string()))?;
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)).domain_name(host_of(vault).to_string());
+    let unreachable = |e: String| JoinError::Unreachable(vault.to_string(), e);
+    let channel = endpoint(vault, tls).map_err(unreachable)?.connect().await.map_err(|e| unreachable(e.to_string()))?;
+    let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let response = NodeClient::new(channel)
+        .join(pb::JoinRequest { token: token.trim().to_string(), csr_pem: csr, hostname })
+        .await
+        .map_err(|status| JoinError::Refused(status.message().to_string()))?
+        .into_inner();
+    let identity = NodeIdentity {
+        info: NodeInfo { node_id: response.node_id, vault: vault.to_string() },
+        ca_pem: response.ca_pem,
+        cert_pem: response.cert_pem,
+        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+    };
+    state.save(&identity).map_err(JoinError::Save)?;
+    Ok(identity)
+}
+
+/// How the assignment loop ended.
+#[derive(Debug)]
+pub enum LinkEnd {
+    Shutdown,
+    /// The vault removed this node: its certificate is refused for good.
+    Revoked(String),
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Follows the node's assignment stream for the agent's life. On every (re)connection it first
+/// tells the vault which tasks still run here, then applies each snapshot it receives.
+pub async fn follow_assignments(channel: Channel, reconciler: Arc<Reconciler>, mut shutdown: tokio::sync::watch::Receiver<bool>) -> LinkEnd {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let status = tokio::select! {
+            status = stream_once(NodeClient::new(channel.clone()), &reconciler) => status,
+            _ = shutdown.changed() => return LinkEnd::Shutdown,
+        };
+        let was_connected = reconciler.set_connected(false);
+        if status.code() == Code::PermissionDenied {
+            return LinkEnd::Revoked(status.message().to_string());
+        }
+        if was_connected {
+            backoff = BACKOFF_MIN;
+            tracing::warn!(error = %status.message(), "lost the vault; running tasks keep their files; reconnecting");
+        } else {
+            tracing::debug!(error = %status.message(), "vault still unreachable");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return LinkEnd::Shutdown,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection's worth of the stream; returns why it ended.
+async fn stream_once(mut client: NodeClient<Channel>, reconciler: &Reconciler) -> tonic::Status {
+    let result: Result<(), tonic::Status> = async {
+        client.sync_tasks(pb::SyncTasksRequest { running: reconciler.running_tasks() }).await?;
+        let mut stream = client.assignments(pb::AssignmentsRequest {}).await?.into_inner();
+        reconciler.set_connected(true);
+        tracing::info!("assignment stream open");
+        while let Some(assignment) = stream.message().await? {
+            reconciler.set_assignment(assignment);
+        }
+        Ok(())
+    }
+    .await;
+    result.err().unwrap_or_else(|| tonic::Status::unavailable("the vault closed the assignment stream"))
+}

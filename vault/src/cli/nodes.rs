@@ -1,0 +1,96 @@
+//! `hush node join-token|ls|rm`.
+
+use super::output::{Format, ago, print_json, print_table};
+use super::{Connection, call_error};
+use crate::client::connect_admin;
+use clap::{Args, Subcommand};
+use hush_proto::v1 as pb;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Print the token agents join with
+    JoinToken {
+        /// Only the token
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the token; the old one stops working (joined nodes are not affected)
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// List nodes
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove nodes: their certificates are refused and their streams cut at once
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true, value_name = "NODE")]
+        references: Vec<String>,
+    },
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect_admin(&args.connection.target()).await?;
+    match args.command {
+        NodeCommand::JoinToken { quiet, rotate } => {
+            let token = client.join_token(pb::JoinTokenRequest { rotate }).await.map_err(call_error)?.into_inner().token;
+            if quiet {
+                println!("{token}");
+            } else {
+                let vault = args.connection.vault.unwrap_or_else(|| "VAULT:7443".into());
+                println!("To add a node to this vault, run on it:");
+                println!();
+                println!("    hush-agent --vault {vault} --join-token {token} --state-dir /var/lib/hush-agent --mount-root /run/hush");
+                println!();
+            }
+        }
+        NodeCommand::Ls { quiet, format } => {
+            let nodes = client.node_list(pb::NodeListRequest {}).await.map_err(call_error)?.into_inner().nodes;
+            let status = |n: &pb::NodeInfo| if n.ready { "Ready" } else { "Down" };
+            if quiet {
+                nodes.iter().for_each(|n| println!("{}", n.id));
+            } else if format == Format::Json {
+                let rows = nodes
+                    .iter()
+                    .map(|n| json!({"ID": n.id, "Name": n.name, "Status": status(n), "LastSeen": n.last_seen, "JoinedAt": n.joined_at, "Tasks": n.tasks}))
+                    .collect();
+                print_json(&Value::Array(rows))?;
+            } else {
+                let now = chrono::Utc::now();
+                let rows: Vec<_> = nodes
+                    .iter()
+                    .map(|n| vec![n.id.clone(), n.name.clone(), status(n).to_string(), n.tasks.to_string(), ago(&n.last_seen, now)])
+                    .collect();
+                print_table(&["ID", "NAME", "STATUS", "TASKS", "LAST SEEN"], &rows)?;
+            }
+        }
+        NodeCommand::Rm { references } => {
+            let mut failed = false;
+            for reference in references {
+                match client.node_remove(pb::NodeRemoveRequest { reference: reference.clone() }).await {
+                    Ok(_) => println!("{reference}"),
+                    Err(status) => {
+                        eprintln!("error: {}", call_error(status));
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,138 @@
+//! `hush service create|ls|inspect|rm|update`.
+
+use super::output::{Format, ago, print_json, print_table};
+use super::{Connection, call_error};
+use crate::client::connect_admin;
+use clap::{Args, Subcommand};
+use hush_proto::v1 as pb;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: ServiceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Create a service: which secrets and configs its tasks get, and where
+    Create {
+        name: String,
+        /// NAME or source=NAME,target=PATH,uid=N,gid=N,mode=0NNN (repeatable)
+        #[arg(long = "secret", value_name = "SPEC")]
+        secrets: Vec<String>,
+        /// NAME or source=NAME,target=/PATH,uid=N,gid=N,mode=0NNN (repeatable)
+        #[arg(long = "config", value_name = "SPEC")]
+        configs: Vec<String>,
+    },
+    /// List services
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show services as JSON
+    Inspect {
+        #[arg(required = true, value_name = "NAME|ID")]
+        references: Vec<String>,
+    },
+    /// Remove services (their running tasks lose their files)
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true, value_name = "NAME|ID")]
+        references: Vec<String>,
+    },
+    /// Add or remove references; running tasks follow live
+    Update {
+        #[arg(value_name = "NAME|ID")]
+        reference: String,
+        #[arg(long = "secret-add", value_name = "SPEC")]
+        secret_add: Vec<String>,
+        #[arg(long = "secret-rm", value_name = "NAME")]
+        secret_rm: Vec<String>,
+        #[arg(long = "config-add", value_name = "SPEC")]
+        config_add: Vec<String>,
+        #[arg(long = "config-rm", value_name = "NAME")]
+        config_rm: Vec<String>,
+    },
+}
+
+fn reference_json(r: &pb::FileReference) -> Value {
+    json!({"Source": r.source, "ID": r.object_id, "Target": r.target, "UID": r.uid, "GID": r.gid, "Mode": format!("{:04o}", r.mode)})
+}
+
+fn service_json(s: &pb::ServiceSpec) -> Value {
+    json!({
+        "ID": s.id,
+        "Name": s.name,
+        "CreatedAt": s.created_at,
+        "UpdatedAt": s.updated_at,
+        "Secrets": s.secrets.iter().map(reference_json).collect::<Vec<_>>(),
+        "Configs": s.configs.iter().map(reference_json).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect_admin(&args.connection.target()).await?;
+    match args.command {
+        ServiceCommand::Create { name, secrets, configs } => {
+            let request = pb::ServiceCreateRequest { name, secrets, configs, labels: Default::default() };
+            println!("{}", client.service_create(request).await.map_err(call_error)?.into_inner().id);
+        }
+        ServiceCommand::Ls { quiet, format } => {
+            let services = client.service_list(pb::ServiceListRequest {}).await.map_err(call_error)?.into_inner().services;
+            if quiet {
+                services.iter().for_each(|s| println!("{}", s.id));
+            } else if format == Format::Json {
+                print_json(&Value::Array(services.iter().map(service_json).collect()))?;
+            } else {
+                let now = chrono::Utc::now();
+                let rows: Vec<_> = services
+                    .iter()
+                    .map(|s| vec![s.id.clone(), s.name.clone(), s.secrets.len().to_string(), s.configs.len().to_string(), ago(&s.created_at, now)])
+                    .collect();
+                print_table(&["ID", "NAME", "SECRETS", "CONFIGS", "CREATED"], &rows)?;
+            }
+        }
+        ServiceCommand::Inspect { references } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for reference in references {
+                match client.service_inspect(pb::ServiceInspectRequest { reference }).await {
+                    Ok(r) => found.extend(r.into_inner().service.as_ref().map(service_json)),
+                    Err(status) => {
+                        eprintln!("error: {}", call_error(status));
+                        failed = true;
+                    }
+                }
+            }
+            if !found.is_empty() || !failed {
+                print_json(&Value::Array(found))?;
+            }
+            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        }
+        ServiceCommand::Rm { references } => {
+            let mut failed = false;
+            for reference in references {
+                match client.service_remove(pb::ServiceRemoveRequest { reference: reference.clone() }).await {
+                    Ok(_) => println!("{reference}"),
+                    Err(status) => {
+                        eprintln!("error: {}", call_error(status));
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        }
+        ServiceCommand::Update { reference, secret_add, secret_rm, config_add, config_rm } => {
+            let request = pb::ServiceUpdateRequest { reference, secret_add, secret_rm, config_add, config_rm };
+            println!("{}", client.service_update(request).await.map_err(call_error)?.into_inner().id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,179 @@
+//! The node gRPC service (agents): join, the assignment stream, task start and end.
+//! Converts proto ⇄ domain and decides nothing beyond "is this a live node".
+
+use crate::assign::{affects_assignments, assignment_for};
+use crate::identity::{Peer, peer_of};
+use crate::nodes::NodeError;
+use crate::services::ServiceError;
+use crate::vault::Vault;
+use hush_proto::v1 as pb;
+use hush_proto::v1::node_server::Node;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub struct NodeService {
+    vault: Arc<Vault>,
+}
+
+impl NodeService {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Self { vault }
+    }
+
+    /// The calling node's ID, if its certificate is a node's and the node has not been removed.
+    async fn live_node<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let Peer::Node { id } = peer_of(request)? else {
+            return Err(Status::permission_denied("this call needs a node certificate"));
+        };
+        self.vault.nodes()?.get(&id).await?;
+        Ok(id)
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        let message = e.to_string();
+        match e {
+            NodeError::MalformedToken | NodeError::OtherVault | NodeError::WrongToken => Status::unauthenticated(message),
+            NodeError::Csr(_) => Status::invalid_argument(message),
+            NodeError::NotFound(_) => Status::not_found(message),
+            NodeError::Removed(_) => Status::permission_denied(message),
+            NodeError::Vault(e) => e.into(),
+            NodeError::Store(e) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServiceError::Spec(_) => Status::invalid_argument(message),
+            ServiceError::Object(e) => e.into(),
+            ServiceError::NameTaken(_) => Status::already_exists(message),
+            ServiceError::NotFound(_) | ServiceError::NoSuchReference(..) => Status::not_found(message),
+            ServiceError::Corrupt(_) => Status::data_loss(message),
+            ServiceError::Store(e) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let pb::JoinRequest { token, csr_pem, hostname } = request.into_inner();
+        let nodes = self.vault.nodes()?;
+        let (node, cert_pem) = match nodes.join(self.vault.ca(), &token, &csr_pem, &hostname).await {
+            Ok(joined) => joined,
+            Err(e) => {
+                tracing::warn!(error = %e, hostname, "join refused");
+                return Err(e.into());
+            }
+        };
+        tracing::info!(node = %node.id, name = %node.name, "node joined");
+        Ok(Response::new(pb::JoinResponse { node_id: node.id, cert_pem, ca_pem: self.vault.ca().cert_pem().to_string() }))
+    }
+
+    type AssignmentsStream = AssignmentStream;
+
+    async fn assignments(&self, request: Request<pb::AssignmentsRequest>) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let node_id = self.live_node(&request).await?;
+        let vault = self.vault.clone();
+        let (tx, rx) = mpsc::channel(4);
+        // Subscribe before the first snapshot so no change between the two is missed.
+        let changes = vault.store().subscribe();
+        vault.nodes()?.set_connected(&node_id, true).await?;
+        tracing::info!(node = %node_id, "assignment stream open");
+        tokio::spawn(async move {
+            stream_assignments(&vault, &node_id, changes, &tx).await;
+            if let Ok(nodes) = vault.nodes() {
+                let _ = nodes.set_connected(&node_id, false).await;
+            }
+            tracing::info!(node = %node_id, "assignment stream closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn start_task(&self, request: Request<pb::StartTaskRequest>) -> Result<Response<pb::StartTaskResponse>, Status> {
+        let node_id = self.live_node(&request).await?;
+        let request = request.into_inner();
+        let (service, _) = self.vault.services()?.find(&request.service).await?;
+        let task = self.vault.tasks().start(&node_id, &service.id, &service.name, &request.name).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(node = %node_id, service = %service.name, task = %task.id, "task started");
+        Ok(Response::new(pb::StartTaskResponse { task_id: task.id, name: task.name }))
+    }
+
+    async fn end_task(&self, request: Request<pb::EndTaskRequest>) -> Result<Response<pb::EndTaskResponse>, Status> {
+        let node_id = self.live_node(&request).await?;
+        let task_id = request.into_inner().task_id;
+        self.vault.tasks().end_where(&node_id, |t| t.id == task_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(node = %node_id, task = %task_id, "task ended");
+        Ok(Response::new(pb::EndTaskResponse {}))
+    }
+
+    async fn sync_tasks(&self, request: Request<pb::SyncTasksRequest>) -> Result<Response<pb::SyncTasksResponse>, Status> {
+        let node_id = self.live_node(&request).await?;
+        let running = request.into_inner().running;
+        let ended = self.vault.tasks().end_where(&node_id, |t| !running.contains(&t.id)).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if ended > 0 {
+            tracing::info!(node = %node_id, ended, "forgot tasks the agent no longer runs");
+        }
+        Ok(Response::new(pb::SyncTasksResponse {}))
+    }
+}
+
+/// Sends the node's assignment, then a new one after every store change that alters it,
+/// until the agent goes away or the node is removed (then the stream ends with an error).
+async fn stream_assignments(
+    vault: &Vault,
+    node_id: &str,
+    mut changes: broadcast::Receiver<crate::store::Change>,
+    tx: &mpsc::Sender<Result<pb::Assignment, Status>>,
+) {
+    let mut last_sent: Option<Vec<pb::AssignedTask>> = None;
+    let mut revision = 0;
+    loop {
+        let next = async {
+            let nodes = vault.nodes()?;
+            nodes.get(node_id).await?;
+            let objects = vault.objects()?;
+            Ok::<_, Status>(assignment_for(&objects, node_id, revision).await?)
+        };
+        match next.await {
+            Ok(assignment) if last_sent.as_ref() != Some(&assignment.tasks) => {
+                last_sent = Some(assignment.tasks.clone());
+                if tx.send(Ok(assignment)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(status) => {
+                tracing::warn!(node = %node_id, error = %status.message(), "assignment stream ended");
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        }
+        // Wait for a relevant change, or for the agent to leave.
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(change) if change.ops.iter().any(|op| affects_assignments(op.key())) => {
+                        revision = change.revision;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    // Missed some: recompute from scratch.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}

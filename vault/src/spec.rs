@@ -1,0 +1,164 @@
+//! Docker's `--secret` / `--config` reference syntax: `NAME` or
+//! `source=NAME,target=PATH,uid=N,gid=N,mode=0NNN`, and where the file lands in a task.
+
+use crate::model::Kind;
+use serde::{Deserialize, Serialize};
+
+/// Where secrets appear inside a task.
+pub const SECRETS_DIR: &str = "/run/secrets";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid {kind} reference {spec:?}: {reason}")]
+    Invalid { kind: Kind, spec: String, reason: String },
+    #[error("invalid mode {0:?}: write it in octal with a leading 0, e.g. 0{0} (Docker would silently read {0} as decimal)")]
+    DecimalMode(String),
+    #[error("invalid mode {0:?}: expected octal permissions such as 0400 or 0o440")]
+    Mode(String),
+    #[error("target {0:?} escapes its directory: `..` is not allowed in targets")]
+    Escape(String),
+    #[error("invalid target {0:?}: expected a clean path without empty or `.` components")]
+    Target(String),
+    #[error("two references have the same target {0}")]
+    DuplicateTarget(String),
+}
+
+/// One reference of a service to a secret or config, before its source is resolved to an ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    pub source: String,
+    /// As given (relative or absolute); see [`Reference::absolute_target`].
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl Reference {
+    /// The path inside the task: relative secret targets land under `/run/secrets`.
+    pub fn absolute_target(&self) -> String {
+        if self.target.starts_with('/') { self.target.clone() } else { format!("{SECRETS_DIR}/{}", self.target) }
+    }
+}
+
+/// Parses Docker's mode syntax: octal with a leading `0` or `0o`. A bare `400` is refused
+/// with a hint instead of being read as decimal, as Docker's CLI does.
+pub fn parse_mode(text: &str) -> Result<u32, SpecError> {
+    let digits = if let Some(rest) = text.strip_prefix("0o").or_else(|| text.strip_prefix("0O")) {
+        rest
+    } else if let Some(rest) = text.strip_prefix('0') {
+        if rest.is_empty() { "0" } else { rest }
+    } else if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SpecError::DecimalMode(text.to_string()));
+    } else {
+        return Err(SpecError::Mode(text.to_string()));
+    };
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(SpecError::Mode(text.to_string())),
+    }
+}
+
+/// Parses one `--secret` / `--config` value.
+pub fn parse_reference(kind: Kind, spec: &str) -> Result<Reference, SpecError> {
+    let invalid = |reason: &str| SpecError::Invalid { kind, spec: spec.to_string(), reason: reason.to_string() };
+    let mut source = None;
+    let mut target = None;
+    let (mut uid, mut gid, mut mode) = (0, 0, 0o444);
+    if !spec.contains('=') {
+        source = Some(spec.to_string());
+    } else {
+        for field in spec.split(',') {
+            let (key, value) = field.split_once('=').ok_or_else(|| invalid(&format!("field {field:?} is not key=value")))?;
+            match key.trim().to_ascii_lowercase().as_str() {
+                "source" | "src" => source = Some(value.to_string()),
+                "target" => target = Some(value.to_string()),
+                "uid" => uid = value.parse().map_err(|_| invalid(&format!("uid {value:?} is not a number")))?,
+                "gid" => gid = value.parse().map_err(|_| invalid(&format!("gid {value:?} is not a number")))?,
+                "mode" => mode = parse_mode(value)?,
+                other => return Err(invalid(&format!("unknown field {other:?}"))),
+            }
+        }
+    }
+    let source = source.filter(|s| !s.is_empty()).ok_or_else(|| invalid("source is required"))?;
+    let target = target.filter(|t| !t.is_empty()).unwrap_or_else(|| match kind {
+        Kind::Secret => source.clone(),
+        Kind::Config => format!("/{source}"),
+    });
+    let reference = Reference { source, target, uid, gid, mode };
+    validate_target(&reference.target)?;
+    Ok(reference)
+}
+
+/// Targets are clean paths: no `..` (nothing may escape `/run/secrets` or be placed by
+/// surprise), no empty or `.` components.
+pub fn validate_target(target: &str) -> Result<(), SpecError> {
+    let relative = target.strip_prefix('/').unwrap_or(target);
+    if relative.split('/').any(|c| c == "..") {
+        return Err(SpecError::Escape(target.to_string()));
+    }
+    if relative.is_empty() || relative.split('/').any(|c| c.is_empty() || c == ".") || target.contains('\0') {
+        return Err(SpecError::Target(target.to_string()));
+    }
+    Ok(())
+}
+
+/// Two references may not land on the same path in a task (secrets and configs together).
+pub fn check_unique_targets<'a>(references: impl IntoIterator<Item = &'a Reference>) -> Result<(), SpecError> {
+    let mut seen = std::collections::HashSet::new();
+    for reference in references {
+        let target = reference.absolute_target();
+        if !seen.insert(target.clone()) {
+            return Err(SpecError::DuplicateTarget(target));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_syntax_uses_docker_defaults() {
+        let secret = parse_reference(Kind::Secret, "db_password").unwrap();
+        assert_eq!(secret, Reference { source: "db_password".into(), target: "db_password".into(), uid: 0, gid: 0, mode: 0o444 });
+        assert_eq!(secret.absolute_target(), "/run/secrets/db_password");
+        let config = parse_reference(Kind::Config, "nginx_conf").unwrap();
+        assert_eq!(config.absolute_target(), "/nginx_conf");
+    }
+
+    #[test]
+    fn long_syntax() {
+        let r = parse_reference(Kind::Secret, "source=tls_key,target=server.key,uid=100,gid=101,mode=0400").unwrap();
+        assert_eq!((r.source.as_str(), r.target.as_str(), r.uid, r.gid, r.mode), ("tls_key", "server.key", 100, 101, 0o400));
+        let r = parse_reference(Kind::Config, "source=nginx_conf,target=/etc/nginx/nginx.conf,mode=0o440").unwrap();
+        assert_eq!((r.absolute_target().as_str(), r.mode), ("/etc/nginx/nginx.conf", 0o440));
+    }
+
+    #[test]
+    fn modes_must_be_octal() {
+        assert_eq!(parse_mode("0400"), Ok(0o400));
+        assert_eq!(parse_mode("0o440"), Ok(0o440));
+        assert_eq!(parse_mode("0"), Ok(0));
+        assert!(matches!(parse_mode("400"), Err(SpecError::DecimalMode(_))));
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("01777").is_err());
+        assert!(parse_mode("rw").is_err());
+        let err = parse_reference(Kind::Secret, "source=a,mode=400").unwrap_err();
+        assert!(err.to_string().contains("leading 0"), "{err}");
+    }
+
+    #[test]
+    fn bad_references_are_refused() {
+        assert!(matches!(parse_reference(Kind::Secret, "source=a,target=../etc/passwd"), Err(SpecError::Escape(_))));
+        assert!(matches!(parse_reference(Kind::Secret, "source=a,target=x/../../y"), Err(SpecError::Escape(_))));
+        assert!(parse_reference(Kind::Secret, "target=x").is_err());
+        assert!(parse_reference(Kind::Secret, "source=a,color=red").is_err());
+        assert!(parse_reference(Kind::Secret, "source=a,uid=-1").is_err());
+        assert!(parse_reference(Kind::Secret, "source=a,target=a//b").is_err());
+        let a = parse_reference(Kind::Secret, "source=a,target=same").unwrap();
+        let b = parse_reference(Kind::Secret, "source=b,target=/run/secrets/same").unwrap();
+        assert!(matches!(check_unique_targets([&a, &b]), Err(SpecError::DuplicateTarget(_))));
+    }
+}
