@@ -103,10 +103,15 @@ impl TestVault {
     /// Starts `hush vault serve` on a free loopback port; returns once it listens.
     /// Its stderr (the log) is appended to `self.log`.
     pub fn start(&mut self) {
+        self.start_on("127.0.0.1:0");
+    }
+
+    /// Starts on a given address (to come back on the same port after a crash).
+    pub fn start_on(&mut self, listen: &str) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let mut child = Command::new(bin("hush"))
-            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["vault", "serve", "--listen", listen, "--data-dir"])
             .arg(&self.data_dir)
             .stdout(Stdio::piped())
             .stderr(log)
@@ -225,5 +230,110 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         }
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `hush-agent` joined to a [`TestVault`], with its own state dir, mount root and socket.
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestAgent {
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn mount_root(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    /// Joins `vault` with its current token and waits until the agent serves.
+    pub fn join(vault: &TestVault) -> Self {
+        let token = vault.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
+        let mut agent = Self { dir: tempfile::tempdir().expect("temp dir"), log: PathBuf::new(), child: None };
+        agent.log = agent.dir.path().join("agent.log");
+        agent.start(&["--vault", &vault.addr, "--join-token", &token]).expect("agent starts");
+        agent
+    }
+
+    /// Starts the agent with extra arguments; returns the error output if it exits instead.
+    pub fn start(&mut self, extra: &[&str]) -> Result<(), Run> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let mut child = Command::new(bin("hush-agent"))
+            .args(extra)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--mount-root")
+            .arg(self.mount_root())
+            .arg("--socket")
+            .arg(self.socket())
+            .env_remove("HUSH_LOG")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("agent spawns");
+        let stdout = child.stdout.take().expect("piped");
+        match read_line_with(stdout, "hush-agent: node ") {
+            Some(_) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            None => {
+                let status = child.wait().expect("agent exits");
+                let stderr = std::fs::read_to_string(&self.log).unwrap_or_default();
+                Err(Run { status, stdout: String::new(), stderr })
+            }
+        }
+    }
+
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        child.wait().expect("agent exits")
+    }
+
+    /// Waits for the agent to exit by itself (e.g. after its node was removed).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        wait_for("agent exit", || child.try_wait().expect("try_wait"))
+    }
+
+    /// `hush run ARGS` against this agent (through `hush`, as users run it).
+    pub fn run(&self, vault: &TestVault, args: &[&str]) -> Run {
+        Run::from_command(vault.command().env("HUSH_AGENT_SOCKET", self.socket()).arg("run").args(args))
+    }
+
+    /// `hush run` in the background with piped stdin/stdout, for tasks that outlive a call.
+    pub fn spawn_run(&self, vault: &TestVault, args: &[&str]) -> Child {
+        vault
+            .command()
+            .env("HUSH_AGENT_SOCKET", self.socket())
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hush run spawns")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A killed agent leaves its mount behind; detach it so the temp dir can go.
+        let _ = rustix::mount::unmount(&self.mount_root(), rustix::mount::UnmountFlags::DETACH);
     }
 }
