@@ -13,8 +13,10 @@
 //! 2. Scratch space for an overlay's upper and work directories must not be on the host's filesystem, and
 //!    must not hide anything the task should see. A small tmpfs is mounted on the FUSE mount root itself
 //!    (our namespace only; the task will not see that directory anyway and the sources are already
-//!    captured), the overlay is mounted, and the scratch tmpfs is detached again at once: the overlay holds
-//!    its own private reference to its upper layer, so it keeps working.
+//!    captured), the overlay is mounted, and the scratch tmpfs is detached again at once (by fd: the mount
+//!    root may be below the overlaid directory, its path then leads into the overlay): the overlay holds
+//!    its own private reference to its upper layer, so it keeps working. A detached `fsmount` tmpfs would
+//!    avoid the attach, but overlayfs refuses layers on detached mounts before Linux 6.15.
 //! 3. An overlay hides the mounts below its directory (an overlay layer is one filesystem). Those are cloned
 //!    (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`) before the overlay is mounted and moved back on top of
 //!    it afterwards, so `/run/user/..`, `/etc/resolv.conf` binds in a container etc. stay as they were. They
@@ -450,8 +452,24 @@ impl Overlays<'_> {
             data.as_c_str(),
         )
         .map_err(|errno| fail("mount a tmpfs for its upper layer", errno))?;
-        let mounted = self.mount_overlay(dir, &lower, &lower_stat);
-        let detached = unmount(self.scratch, UnmountFlags::DETACH);
+        // Named by fd from here on: once the overlay is mounted, the scratch path may lead into it (when
+        // the scratch directory is below `dir`) rather than to the tmpfs.
+        let scratch = rustix::fs::open(
+            self.scratch,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        let mounted = match &scratch {
+            Ok(scratch) => self.mount_overlay(dir, &lower, &lower_stat, scratch),
+            Err(errno) => Err(("open the scratch tmpfs", *errno)),
+        };
+        let detached = match &scratch {
+            Ok(scratch) => unmount(
+                format!("/proc/self/fd/{}", scratch.as_raw_fd()),
+                UnmountFlags::DETACH,
+            ),
+            Err(_) => unmount(self.scratch, UnmountFlags::DETACH),
+        };
         mounted.map_err(|(step, errno)| fail(step, errno))?;
         detached.map_err(|errno| fail("detach the scratch tmpfs", errno))?;
 
@@ -477,18 +495,13 @@ impl Overlays<'_> {
         dir: &Path,
         lower: &OwnedFd,
         lower_stat: &rustix::fs::Stat,
+        scratch: &OwnedFd,
     ) -> Result<(), (&'static str, Errno)> {
-        let scratch = rustix::fs::open(
-            self.scratch,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| ("open the scratch tmpfs", errno))?;
         let layer = |name: &str| -> Result<OwnedFd, (&'static str, Errno)> {
-            rustix::fs::mkdirat(&scratch, name, Mode::from_raw_mode(0o700))
+            rustix::fs::mkdirat(scratch, name, Mode::from_raw_mode(0o700))
                 .map_err(|errno| ("make a layer", errno))?;
             rustix::fs::openat(
-                &scratch,
+                scratch,
                 name,
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
@@ -498,7 +511,7 @@ impl Overlays<'_> {
         let upper = layer("upper")?;
         let work = layer("work")?;
         rustix::fs::chownat(
-            &scratch,
+            scratch,
             "upper",
             Some(Uid::from_raw(lower_stat.st_uid)),
             Some(Gid::from_raw(lower_stat.st_gid)),
@@ -506,7 +519,7 @@ impl Overlays<'_> {
         )
         .map_err(|errno| ("set the upper layer's owner", errno))?;
         rustix::fs::chmodat(
-            &scratch,
+            scratch,
             "upper",
             Mode::from_raw_mode(lower_stat.st_mode & 0o7777),
             AtFlags::empty(),

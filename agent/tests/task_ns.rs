@@ -551,3 +551,34 @@ fn apply_refuses_the_host_namespace() {
     );
     task.finish();
 }
+
+#[test]
+fn mount_root_inside_the_overlaid_directory() {
+    // Like /run/hush (a FUSE mount) when /run/secrets is missing and /run gets overlaid: here a tmpfs
+    // mount root at <host>/hush, mounted in the child's namespace only, and a target <host>/secrets.
+    let host = tempfile::tempdir().unwrap();
+    let mount_root = host.path().join("hush");
+    std::fs::create_dir(&mount_root).unwrap();
+    let target = host.path().join("secrets");
+    let source = mount_root.join("db_password");
+    let task = Scenario::default()
+        .setup(&[&"tmpfs", &mount_root])
+        .setup(&[&"write", &source, &"s3cret"])
+        .plan(&[&"root", &mount_root])
+        .plan(&[&"file", &source, &target])
+        .action(&[&"read", &target])
+        .action(&[&"list", &mount_root])
+        .action(&[&"list", &host.path()])
+        .start();
+    task.assert_applied();
+    assert_eq!(task.said(&format!("read {}", target.display())), "s3cret");
+    assert_eq!(task.said(&format!("list {}", mount_root.display())), "");
+    assert_eq!(
+        task.said(&format!("list {}", host.path().display())),
+        "hush,secrets"
+    );
+    assert!(!target.exists(), "during the task");
+    task.finish();
+    assert_eq!(listing(host.path()).unwrap(), ["hush"]);
+    assert!(listing(&mount_root).unwrap().is_empty());
+}
