@@ -16,7 +16,7 @@
 //!    captured), the overlay is mounted, and the scratch tmpfs is detached again at once (by fd: the mount
 //!    root may be below the overlaid directory, its path then leads into the overlay): the overlay holds
 //!    its own private reference to its upper layer, so it keeps working. A detached `fsmount` tmpfs would
-//!    avoid the attach, but overlayfs refuses layers on detached mounts before Linux 6.15.
+//!    avoid the attach, but older kernels refuse overlay layers on detached mounts (not in our namespace).
 //! 3. An overlay hides the mounts below its directory (an overlay layer is one filesystem). Those are cloned
 //!    (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`) before the overlay is mounted and moved back on top of
 //!    it afterwards, so `/run/user/..`, `/etc/resolv.conf` binds in a container etc. stay as they were. They
