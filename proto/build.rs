@@ -18,8 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
-        .skip_debug(VALUE_MESSAGES.iter().copied())
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().skip_debug(VALUE_MESSAGES.iter().copied()).compile_fds(descriptors)?;
     Ok(())
 }

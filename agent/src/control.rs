@@ -49,7 +49,8 @@ impl AgentControl for ControlService {
             .and_then(|info| info.peer_cred)
             .and_then(|cred| cred.pid())
             .ok_or_else(|| Status::permission_denied("cannot identify the calling process"))?;
-        let namespace = hush_fuse::mount_namespace_of(pid as u32).map_err(|e| Status::internal(format!("reading the caller's namespace: {e}")))?;
+        let namespace = hush_fuse::mount_namespace_of(pid as u32)
+            .map_err(|e| Status::internal(format!("reading the caller's namespace: {e}")))?;
         let own = hush_fuse::mount_namespace_of(std::process::id()).map_err(|e| Status::internal(e.to_string()))?;
         if namespace == own {
             // The host's namespace would make every host process an owner of the task's files.
@@ -80,7 +81,11 @@ impl AgentControl for ControlService {
         let ready = pb::TaskReady {
             task_id: task_id.clone(),
             name: started.name,
-            secrets_dir: if has_secrets_dir { task_dir.join(crate::reconcile::fuse_path(SECRETS_DIR)).display().to_string() } else { String::new() },
+            secrets_dir: if has_secrets_dir {
+                task_dir.join(crate::reconcile::fuse_path(SECRETS_DIR)).display().to_string()
+            } else {
+                String::new()
+            },
             configs: targets
                 .into_iter()
                 .filter(|(_, target)| !target.starts_with(&secrets_prefix))

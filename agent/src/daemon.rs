@@ -49,18 +49,25 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     };
 
     let fs = Arc::new(SecretFs::new());
-    std::fs::create_dir_all(&args.mount_root).with_context(|| format!("cannot create {}", args.mount_root.display()))?;
+    std::fs::create_dir_all(&args.mount_root)
+        .with_context(|| format!("cannot create {}", args.mount_root.display()))?;
     if hush_fuse::clean_stale_mount(&args.mount_root).context("cleaning a stale mount")? {
         tracing::warn!(path = %args.mount_root.display(), "removed a stale mount left by an earlier agent");
     }
-    let mount = hush_fuse::mount(fs.clone(), &args.mount_root).with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
+    let mount = hush_fuse::mount(fs.clone(), &args.mount_root)
+        .with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
 
     let channel = vault_link::node_channel(&identity).map_err(anyhow::Error::msg)?;
     let reconciler = Arc::new(Reconciler::new(fs));
     let _ = std::fs::remove_file(&args.socket);
-    let listener = tokio::net::UnixListener::bind(&args.socket).with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    let listener = tokio::net::UnixListener::bind(&args.socket)
+        .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))?;
-    let control = ControlService { vault: NodeClient::new(channel.clone()), reconciler: reconciler.clone(), mount_root: args.mount_root.clone() };
+    let control = ControlService {
+        vault: NodeClient::new(channel.clone()),
+        reconciler: reconciler.clone(),
+        mount_root: args.mount_root.clone(),
+    };
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -69,13 +76,19 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     });
     let mut control_stopped = stopped.clone();
     let control_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentControlServer::new(control))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
+        tonic::transport::Server::builder().add_service(AgentControlServer::new(control)).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            async move {
                 let _ = control_stopped.wait_for(|s| *s).await;
-            }),
+            },
+        ),
     );
-    println!("hush-agent: node {} serving tasks under {} (control socket {})", identity.info.node_id, args.mount_root.display(), args.socket.display());
+    println!(
+        "hush-agent: node {} serving tasks under {} (control socket {})",
+        identity.info.node_id,
+        args.mount_root.display(),
+        args.socket.display()
+    );
 
     let end = vault_link::follow_assignments(channel, reconciler.clone(), stopped).await;
     control_server.abort();

@@ -5,7 +5,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "hush-agent", version, about = "Hush node agent: serves tasks their secrets from memory", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "hush-agent",
+    version,
+    about = "Hush node agent: serves tasks their secrets from memory",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -24,7 +29,8 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HUSH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hush_agent=info")),
+            tracing_subscriber::EnvFilter::try_from_env("HUSH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hush_agent=info")),
         )
         .init();
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 pub enum PinError {
     #[error("cannot reach the vault at {0}: {1}")]
     Unreachable(String, String),
-    #[error("the vault at {0} does not present the CA named by the join token (fingerprint mismatch): wrong vault, or a token of another vault")]
+    #[error(
+        "the vault at {0} does not present the CA named by the join token (fingerprint mismatch): wrong vault, or a token of another vault"
+    )]
     Mismatch(String),
 }
 
@@ -71,7 +73,8 @@ pub async fn fetch_pinned_ca(addr: &str, fingerprint: &str) -> Result<String, Pi
         .map_err(|e| unreachable(&e))?
         .map_err(|e| unreachable(&e))?;
     let name = ServerName::try_from(crate::vault_link::host_of(addr).to_string()).map_err(|e| unreachable(&e))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| unreachable(&e))?;
+    let tls =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| unreachable(&e))?;
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
     let ca = chain
         .iter()
@@ -83,6 +86,7 @@ pub async fn fetch_pinned_ca(addr: &str, fingerprint: &str) -> Result<String, Pi
 fn to_pem(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).expect("base64 is ASCII")).collect();
+    let lines: Vec<&str> =
+        b64.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).expect("base64 is ASCII")).collect();
     format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
 }

@@ -23,7 +23,8 @@ struct DesiredFile {
 
 impl DesiredFile {
     fn same_shape(&self, other: &DesiredFile) -> bool {
-        (self.uid, self.gid, self.mode, &self.meta.name, self.meta.kind) == (other.uid, other.gid, other.mode, &other.meta.name, other.meta.kind)
+        (self.uid, self.gid, self.mode, &self.meta.name, self.meta.kind)
+            == (other.uid, other.gid, other.mode, &other.meta.name, other.meta.kind)
     }
 }
 
@@ -162,7 +163,14 @@ impl Reconciler {
                     }
                     let specs = files
                         .iter()
-                        .map(|(path, f)| FileSpec { path: path.clone(), uid: f.uid, gid: f.gid, mode: f.mode, content: f.content.clone(), meta: f.meta.clone() })
+                        .map(|(path, f)| FileSpec {
+                            path: path.clone(),
+                            uid: f.uid,
+                            gid: f.gid,
+                            mode: f.mode,
+                            content: f.content.clone(),
+                            meta: f.meta.clone(),
+                        })
                         .collect();
                     if let Err(e) = self.fs.add_task(&id, owner, specs) {
                         tracing::error!(task = %id, error = %e, "creating task files");

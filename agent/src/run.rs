@@ -33,10 +33,14 @@ async fn connect(socket: &Path) -> anyhow::Result<AgentControlClient<Channel>> {
     let channel = Endpoint::from_static("http://agent.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
-        .with_context(|| format!("cannot reach the agent at {} (is hush-agent running? set HUSH_AGENT_SOCKET)", socket.display()))?;
+        .with_context(|| {
+            format!("cannot reach the agent at {} (is hush-agent running? set HUSH_AGENT_SOCKET)", socket.display())
+        })?;
     Ok(AgentControlClient::new(channel))
 }
 
@@ -51,7 +55,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (ready, _task_call) = runtime.block_on(async {
         let mut client = connect(&args.socket).await?;
         let request = pb::RunTaskRequest { service: args.service.clone(), name: args.name.clone().unwrap_or_default() };
-        let mut events = client.run_task(request).await.map_err(|status| anyhow::anyhow!("{}", status.message()))?.into_inner();
+        let mut events =
+            client.run_task(request).await.map_err(|status| anyhow::anyhow!("{}", status.message()))?.into_inner();
         let first = events.message().await.map_err(|status| anyhow::anyhow!("{}", status.message()))?;
         let ready = first.and_then(|e| e.ready).context("the agent ended the task before it was ready")?;
         // Keep the call (and the connection) open: the agent ends the task when it closes.

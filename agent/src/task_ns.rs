@@ -40,8 +40,8 @@ use std::sync::Mutex;
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, OFlags, StatxFlags, Uid};
 use rustix::io::Errno;
 use rustix::mount::{
-    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags, mount,
-    mount_change, mount_remount, move_mount, open_tree, unmount,
+    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags, mount, mount_change, mount_remount,
+    move_mount, open_tree, unmount,
 };
 
 /// Where the task's secrets directory appears.
@@ -72,40 +72,20 @@ pub enum NsError {
     Unshare { step: &'static str, errno: Errno },
     /// [`apply`] was called outside the namespace [`unshare_mount_namespace`] made: it would change the
     /// host's mounts.
-    #[error(
-        "refusing to mount outside the task's mount namespace (unshare_mount_namespace was not called)"
-    )]
+    #[error("refusing to mount outside the task's mount namespace (unshare_mount_namespace was not called)")]
     HostNamespace,
     /// A target is not an absolute path without `..`, or cannot be made (see `reason`).
     #[error("cannot bind {} at {}: {reason}", source_path.display(), target.display())]
-    Target {
-        source_path: PathBuf,
-        target: PathBuf,
-        reason: String,
-    },
+    Target { source_path: PathBuf, target: PathBuf, reason: String },
     /// A step of binding a source at its target failed.
     #[error("cannot bind {} at {}: {step}: {}", source_path.display(), target.display(), Text(*errno))]
-    Bind {
-        source_path: PathBuf,
-        target: PathBuf,
-        step: &'static str,
-        errno: Errno,
-    },
+    Bind { source_path: PathBuf, target: PathBuf, step: &'static str, errno: Errno },
     /// Overlaying the nearest existing ancestor of a missing target failed.
     #[error("cannot overlay {} to create {}: {step}: {}", dir.display(), target.display(), Text(*errno))]
-    Overlay {
-        dir: PathBuf,
-        target: PathBuf,
-        step: &'static str,
-        errno: Errno,
-    },
+    Overlay { dir: PathBuf, target: PathBuf, step: &'static str, errno: Errno },
     /// Creating a missing directory or file in an overlay failed.
     #[error("cannot create {} for {}: {}", path.display(), target.display(), Text(*errno))]
-    Create {
-        path: PathBuf,
-        target: PathBuf,
-        errno: Errno,
-    },
+    Create { path: PathBuf, target: PathBuf, errno: Errno },
     /// Mounting the empty tmpfs over the FUSE mount root failed.
     #[error("cannot hide {}: {}", path.display(), Text(*errno))]
     Hide { path: PathBuf, errno: Errno },
@@ -132,25 +112,11 @@ impl fmt::Display for Text {
 /// Call it while the process is single-threaded (before any runtime starts): a mount namespace belongs to
 /// a thread, and the other threads would stay in the host's namespace.
 pub fn unshare_mount_namespace() -> Result<(), NsError> {
-    unshare_newns().map_err(|errno| NsError::Unshare {
-        step: "unshare the mount namespace",
-        errno,
-    })?;
-    mount_change(
-        "/",
-        MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM,
-    )
-    .map_err(|errno| NsError::Unshare {
-        step: "make / a recursive slave",
-        errno,
-    })?;
-    let namespace = current_namespace().map_err(|errno| NsError::Unshare {
-        step: "stat the new namespace",
-        errno,
-    })?;
-    *TASK_NAMESPACE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(namespace);
+    unshare_newns().map_err(|errno| NsError::Unshare { step: "unshare the mount namespace", errno })?;
+    mount_change("/", MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM)
+        .map_err(|errno| NsError::Unshare { step: "make / a recursive slave", errno })?;
+    let namespace = current_namespace().map_err(|errno| NsError::Unshare { step: "stat the new namespace", errno })?;
+    *TASK_NAMESPACE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(namespace);
     Ok(())
 }
 
@@ -180,10 +146,7 @@ pub fn apply(plan: &MountPlan) -> Result<(), NsError> {
     }
 
     // 2. Make every missing target, in overlays. All before the first bind, so no overlay hides a bind.
-    let mut overlays = Overlays {
-        devs: HashSet::new(),
-        scratch: &plan.mount_root,
-    };
+    let mut overlays = Overlays { devs: HashSet::new(), scratch: &plan.mount_root };
     for bind in &binds {
         bind.make_target(&mut overlays)?;
     }
@@ -201,10 +164,7 @@ pub fn apply(plan: &MountPlan) -> Result<(), NsError> {
         MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         c"mode=0755,size=4k",
     )
-    .map_err(|errno| NsError::Hide {
-        path: plan.mount_root.clone(),
-        errno,
-    })
+    .map_err(|errno| NsError::Hide { path: plan.mount_root.clone(), errno })
 }
 
 /// The mount namespace [`unshare_mount_namespace`] made (device and inode of its `ns/mnt` file): the only
@@ -220,9 +180,7 @@ fn current_namespace() -> rustix::io::Result<(u64, u64)> {
 /// The guard against changing the host's mounts: this thread must be in the namespace that
 /// [`unshare_mount_namespace`] made.
 fn refuse_host_namespace() -> Result<(), NsError> {
-    let made = *TASK_NAMESPACE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let made = *TASK_NAMESPACE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match (made, current_namespace()) {
         (Some(made), Ok(current)) if made == current => Ok(()),
         _ => Err(NsError::HostNamespace),
@@ -247,10 +205,7 @@ impl Bind {
         if !target.is_absolute() {
             return Err(refuse("the target is not an absolute path"));
         }
-        if target
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-        {
+        if target.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
             return Err(refuse("the target contains . or .."));
         }
         let fail = |step, errno| NsError::Bind {
@@ -259,30 +214,18 @@ impl Bind {
             step,
             errno,
         };
-        let tree = open_tree(
-            CWD,
-            source,
-            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-        )
-        .map_err(|errno| fail("clone the source", errno))?;
+        let tree = open_tree(CWD, source, OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC)
+            .map_err(|errno| fail("clone the source", errno))?;
         let stat = rustix::fs::fstat(&tree).map_err(|errno| fail("stat the source", errno))?;
         let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
-        Ok(Bind {
-            source: source.to_path_buf(),
-            target: target.to_path_buf(),
-            tree,
-            is_dir,
-        })
+        Ok(Bind { source: source.to_path_buf(), target: target.to_path_buf(), tree, is_dir })
     }
 
     /// Creates the target (an empty directory or file) if the host lacks it, in an overlay of its nearest
     /// existing ancestor.
     fn make_target(&self, overlays: &mut Overlays<'_>) -> Result<(), NsError> {
-        let refuse = |reason: String| NsError::Target {
-            source_path: self.source.clone(),
-            target: self.target.clone(),
-            reason,
-        };
+        let refuse =
+            |reason: String| NsError::Target { source_path: self.source.clone(), target: self.target.clone(), reason };
         // Walk up to the nearest path that exists (without following a final symlink).
         let mut missing: Vec<&OsStr> = Vec::new();
         let mut existing = self.target.as_path();
@@ -291,19 +234,11 @@ impl Bind {
                 Ok(_) => break,
                 Err(Errno::NOENT) => {
                     // `existing` is absolute and not `/` (which exists), so it has a name and a parent.
-                    missing.push(
-                        existing
-                            .file_name()
-                            .expect("a missing absolute path is not /"),
-                    );
+                    missing.push(existing.file_name().expect("a missing absolute path is not /"));
                     existing = existing.parent().expect("a missing absolute path is not /");
                 }
                 Err(errno) => {
-                    return Err(refuse(format!(
-                        "cannot stat {}: {}",
-                        existing.display(),
-                        Text(errno)
-                    )));
+                    return Err(refuse(format!("cannot stat {}: {}", existing.display(), Text(errno))));
                 }
             }
         }
@@ -320,27 +255,18 @@ impl Bind {
         }
         if !overlays.devs.contains(&stat.st_dev) {
             if dir == Path::new("/") {
-                return Err(refuse(
-                    "its nearest existing ancestor is /, which is never overlaid".to_owned(),
-                ));
+                return Err(refuse("its nearest existing ancestor is /, which is never overlaid".to_owned()));
             }
             let dev = overlays.overlay(&dir, &self.target)?;
             overlays.devs.insert(dev);
         }
 
         // Create the missing names through the overlay, one directory fd at a time (no symlink followed).
-        let create = |path: &Path, errno| NsError::Create {
-            path: path.to_path_buf(),
-            target: self.target.clone(),
-            errno,
-        };
+        let create =
+            |path: &Path, errno| NsError::Create { path: path.to_path_buf(), target: self.target.clone(), errno };
         let mut path = existing.to_path_buf();
-        let mut parent = rustix::fs::open(
-            &dir,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| create(&path, errno))?;
+        let mut parent = rustix::fs::open(&dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|errno| create(&path, errno))?;
         for (i, name) in missing.iter().rev().enumerate() {
             path.push(name);
             let last = i + 1 == missing.len();
@@ -348,18 +274,13 @@ impl Bind {
                 rustix::fs::openat(
                     &parent,
                     *name,
-                    OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::WRONLY
-                        | OFlags::CLOEXEC
-                        | OFlags::NOFOLLOW,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                     Mode::from_raw_mode(0o644),
                 )
                 .map_err(|errno| create(&path, errno))?;
                 break;
             }
-            rustix::fs::mkdirat(&parent, *name, Mode::from_raw_mode(0o755))
-                .map_err(|errno| create(&path, errno))?;
+            rustix::fs::mkdirat(&parent, *name, Mode::from_raw_mode(0o755)).map_err(|errno| create(&path, errno))?;
             parent = rustix::fs::openat(
                 &parent,
                 *name,
@@ -374,12 +295,8 @@ impl Bind {
     /// Moves the captured source onto the target (following a symlink at the target, as mount(2) does),
     /// then makes it read-only, nosuid, nodev, noexec.
     fn attach(&self) -> Result<(), NsError> {
-        let fail = |step, errno| NsError::Bind {
-            source_path: self.source.clone(),
-            target: self.target.clone(),
-            step,
-            errno,
-        };
+        let fail =
+            |step, errno| NsError::Bind { source_path: self.source.clone(), target: self.target.clone(), step, errno };
         move_mount(
             &self.tree,
             "",
@@ -390,11 +307,7 @@ impl Bind {
         .map_err(|errno| fail("mount", errno))?;
         mount_remount(
             &self.target,
-            MountFlags::BIND
-                | MountFlags::RDONLY
-                | MountFlags::NOSUID
-                | MountFlags::NODEV
-                | MountFlags::NOEXEC,
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
             "",
         )
         .map_err(|errno| fail("remount read-only", errno))
@@ -411,28 +324,16 @@ impl Overlays<'_> {
     /// Mounts an overlay (lower: `dir` as it is, upper: a fresh tmpfs) on `dir` and puts the mounts that were
     /// below `dir` back on top of it. Returns the overlay's device number.
     fn overlay(&self, dir: &Path, target: &Path) -> Result<u64, NsError> {
-        let fail = |step, errno| NsError::Overlay {
-            dir: dir.to_path_buf(),
-            target: target.to_path_buf(),
-            step,
-            errno,
-        };
-        let lower = rustix::fs::open(
-            dir,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| fail("open", errno))?;
+        let fail = |step, errno| NsError::Overlay { dir: dir.to_path_buf(), target: target.to_path_buf(), step, errno };
+        let lower = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|errno| fail("open", errno))?;
         let lower_stat = rustix::fs::fstat(&lower).map_err(|errno| fail("stat", errno))?;
 
         // The mounts below `dir`, cloned before the overlay hides them.
-        let submounts = submounts(&lower, dir)
-            .map_err(|errno| fail("read /proc/thread-self/mountinfo", errno))?;
+        let submounts = submounts(&lower, dir).map_err(|errno| fail("read /proc/thread-self/mountinfo", errno))?;
         let mut clones = Vec::new();
         for mount_point in submounts {
-            let flags = OpenTreeFlags::OPEN_TREE_CLONE
-                | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                | OpenTreeFlags::AT_RECURSIVE;
+            let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE;
             match open_tree(CWD, &mount_point, flags) {
                 Ok(tree) => clones.push((mount_point, tree)),
                 // A mount point deleted on the host: nothing left to show.
@@ -442,32 +343,18 @@ impl Overlays<'_> {
         }
 
         // Scratch tmpfs, detached again right after the overlay mount (which keeps its own reference).
-        let data = CString::new(format!("mode=0700,size={OVERLAY_SIZE}"))
-            .expect("no NUL in constant options");
-        mount(
-            "tmpfs",
-            self.scratch,
-            "tmpfs",
-            MountFlags::NOSUID | MountFlags::NODEV,
-            data.as_c_str(),
-        )
-        .map_err(|errno| fail("mount a tmpfs for its upper layer", errno))?;
+        let data = CString::new(format!("mode=0700,size={OVERLAY_SIZE}")).expect("no NUL in constant options");
+        mount("tmpfs", self.scratch, "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, data.as_c_str())
+            .map_err(|errno| fail("mount a tmpfs for its upper layer", errno))?;
         // Named by fd from here on: once the overlay is mounted, the scratch path may lead into it (when
         // the scratch directory is below `dir`) rather than to the tmpfs.
-        let scratch = rustix::fs::open(
-            self.scratch,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        );
+        let scratch = rustix::fs::open(self.scratch, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
         let mounted = match &scratch {
             Ok(scratch) => self.mount_overlay(dir, &lower, &lower_stat, scratch),
             Err(errno) => Err(("open the scratch tmpfs", *errno)),
         };
         let detached = match &scratch {
-            Ok(scratch) => unmount(
-                format!("/proc/self/fd/{}", scratch.as_raw_fd()),
-                UnmountFlags::DETACH,
-            ),
+            Ok(scratch) => unmount(format!("/proc/self/fd/{}", scratch.as_raw_fd()), UnmountFlags::DETACH),
             Err(_) => unmount(self.scratch, UnmountFlags::DETACH),
         };
         mounted.map_err(|(step, errno)| fail(step, errno))?;
@@ -475,14 +362,8 @@ impl Overlays<'_> {
 
         let overlay = rustix::fs::stat(dir).map_err(|errno| fail("stat the overlay", errno))?;
         for (mount_point, tree) in clones {
-            move_mount(
-                &tree,
-                "",
-                CWD,
-                &mount_point,
-                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-            )
-            .map_err(|errno| fail("put back a mount below it", errno))?;
+            move_mount(&tree, "", CWD, &mount_point, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+                .map_err(|errno| fail("put back a mount below it", errno))?;
         }
         Ok(overlay.st_dev)
     }
@@ -498,15 +379,9 @@ impl Overlays<'_> {
         scratch: &OwnedFd,
     ) -> Result<(), (&'static str, Errno)> {
         let layer = |name: &str| -> Result<OwnedFd, (&'static str, Errno)> {
-            rustix::fs::mkdirat(scratch, name, Mode::from_raw_mode(0o700))
-                .map_err(|errno| ("make a layer", errno))?;
-            rustix::fs::openat(
-                scratch,
-                name,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|errno| ("open a layer", errno))
+            rustix::fs::mkdirat(scratch, name, Mode::from_raw_mode(0o700)).map_err(|errno| ("make a layer", errno))?;
+            rustix::fs::openat(scratch, name, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|errno| ("open a layer", errno))
         };
         let upper = layer("upper")?;
         let work = layer("work")?;
@@ -518,13 +393,8 @@ impl Overlays<'_> {
             AtFlags::empty(),
         )
         .map_err(|errno| ("set the upper layer's owner", errno))?;
-        rustix::fs::chmodat(
-            scratch,
-            "upper",
-            Mode::from_raw_mode(lower_stat.st_mode & 0o7777),
-            AtFlags::empty(),
-        )
-        .map_err(|errno| ("set the upper layer's mode", errno))?;
+        rustix::fs::chmodat(scratch, "upper", Mode::from_raw_mode(lower_stat.st_mode & 0o7777), AtFlags::empty())
+            .map_err(|errno| ("set the upper layer's mode", errno))?;
         let data = CString::new(format!(
             "lowerdir=/proc/self/fd/{},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{}",
             lower.as_raw_fd(),
@@ -532,14 +402,7 @@ impl Overlays<'_> {
             work.as_raw_fd()
         ))
         .expect("no NUL in fd numbers");
-        mount(
-            "overlay",
-            dir,
-            "overlay",
-            MountFlags::empty(),
-            data.as_c_str(),
-        )
-        .map_err(|errno| match errno {
+        mount("overlay", dir, "overlay", MountFlags::empty(), data.as_c_str()).map_err(|errno| match errno {
             Errno::NODEV => ("mount overlayfs (not available in this kernel)", errno),
             _ => ("mount overlayfs", errno),
         })
@@ -555,8 +418,8 @@ fn submounts(dir_fd: &OwnedFd, dir: &Path) -> Result<Vec<PathBuf>, Errno> {
         .filter(|s| StatxFlags::from_bits_retain(s.stx_mask).contains(StatxFlags::MNT_ID))
         .map(|s| s.stx_mnt_id);
     // Our own thread's namespace: /proc/self is the thread group leader's, which may differ in tests.
-    let table = std::fs::read("/proc/thread-self/mountinfo")
-        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+    let table =
+        std::fs::read("/proc/thread-self/mountinfo").map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
     let mut found: Vec<PathBuf> = Vec::new();
     for line in table.split(|&b| b == b'\n') {
         let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
@@ -564,10 +427,7 @@ fn submounts(dir_fd: &OwnedFd, dir: &Path) -> Result<Vec<PathBuf>, Errno> {
             continue;
         };
         if let Some(holder) = holder
-            && std::str::from_utf8(parent)
-                .ok()
-                .and_then(|p| p.parse::<u64>().ok())
-                != Some(holder)
+            && std::str::from_utf8(parent).ok().and_then(|p| p.parse::<u64>().ok()) != Some(holder)
         {
             continue;
         }
@@ -576,15 +436,8 @@ fn submounts(dir_fd: &OwnedFd, dir: &Path) -> Result<Vec<PathBuf>, Errno> {
             found.push(mount_point);
         }
     }
-    let outer: Vec<PathBuf> = found
-        .iter()
-        .filter(|m| {
-            !found
-                .iter()
-                .any(|other| other != *m && m.starts_with(other))
-        })
-        .cloned()
-        .collect();
+    let outer: Vec<PathBuf> =
+        found.iter().filter(|m| !found.iter().any(|other| other != *m && m.starts_with(other))).cloned().collect();
     Ok(outer)
 }
 
@@ -595,9 +448,7 @@ fn unescape(field: &[u8]) -> OsString {
     while i < field.len() {
         if field[i] == b'\\'
             && let Some(octal) = field.get(i + 1..i + 4)
-            && let Some(byte) = std::str::from_utf8(octal)
-                .ok()
-                .and_then(|s| u8::from_str_radix(s, 8).ok())
+            && let Some(byte) = std::str::from_utf8(octal).ok().and_then(|s| u8::from_str_radix(s, 8).ok())
         {
             out.push(byte);
             i += 4;

@@ -65,7 +65,8 @@ pub async fn join(vault: &str, token: &str, state: &StateDir) -> Result<NodeIden
         .and_then(|params| params.serialize_request(&key))
         .and_then(|csr| csr.pem())
         .map_err(|e| JoinError::Key(e.to_string()))?;
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)).domain_name(host_of(vault).to_string());
+    let tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)).domain_name(host_of(vault).to_string());
     let unreachable = |e: String| JoinError::Unreachable(vault.to_string(), e);
     let channel = endpoint(vault, tls).map_err(unreachable)?.connect().await.map_err(|e| unreachable(e.to_string()))?;
     let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
@@ -97,7 +98,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Follows the node's assignment stream for the agent's life. On every (re)connection it first
 /// tells the vault which tasks still run here, then applies each snapshot it receives.
-pub async fn follow_assignments(channel: Channel, reconciler: Arc<Reconciler>, mut shutdown: tokio::sync::watch::Receiver<bool>) -> LinkEnd {
+pub async fn follow_assignments(
+    channel: Channel,
+    reconciler: Arc<Reconciler>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> LinkEnd {
     let mut backoff = BACKOFF_MIN;
     loop {
         let status = tokio::select! {

@@ -26,28 +26,19 @@ fn scenario_child() {
     for line in lines("HUSH_NS_SETUP") {
         match line.as_slice() {
             [verb, path] if verb == "tmpfs" => {
-                let status = Command::new("mount")
-                    .args(["-t", "tmpfs", "tmpfs", path])
-                    .status()
-                    .unwrap();
+                let status = Command::new("mount").args(["-t", "tmpfs", "tmpfs", path]).status().unwrap();
                 assert!(status.success(), "mount tmpfs on {path}");
             }
             [verb, path, content] if verb == "write" => std::fs::write(path, content).unwrap(),
             other => panic!("bad setup step {other:?}"),
         }
     }
-    let mut plan = MountPlan {
-        secrets_dir: None,
-        files: Vec::new(),
-        mount_root: PathBuf::new(),
-    };
+    let mut plan = MountPlan { secrets_dir: None, files: Vec::new(), mount_root: PathBuf::new() };
     for line in lines("HUSH_NS_PLAN") {
         match line.as_slice() {
             [kind, dir] if kind == "secrets" => plan.secrets_dir = Some(dir.into()),
             [kind, dir] if kind == "root" => plan.mount_root = dir.into(),
-            [kind, source, target] if kind == "file" => {
-                plan.files.push((source.into(), target.into()))
-            }
+            [kind, source, target] if kind == "file" => plan.files.push((source.into(), target.into())),
             other => panic!("bad plan line {other:?}"),
         }
     }
@@ -58,20 +49,13 @@ fn scenario_child() {
     for line in lines("HUSH_NS_ACTIONS") {
         let result = match line.as_slice() {
             [verb, path] if verb == "read" => std::fs::read_to_string(path).map_err(errno),
-            [verb, path] if verb == "list" => listing(Path::new(path))
-                .map(|names| names.join(","))
-                .map_err(errno),
-            [verb, path, content] if verb == "write" => std::fs::write(path, content)
-                .map(|()| "ok".to_owned())
-                .map_err(errno),
+            [verb, path] if verb == "list" => listing(Path::new(path)).map(|names| names.join(",")).map_err(errno),
+            [verb, path, content] if verb == "write" => {
+                std::fs::write(path, content).map(|()| "ok".to_owned()).map_err(errno)
+            }
             other => panic!("bad action {other:?}"),
         };
-        say(&format!(
-            "{} {}: {}",
-            line[0],
-            line[1],
-            result.unwrap_or_else(|e| e)
-        ));
+        say(&format!("{} {}: {}", line[0], line[1], result.unwrap_or_else(|e| e)));
     }
     say("ready");
     // Stay alive (and the namespace with us) until the parent closes our stdin.
@@ -79,11 +63,7 @@ fn scenario_child() {
 }
 
 fn lines(var: &str) -> Vec<Vec<String>> {
-    std::env::var(var)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split('\t').map(str::to_owned).collect())
-        .collect()
+    std::env::var(var).unwrap_or_default().lines().map(|l| l.split('\t').map(str::to_owned).collect()).collect()
 }
 
 fn say(line: &str) {
@@ -134,21 +114,8 @@ impl Scenario {
 
     fn start(self) -> Task {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "scenario_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(
-                SCENARIO,
-                if self.mode.is_empty() {
-                    "task"
-                } else {
-                    self.mode
-                },
-            )
+            .args(["--exact", "scenario_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(SCENARIO, if self.mode.is_empty() { "task" } else { self.mode })
             .env("HUSH_NS_PLAN", self.plan.join("\n"))
             .env("HUSH_NS_SETUP", self.setup.join("\n"))
             .env("HUSH_NS_ACTIONS", self.actions.join("\n"))
@@ -165,12 +132,7 @@ impl Scenario {
             let Some(at) = line.find(MARK) else { continue };
             let said = line[at + MARK.len()..].to_owned();
             if said == "ready" {
-                return Task {
-                    child,
-                    stdin,
-                    stdout,
-                    out,
-                };
+                return Task { child, stdin, stdout, out };
             }
             out.push(said);
         }
@@ -180,21 +142,14 @@ impl Scenario {
 }
 
 fn tab(parts: &[&dyn AsRef<Path>]) -> String {
-    parts
-        .iter()
-        .map(|p| p.as_ref().to_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("\t")
+    parts.iter().map(|p| p.as_ref().to_str().unwrap()).collect::<Vec<_>>().join("\t")
 }
 
 impl Task {
     /// The result the child printed for `key` (e.g. "read /run/secrets/x").
     fn said(&self, key: &str) -> &str {
         let prefix = format!("{key}: ");
-        self.out
-            .iter()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {key:?} in {:#?}", self.out))
+        self.out.iter().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {key:?} in {:#?}", self.out))
     }
 
     fn assert_applied(&self) {
@@ -238,10 +193,7 @@ impl Root {
 }
 
 fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("hush-test-{}-{nanos}", std::process::id())
 }
 
@@ -266,17 +218,9 @@ fn secrets_dir_is_bound_at_run_secrets_and_host_is_untouched() {
     task.assert_applied();
     assert_eq!(task.said("read /run/secrets/db_password"), "s3cret");
     assert_eq!(task.said("list /run/secrets"), "db_password");
-    assert_eq!(
-        host_view(Path::new("/run/secrets")),
-        before,
-        "during the task"
-    );
+    assert_eq!(host_view(Path::new("/run/secrets")), before, "during the task");
     task.finish();
-    assert_eq!(
-        host_view(Path::new("/run/secrets")),
-        before,
-        "after the task"
-    );
+    assert_eq!(host_view(Path::new("/run/secrets")), before, "after the task");
 }
 
 #[test]
@@ -292,17 +236,11 @@ fn file_at_a_missing_target_never_exists_on_the_host() {
         .action(&[&"write", &other, &"x"])
         .start();
     task.assert_applied();
-    assert_eq!(
-        task.said(&format!("read {}", target.display())),
-        "listen 80"
-    );
+    assert_eq!(task.said(&format!("read {}", target.display())), "listen 80");
     // The rest of /etc is the host's.
-    let hostname = std::fs::read_to_string("/etc/hostname")
-        .unwrap_or_else(|e| format!("error {}", e.raw_os_error().unwrap()));
-    assert_eq!(
-        task.said("read /etc/hostname"),
-        hostname.lines().next().unwrap_or_default()
-    );
+    let hostname =
+        std::fs::read_to_string("/etc/hostname").unwrap_or_else(|e| format!("error {}", e.raw_os_error().unwrap()));
+    assert_eq!(task.said("read /etc/hostname"), hostname.lines().next().unwrap_or_default());
     // Writes into the overlaid directory land in memory.
     assert_eq!(task.said(&format!("write {}", other.display())), "ok");
     assert!(!target.exists() && !other.exists(), "during the task");
@@ -323,10 +261,7 @@ fn file_under_missing_directories_never_exists_on_the_host() {
         .action(&[&"list", &top])
         .start();
     task.assert_applied();
-    assert_eq!(
-        task.said(&format!("read {}", target.display())),
-        "listen 80"
-    );
+    assert_eq!(task.said(&format!("read {}", target.display())), "listen 80");
     assert_eq!(task.said(&format!("list {}", top.display())), "sub");
     assert!(!top.exists(), "during the task");
     task.finish();
@@ -345,21 +280,10 @@ fn file_over_an_existing_host_file_leaves_it_unchanged() {
         .action(&[&"read", &target])
         .start();
     task.assert_applied();
-    assert_eq!(
-        task.said(&format!("read {}", target.display())),
-        "listen 80"
-    );
-    assert_eq!(
-        std::fs::read_to_string(&target).unwrap(),
-        "old",
-        "during the task"
-    );
+    assert_eq!(task.said(&format!("read {}", target.display())), "listen 80");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "old", "during the task");
     task.finish();
-    assert_eq!(
-        std::fs::read_to_string(&target).unwrap(),
-        "old",
-        "after the task"
-    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "old", "after the task");
 }
 
 #[test]
@@ -377,18 +301,9 @@ fn mount_root_is_hidden_and_binds_still_read() {
         .start();
     task.assert_applied();
     assert_eq!(task.said(&format!("list {}", root.path().display())), "");
-    assert_eq!(
-        task.said(&format!(
-            "read {}",
-            root.path().join("t2/root/run/secrets").display()
-        )),
-        "error 2"
-    );
+    assert_eq!(task.said(&format!("read {}", root.path().join("t2/root/run/secrets").display())), "error 2");
     assert_eq!(task.said("read /run/secrets/db_password"), "s3cret");
-    assert_eq!(
-        task.said(&format!("read {}", target.display())),
-        "listen 80"
-    );
+    assert_eq!(task.said(&format!("read {}", target.display())), "listen 80");
     task.finish();
     // The host's mount root is as it was.
     assert_eq!(listing(root.path()).unwrap(), ["t1", "t2"]);
@@ -414,10 +329,7 @@ fn binds_are_read_only() {
     assert_eq!(task.said("write /run/secrets/db_password"), erofs);
     assert_eq!(task.said(&format!("write {}", target.display())), erofs);
     task.finish();
-    assert_eq!(
-        std::fs::read_to_string(root.secrets().join("db_password")).unwrap(),
-        "s3cret"
-    );
+    assert_eq!(std::fs::read_to_string(root.secrets().join("db_password")).unwrap(), "s3cret");
     assert!(!root.secrets().join("x").exists());
 }
 
@@ -429,26 +341,14 @@ fn task_writes_elsewhere_reach_the_host() {
     let task = Scenario::default()
         .plan(&[&"root", &root.path()])
         .plan(&[&"secrets", &root.secrets()])
-        .plan(&[
-            &"file",
-            &root.conf(),
-            &PathBuf::from(format!("/etc/{}.conf", unique())),
-        ])
+        .plan(&[&"file", &root.conf(), &PathBuf::from(format!("/etc/{}.conf", unique()))])
         .action(&[&"write", &log, &"started"])
         .start();
     task.assert_applied();
     assert_eq!(task.said(&format!("write {}", log.display())), "ok");
-    assert_eq!(
-        std::fs::read_to_string(&log).unwrap(),
-        "started",
-        "during the task"
-    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "started", "during the task");
     task.finish();
-    assert_eq!(
-        std::fs::read_to_string(&log).unwrap(),
-        "started",
-        "after the task"
-    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "started", "after the task");
 }
 
 #[test]
@@ -471,45 +371,25 @@ fn mounts_below_an_overlaid_directory_stay_visible() {
         .action(&[&"write", &sub.join("more"), &"x"])
         .start();
     task.assert_applied();
-    assert_eq!(
-        task.said(&format!("read {}", target.display())),
-        "listen 80"
-    );
-    assert_eq!(
-        task.said(&format!("read {}", sub.join("inner").display())),
-        "in a submount"
-    );
-    assert_eq!(
-        task.said(&format!("read {}", host.path().join("plain").display())),
-        "host file"
-    );
-    assert_eq!(
-        task.said(&format!("write {}", sub.join("more").display())),
-        "ok"
-    );
+    assert_eq!(task.said(&format!("read {}", target.display())), "listen 80");
+    assert_eq!(task.said(&format!("read {}", sub.join("inner").display())), "in a submount");
+    assert_eq!(task.said(&format!("read {}", host.path().join("plain").display())), "host file");
+    assert_eq!(task.said(&format!("write {}", sub.join("more").display())), "ok");
     assert!(!host.path().join("new").exists(), "during the task");
     task.finish();
     assert_eq!(listing(host.path()).unwrap(), ["plain", "sub"]);
-    assert!(
-        listing(&sub).unwrap().is_empty(),
-        "the submount never reached the host"
-    );
+    assert!(listing(&sub).unwrap().is_empty(), "the submount never reached the host");
 }
 
 #[test]
 fn a_missing_source_is_an_error_naming_it() {
     let root = Root::new();
     let source = root.path().join("t1/root/etc/missing.conf");
-    let task = Scenario::default()
-        .plan(&[&"root", &root.path()])
-        .plan(&[&"file", &source, &"/etc/missing.conf"])
-        .start();
+    let task =
+        Scenario::default().plan(&[&"root", &root.path()]).plan(&[&"file", &source, &"/etc/missing.conf"]).start();
     assert_eq!(
         task.said("apply"),
-        format!(
-            "cannot bind {} at /etc/missing.conf: clone the source: No such file or directory",
-            source.display()
-        )
+        format!("cannot bind {} at /etc/missing.conf: clone the source: No such file or directory", source.display())
     );
     task.finish();
 }
@@ -518,10 +398,7 @@ fn a_missing_source_is_an_error_naming_it() {
 fn a_target_whose_only_ancestor_is_root_is_refused() {
     let root = Root::new();
     let target = PathBuf::from(format!("/{}/app.conf", unique()));
-    let task = Scenario::default()
-        .plan(&[&"root", &root.path()])
-        .plan(&[&"file", &root.conf(), &target])
-        .start();
+    let task = Scenario::default().plan(&[&"root", &root.path()]).plan(&[&"file", &root.conf(), &target]).start();
     assert_eq!(
         task.said("apply"),
         format!(
@@ -538,13 +415,10 @@ fn a_target_whose_only_ancestor_is_root_is_refused() {
 fn apply_refuses_the_host_namespace() {
     // The source does not exist, so even a broken guard could not mount anything on the host.
     let root = Root::new();
-    let task = Scenario {
-        mode: "host-namespace",
-        ..Scenario::default()
-    }
-    .plan(&[&"root", &root.path()])
-    .plan(&[&"file", &root.path().join("nope"), &"/etc/nope.conf"])
-    .start();
+    let task = Scenario { mode: "host-namespace", ..Scenario::default() }
+        .plan(&[&"root", &root.path()])
+        .plan(&[&"file", &root.path().join("nope"), &"/etc/nope.conf"])
+        .start();
     assert_eq!(
         task.said("apply"),
         "refusing to mount outside the task's mount namespace (unshare_mount_namespace was not called)"
@@ -573,10 +447,7 @@ fn mount_root_inside_the_overlaid_directory() {
     task.assert_applied();
     assert_eq!(task.said(&format!("read {}", target.display())), "s3cret");
     assert_eq!(task.said(&format!("list {}", mount_root.display())), "");
-    assert_eq!(
-        task.said(&format!("list {}", host.path().display())),
-        "hush,secrets"
-    );
+    assert_eq!(task.said(&format!("list {}", host.path().display())), "hush,secrets");
     assert!(!target.exists(), "during the task");
     task.finish();
     assert_eq!(listing(host.path()).unwrap(), ["hush"]);

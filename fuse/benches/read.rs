@@ -13,8 +13,8 @@ use std::sync::mpsc::{TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
 
 use hush_fuse::{
-    Caller, CallerResolver, FileKind, FileMeta, FileSpec, MountConfig, Plaintext, SecretFs,
-    TaskOwner, mount_namespace_of, mount_with_config,
+    Caller, CallerResolver, FileKind, FileMeta, FileSpec, MountConfig, Plaintext, SecretFs, TaskOwner,
+    mount_namespace_of, mount_with_config,
 };
 
 const SIZE: usize = 1024;
@@ -35,12 +35,7 @@ fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
     // Fields after the `(comm)`; utime and stime are fields 14 and 15 of the whole line.
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<u64> = rest
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .map(|v| v.parse().expect("ticks"))
-        .collect();
+    let f: Vec<u64> = rest.split(' ').skip(11).take(2).map(|v| v.parse().expect("ticks")).collect();
     Duration::from_millis((f[0] + f[1]) * 10)
 }
 
@@ -85,10 +80,7 @@ fn content() -> Arc<Plaintext> {
 }
 
 /// Mount a filesystem owned by this process's namespace, measure, unmount.
-fn measure_fuse(
-    threads: usize,
-    resolver: Option<Arc<dyn CallerResolver>>,
-) -> (PathBuf, (f64, f64)) {
+fn measure_fuse(threads: usize, resolver: Option<Arc<dyn CallerResolver>>) -> (PathBuf, (f64, f64)) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (tx, rx) = sync_channel(65536);
     // Consume events as the agent should: in batches, so that sending one never wakes a thread
@@ -121,16 +113,12 @@ fn measure_fuse(
             gid: 0,
             mode: 0o400,
             content: content(),
-            meta: FileMeta {
-                kind: FileKind::Secret,
-                name: "secret".into(),
-                version: 1,
-            },
+            meta: FileMeta { kind: FileKind::Secret, name: "secret".into(), version: 1 },
         }],
     )
     .expect("add task");
-    let guard = mount_with_config(fs.clone(), dir.path(), &MountConfig { threads })
-        .expect("mount (needs root and /dev/fuse)");
+    let guard =
+        mount_with_config(fs.clone(), dir.path(), &MountConfig { threads }).expect("mount (needs root and /dev/fuse)");
     let path = dir.path().join("bench/secret");
     let rate = measure(&path);
     guard.unmount().expect("unmount");
@@ -185,10 +173,7 @@ fn main() {
         "open+read+close of a {SIZE}-byte file, single reader, best of {ROUNDS} rounds of {} ms",
         ROUND.as_millis()
     );
-    println!(
-        "{:<38} {:<30} {:>9} {:>8} {:>9} {:>10}",
-        "variant", "path", "ops/s", "us/op", "vs tmpfs", "cpu us/op"
-    );
+    println!("{:<38} {:<30} {:>9} {:>8} {:>9} {:>10}", "variant", "path", "ops/s", "us/op", "vs tmpfs", "cpu us/op");
     for (name, path, (rate, cpu)) in &rows {
         println!(
             "{:<38} {:<30} {:>9.0} {:>8.2} {:>8.1}x {:>10.1}",

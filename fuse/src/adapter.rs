@@ -10,9 +10,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption,
+    Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
 };
 
 use crate::fs::{Attr, FsError, Invalidation, Invalidator, NodeKind, RequestInfo, SecretFs};
@@ -30,11 +30,7 @@ fn errno(e: FsError) -> Errno {
 }
 
 fn request_info(req: &Request) -> RequestInfo {
-    RequestInfo {
-        tid: req.pid(),
-        uid: req.uid(),
-        gid: req.gid(),
-    }
+    RequestInfo { tid: req.pid(), uid: req.uid(), gid: req.gid() }
 }
 
 fn file_type(kind: NodeKind) -> FileType {
@@ -81,8 +77,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY
-            || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
         match self.fs.open(&request_info(req), ino.0, write) {
             // Direct I/O: every read reaches us (per-read audit; rotation seen at once).
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
@@ -107,14 +102,7 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         // Nothing to flush on a read-only filesystem. ENOSYS (rather than ok) makes the kernel
         // stop sending FLUSH for good, saving a round trip on every close(); fuser's default
         // would do the same but log a warning.
@@ -142,14 +130,7 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let entries = match self.fs.readdir(ino.0) {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(e)),
@@ -163,14 +144,7 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
         reply.error(Errno::NO_XATTR);
     }
 
@@ -192,9 +166,7 @@ impl Invalidator for NotifierInvalidator {
         let result = match what {
             // Offset 0, length 0: all cached pages, and the attributes (size, mtime).
             Invalidation::Inode(ino) => self.0.inval_inode(INodeNo(*ino), 0, 0),
-            Invalidation::Entry { parent, name } => {
-                self.0.inval_entry(INodeNo(*parent), OsStr::new(&**name))
-            }
+            Invalidation::Entry { parent, name } => self.0.inval_entry(INodeNo(*parent), OsStr::new(&**name)),
         };
         if let Err(e) = result {
             tracing::warn!(?what, error = %e, "kernel cache invalidation failed");
@@ -225,11 +197,7 @@ impl RunningSession {
             return None;
         }
         let thread = self.thread.take()?;
-        Some(
-            thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("fuse session thread panicked"))),
-        )
+        Some(thread.join().unwrap_or_else(|_| Err(io::Error::other("fuse session thread panicked"))))
     }
 }
 
@@ -257,8 +225,5 @@ pub(crate) fn start(fs: Arc<SecretFs>, path: &Path, threads: usize) -> io::Resul
         .name("hush-fuse".to_string())
         .spawn(move || session.run())
         .inspect_err(|_| fs.set_invalidator(None))?;
-    Ok(RunningSession {
-        unmounter,
-        thread: Some(thread),
-    })
+    Ok(RunningSession { unmounter, thread: Some(thread) })
 }

@@ -41,9 +41,7 @@ pub struct ProcResolver {
 
 impl Default for ProcResolver {
     fn default() -> Self {
-        Self {
-            proc_root: PathBuf::from("/proc"),
-        }
+        Self { proc_root: PathBuf::from("/proc") }
     }
 }
 
@@ -58,10 +56,7 @@ impl CallerResolver for ProcResolver {
     fn resolve(&self, tid: u32) -> io::Result<Caller> {
         if tid == 0 {
             // Requests the kernel makes on its own behalf carry pid 0: nobody to check.
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "request without a pid",
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, "request without a pid"));
         }
         let dir = self.proc_root.join(tid.to_string());
         // Namespace first: it is what access depends on.
@@ -74,18 +69,13 @@ impl CallerResolver for ProcResolver {
             tid
         } else {
             let status = fs::read_to_string(dir.join("status"))?;
-            parse_tgid(&status)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in status"))?
+            parse_tgid(&status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in status"))?
         };
         // The process may be exiting; the command is only for the audit trail.
         let command = fs::read_to_string(self.proc_root.join(pid.to_string()).join("comm"))
             .map(|c| c.trim_end().to_string())
             .unwrap_or_default();
-        Ok(Caller {
-            pid,
-            mnt_ns,
-            command,
-        })
+        Ok(Caller { pid, mnt_ns, command })
     }
 }
 
@@ -106,10 +96,7 @@ fn is_thread_group_leader(tid: u32) -> io::Result<bool> {
 
 /// The `Tgid:` value of a `/proc/<tid>/status` file.
 fn parse_tgid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// The inode number in a namespace link such as `mnt:[4026531840]`.
@@ -121,8 +108,7 @@ pub fn parse_mnt_ns(link: &str) -> Option<u64> {
 /// `TaskOwner::MountNamespace` once it knows a process of the task.
 pub fn mount_namespace_of(pid: u32) -> io::Result<u64> {
     let link = fs::read_link(format!("/proc/{pid}/ns/mnt"))?;
-    parse_mnt_ns(&link.to_string_lossy())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad ns/mnt link"))
+    parse_mnt_ns(&link.to_string_lossy()).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad ns/mnt link"))
 }
 
 #[cfg(test)]
@@ -131,8 +117,7 @@ mod tests {
 
     #[test]
     fn parses_status_and_link() {
-        let status =
-            "Name:\tcat\nUmask:\t0022\nState:\tR (running)\nTgid:\t4242\nNgid:\t0\nPid:\t4243\n";
+        let status = "Name:\tcat\nUmask:\t0022\nState:\tR (running)\nTgid:\t4242\nNgid:\t0\nPid:\t4243\n";
         assert_eq!(parse_tgid(status), Some(4242));
         assert_eq!(parse_tgid("Name:\tx\n"), None);
         assert_eq!(parse_mnt_ns("mnt:[4026531840]"), Some(4026531840));
@@ -155,8 +140,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let h = std::thread::spawn(move || {
-            tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32)
-                .expect("send tid");
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32).expect("send tid");
             let _ = done_rx.recv();
         });
         let tid = rx.recv().expect("tid");

@@ -258,10 +258,7 @@ struct FileNode {
 }
 
 enum Body {
-    Dir {
-        children: BTreeMap<Arc<str>, u64>,
-        mtime: SystemTime,
-    },
+    Dir { children: BTreeMap<Arc<str>, u64>, mtime: SystemTime },
     File(FileNode),
 }
 
@@ -362,18 +359,11 @@ impl SecretFs {
                 parent: ROOT_INO,
                 task: None,
                 rel: Arc::from(""),
-                body: Body::Dir {
-                    children: BTreeMap::new(),
-                    mtime: now,
-                },
+                body: Body::Dir { children: BTreeMap::new(), mtime: now },
             },
         );
         Self {
-            tree: RwLock::new(Tree {
-                nodes,
-                tasks: HashMap::new(),
-                next_ino: ROOT_INO + 1,
-            }),
+            tree: RwLock::new(Tree { nodes, tasks: HashMap::new(), next_ino: ROOT_INO + 1 }),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             resolver: Arc::new(ProcResolver::new()),
@@ -403,10 +393,7 @@ impl SecretFs {
     /// Install (or remove) the kernel cache invalidator. [`crate::mount`] does this; only a
     /// custom mount layer needs to call it.
     pub fn set_invalidator(&self, invalidator: Option<Arc<dyn Invalidator>>) {
-        *self
-            .invalidator
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = invalidator;
+        *self.invalidator.write().unwrap_or_else(PoisonError::into_inner) = invalidator;
     }
 
     /// Events lost because the sink was full or closed.
@@ -416,12 +403,7 @@ impl SecretFs {
 
     /// Ids of the tasks being served, sorted.
     pub fn task_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .read_tree()
-            .tasks
-            .keys()
-            .map(|k| k.to_string())
-            .collect();
+        let mut ids: Vec<String> = self.read_tree().tasks.keys().map(|k| k.to_string()).collect();
         ids.sort();
         ids
     }
@@ -433,12 +415,7 @@ impl SecretFs {
     ///
     /// Fails, changing nothing, if the task exists or any path or mode is invalid, or two files
     /// collide (same path, or a file where another needs a directory).
-    pub fn add_task(
-        &self,
-        task_id: &str,
-        owner: Option<TaskOwner>,
-        files: Vec<FileSpec>,
-    ) -> Result<(), TaskError> {
+    pub fn add_task(&self, task_id: &str, owner: Option<TaskOwner>, files: Vec<FileSpec>) -> Result<(), TaskError> {
         validate_task_id(task_id)?;
         validate_files(&files)?;
         let now = SystemTime::now();
@@ -499,10 +476,7 @@ impl SecretFs {
     /// Set (or change) who may open the task's files.
     pub fn set_owner(&self, task_id: &str, owner: TaskOwner) -> Result<(), TaskError> {
         let mut tree = self.write_tree();
-        let task = tree
-            .tasks
-            .get_mut(task_id)
-            .ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+        let task = tree.tasks.get_mut(task_id).ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
         task.owner = Some(owner);
         Ok(())
     }
@@ -512,10 +486,8 @@ impl SecretFs {
     pub fn remove_task(&self, task_id: &str) -> Result<(), TaskError> {
         let (name, inodes) = {
             let mut tree = self.write_tree();
-            let (name, task) = tree
-                .tasks
-                .remove_entry(task_id)
-                .ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+            let (name, task) =
+                tree.tasks.remove_entry(task_id).ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
             for ino in &task.inodes {
                 tree.nodes.remove(ino);
             }
@@ -530,10 +502,7 @@ impl SecretFs {
                 h.content = None;
             }
         }
-        self.invalidate(&Invalidation::Entry {
-            parent: ROOT_INO,
-            name,
-        });
+        self.invalidate(&Invalidation::Entry { parent: ROOT_INO, name });
         for ino in inodes {
             self.invalidate(&Invalidation::Inode(ino));
         }
@@ -597,26 +566,14 @@ impl SecretFs {
             return Err(FsError::NotADirectory);
         };
         let mut out = Vec::with_capacity(children.len() + 2);
-        out.push(DirEntry {
-            ino,
-            kind: NodeKind::Directory,
-            name: Arc::from("."),
-        });
-        out.push(DirEntry {
-            ino: node.parent,
-            kind: NodeKind::Directory,
-            name: Arc::from(".."),
-        });
+        out.push(DirEntry { ino, kind: NodeKind::Directory, name: Arc::from(".") });
+        out.push(DirEntry { ino: node.parent, kind: NodeKind::Directory, name: Arc::from("..") });
         for (name, &child) in children {
             let kind = match tree.nodes.get(&child).map(|n| &n.body) {
                 Some(Body::File(_)) => NodeKind::File,
                 _ => NodeKind::Directory,
             };
-            out.push(DirEntry {
-                ino: child,
-                kind,
-                name: name.clone(),
-            });
+            out.push(DirEntry { ino: child, kind, name: name.clone() });
         }
         Ok(out)
     }
@@ -640,15 +597,7 @@ impl SecretFs {
         match check_access(owner, &caller, false) {
             Ok(()) => Ok(()),
             Err(reason) => {
-                self.emit(event(
-                    req,
-                    &caller,
-                    task,
-                    rel,
-                    None,
-                    AccessOp::Denied(reason),
-                    0,
-                ));
+                self.emit(event(req, &caller, task, rel, None, AccessOp::Denied(reason), 0));
                 Err(FsError::PermissionDenied)
             }
         }
@@ -672,15 +621,7 @@ impl SecretFs {
         let caller = match check_access(owner, &caller, write) {
             Ok(()) => caller.expect("check_access refuses unknown callers"),
             Err(reason) => {
-                self.emit(event(
-                    req,
-                    &caller,
-                    task,
-                    path,
-                    Some(meta),
-                    AccessOp::Denied(reason),
-                    0,
-                ));
+                self.emit(event(req, &caller, task, path, Some(meta), AccessOp::Denied(reason), 0));
                 return Err(match reason {
                     DenyReason::WriteAccess => FsError::ReadOnly,
                     _ => FsError::PermissionDenied,
@@ -688,44 +629,16 @@ impl SecretFs {
             }
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let opened = event(
-            req,
-            &Ok(caller.clone()),
-            task.clone(),
-            path.clone(),
-            Some(meta.clone()),
-            AccessOp::Open,
-            0,
-        );
-        self.lock_handles().insert(
-            fh,
-            Handle {
-                ino,
-                task,
-                path,
-                meta,
-                content: Some(content),
-                opener_tid: req.tid,
-                opener: caller,
-            },
-        );
+        let opened = event(req, &Ok(caller.clone()), task.clone(), path.clone(), Some(meta.clone()), AccessOp::Open, 0);
+        self.lock_handles()
+            .insert(fh, Handle { ino, task, path, meta, content: Some(content), opener_tid: req.tid, opener: caller });
         self.emit(opened);
         Ok(fh)
     }
 
     /// Read up to `size` bytes at `offset` from open file `fh`. Reads returning data are events.
-    pub fn read(
-        &self,
-        req: &RequestInfo,
-        fh: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<ReadSlice, FsError> {
-        let handle = self
-            .lock_handles()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
+    pub fn read(&self, req: &RequestInfo, fh: u64, offset: u64, size: u32) -> Result<ReadSlice, FsError> {
+        let handle = self.lock_handles().get(&fh).cloned().ok_or(FsError::BadHandle)?;
         let content = match handle.content {
             // Also catches an open that raced with remove_task and registered its handle late.
             Some(c) if self.read_tree().nodes.contains_key(&handle.ino) => c,
@@ -734,18 +647,10 @@ impl SecretFs {
         let len = content.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
-        let slice = ReadSlice {
-            content,
-            start,
-            end,
-        };
+        let slice = ReadSlice { content, start, end };
         if !slice.is_empty() {
             // Usually the opener reads; otherwise (an fd passed on, another thread) look again.
-            let caller = if req.tid == handle.opener_tid {
-                Ok(handle.opener)
-            } else {
-                self.resolver.resolve(req.tid)
-            };
+            let caller = if req.tid == handle.opener_tid { Ok(handle.opener) } else { self.resolver.resolve(req.tid) };
             self.emit(event(
                 req,
                 &caller,
@@ -780,11 +685,7 @@ impl SecretFs {
     }
 
     fn invalidate(&self, what: &Invalidation) {
-        let inv = self
-            .invalidator
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let inv = self.invalidator.read().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(inv) = inv {
             inv.invalidate(what);
         }
@@ -806,10 +707,7 @@ fn new_dir(parent: u64, task: &Arc<str>, rel: &str, now: SystemTime) -> Node {
         parent,
         task: Some(task.clone()),
         rel: Arc::from(rel),
-        body: Body::Dir {
-            children: BTreeMap::new(),
-            mtime: now,
-        },
+        body: Body::Dir { children: BTreeMap::new(), mtime: now },
     }
 }
 
@@ -846,14 +744,8 @@ fn attr_of(tree: &Tree, ino: u64) -> Attr {
 }
 
 fn find_file(tree: &Tree, task_id: &str, path: &str) -> Result<u64, TaskError> {
-    let no_file = || TaskError::NoSuchFile {
-        task_id: task_id.to_string(),
-        path: path.to_string(),
-    };
-    let task = tree
-        .tasks
-        .get(task_id)
-        .ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+    let no_file = || TaskError::NoSuchFile { task_id: task_id.to_string(), path: path.to_string() };
+    let task = tree.tasks.get(task_id).ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
     let mut ino = task.dir;
     for name in path.split('/') {
         ino = match tree.nodes.get(&ino).map(|n| &n.body) {
@@ -868,11 +760,7 @@ fn find_file(tree: &Tree, task_id: &str, path: &str) -> Result<u64, TaskError> {
 }
 
 /// The access rule: read-only, an owner set, and the caller in the owner's mount namespace.
-fn check_access(
-    owner: Option<TaskOwner>,
-    caller: &std::io::Result<Caller>,
-    write: bool,
-) -> Result<(), DenyReason> {
+fn check_access(owner: Option<TaskOwner>, caller: &std::io::Result<Caller>, write: bool) -> Result<(), DenyReason> {
     if write {
         return Err(DenyReason::WriteAccess);
     }
@@ -900,18 +788,7 @@ fn event(
         Ok(c) => (c.pid, c.command.clone()),
         Err(_) => (req.tid, String::new()),
     };
-    AccessEvent {
-        time: SystemTime::now(),
-        task_id,
-        path,
-        meta,
-        op,
-        pid,
-        uid: req.uid,
-        gid: req.gid,
-        command,
-        bytes,
-    }
+    AccessEvent { time: SystemTime::now(), task_id, path, meta, op, pid, uid: req.uid, gid: req.gid, command, bytes }
 }
 
 fn validate_task_id(id: &str) -> Result<(), TaskError> {
@@ -919,31 +796,19 @@ fn validate_task_id(id: &str) -> Result<(), TaskError> {
         && id.len() <= NAME_MAX
         && id != "."
         && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(TaskError::InvalidTaskId(id.to_string()))
-    }
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok { Ok(()) } else { Err(TaskError::InvalidTaskId(id.to_string())) }
 }
 
 /// Checks every path and mode, and that no two files collide.
 fn validate_files(files: &[FileSpec]) -> Result<(), TaskError> {
-    let invalid = |path: &str, reason| TaskError::InvalidPath {
-        path: path.to_string(),
-        reason,
-    };
+    let invalid = |path: &str, reason| TaskError::InvalidPath { path: path.to_string(), reason };
     let mut file_paths = HashSet::new();
     let mut dir_paths = HashSet::new();
     for spec in files {
         let path = spec.path.as_str();
         if spec.mode & !0o777 != 0 {
-            return Err(TaskError::InvalidMode {
-                path: path.to_string(),
-                mode: spec.mode,
-            });
+            return Err(TaskError::InvalidMode { path: path.to_string(), mode: spec.mode });
         }
         let components = split_path(path).map_err(|reason| invalid(path, reason))?;
         if !file_paths.insert(path) {
@@ -999,11 +864,7 @@ mod tests {
                 200 => (20, OTHER_NS, "intruder"),
                 _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
             };
-            Ok(Caller {
-                pid,
-                mnt_ns,
-                command: command.to_string(),
-            })
+            Ok(Caller { pid, mnt_ns, command: command.to_string() })
         }
     }
 
@@ -1016,26 +877,10 @@ mod tests {
         }
     }
 
-    const OWNER: RequestInfo = RequestInfo {
-        tid: 100,
-        uid: 1000,
-        gid: 1000,
-    };
-    const OWNER_THREAD: RequestInfo = RequestInfo {
-        tid: 101,
-        uid: 1000,
-        gid: 1000,
-    };
-    const INTRUDER: RequestInfo = RequestInfo {
-        tid: 200,
-        uid: 0,
-        gid: 0,
-    };
-    const UNKNOWN: RequestInfo = RequestInfo {
-        tid: 999,
-        uid: 0,
-        gid: 0,
-    };
+    const OWNER: RequestInfo = RequestInfo { tid: 100, uid: 1000, gid: 1000 };
+    const OWNER_THREAD: RequestInfo = RequestInfo { tid: 101, uid: 1000, gid: 1000 };
+    const INTRUDER: RequestInfo = RequestInfo { tid: 200, uid: 0, gid: 0 };
+    const UNKNOWN: RequestInfo = RequestInfo { tid: 999, uid: 0, gid: 0 };
 
     fn spec(path: &str, content: &[u8]) -> FileSpec {
         FileSpec {
@@ -1044,19 +889,13 @@ mod tests {
             gid: 1000,
             mode: 0o400,
             content: Arc::new(Plaintext::new(content.to_vec())),
-            meta: FileMeta {
-                kind: FileKind::Secret,
-                name: path.rsplit('/').next().unwrap().to_string(),
-                version: 1,
-            },
+            meta: FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().to_string(), version: 1 },
         }
     }
 
     fn fs_with_events(cap: usize) -> (SecretFs, Receiver<AccessEvent>) {
         let (tx, rx) = sync_channel(cap);
-        let fs = SecretFs::new()
-            .with_resolver(Arc::new(FakeResolver))
-            .with_event_sink(tx);
+        let fs = SecretFs::new().with_resolver(Arc::new(FakeResolver)).with_event_sink(tx);
         (fs, rx)
     }
 
@@ -1066,10 +905,7 @@ mod tests {
         fs.add_task(
             "web.1",
             Some(TaskOwner::MountNamespace(OWNER_NS)),
-            vec![
-                spec("secrets/db_password", b"hunter2"),
-                spec("configs/0", b"listen: 80\n"),
-            ],
+            vec![spec("secrets/db_password", b"hunter2"), spec("configs/0", b"listen: 80\n")],
         )
         .unwrap();
         (fs, rx)
@@ -1105,45 +941,25 @@ mod tests {
         ] {
             assert_eq!(
                 add_err(vec![spec(path, b"x")]),
-                TaskError::InvalidPath {
-                    path: path.to_string(),
-                    reason
-                },
+                TaskError::InvalidPath { path: path.to_string(), reason },
                 "{path:?}"
             );
         }
         let long = "x".repeat(256);
-        assert!(matches!(
-            add_err(vec![spec(&long, b"x")]),
-            TaskError::InvalidPath { .. }
-        ));
+        assert!(matches!(add_err(vec![spec(&long, b"x")]), TaskError::InvalidPath { .. }));
     }
 
     #[test]
     fn rejects_colliding_paths() {
         assert_eq!(
             add_err(vec![spec("a/b", b"1"), spec("a/b", b"2")]),
-            TaskError::InvalidPath {
-                path: "a/b".into(),
-                reason: "duplicate path"
-            }
+            TaskError::InvalidPath { path: "a/b".into(), reason: "duplicate path" }
         );
-        for files in [
-            vec![spec("a", b"1"), spec("a/b", b"2")],
-            vec![spec("x/a/b", b"2"), spec("x/a", b"1")],
-        ] {
-            assert!(matches!(
-                add_err(files),
-                TaskError::InvalidPath {
-                    reason: "is both a file and a directory",
-                    ..
-                }
-            ));
+        for files in [vec![spec("a", b"1"), spec("a/b", b"2")], vec![spec("x/a/b", b"2"), spec("x/a", b"1")]] {
+            assert!(matches!(add_err(files), TaskError::InvalidPath { reason: "is both a file and a directory", .. }));
         }
         // Siblings sharing a directory are fine.
-        SecretFs::new()
-            .add_task("t", None, vec![spec("a/b", b"1"), spec("a/c", b"2")])
-            .unwrap();
+        SecretFs::new().add_task("t", None, vec![spec("a/b", b"1"), spec("a/c", b"2")]).unwrap();
     }
 
     #[test]
@@ -1153,23 +969,16 @@ mod tests {
         assert!(matches!(add_err(vec![s]), TaskError::InvalidMode { .. }));
         let fs = SecretFs::new();
         for id in ["", ".", "..", "Web", "a/b", "a b", &"x".repeat(256)] {
-            assert_eq!(
-                fs.add_task(id, None, vec![]),
-                Err(TaskError::InvalidTaskId(id.to_string()))
-            );
+            assert_eq!(fs.add_task(id, None, vec![]), Err(TaskError::InvalidTaskId(id.to_string())));
         }
         fs.add_task("web_1.task-2", None, vec![]).unwrap();
-        assert_eq!(
-            fs.add_task("web_1.task-2", None, vec![]),
-            Err(TaskError::TaskExists("web_1.task-2".into()))
-        );
+        assert_eq!(fs.add_task("web_1.task-2", None, vec![]), Err(TaskError::TaskExists("web_1.task-2".into())));
     }
 
     #[test]
     fn failed_add_changes_nothing() {
         let fs = SecretFs::new();
-        fs.add_task("t", None, vec![spec("ok", b"1"), spec("../bad", b"2")])
-            .unwrap_err();
+        fs.add_task("t", None, vec![spec("ok", b"1"), spec("../bad", b"2")]).unwrap_err();
         assert!(fs.task_ids().is_empty());
         assert_eq!(fs.readdir(ROOT_INO).unwrap().len(), 2);
     }
@@ -1177,35 +986,21 @@ mod tests {
     #[test]
     fn lookup_getattr_readdir() {
         let (fs, _rx) = web_fs();
-        let names = |ino| -> Vec<String> {
-            fs.readdir(ino)
-                .unwrap()
-                .iter()
-                .map(|e| e.name.to_string())
-                .collect()
-        };
+        let names = |ino| -> Vec<String> { fs.readdir(ino).unwrap().iter().map(|e| e.name.to_string()).collect() };
         assert_eq!(names(ROOT_INO), [".", "..", "web.1"]);
         let task = ino(&fs, "web.1");
         assert_eq!(names(task), [".", "..", "configs", "secrets"]);
         assert_eq!(fs.readdir(task).unwrap()[1].ino, ROOT_INO);
 
         let dir = fs.getattr(task).unwrap();
-        assert_eq!(
-            (dir.kind, dir.perm, dir.uid, dir.gid, dir.nlink),
-            (NodeKind::Directory, 0o555, 0, 0, 4)
-        );
+        assert_eq!((dir.kind, dir.perm, dir.uid, dir.gid, dir.nlink), (NodeKind::Directory, 0o555, 0, 0, 4));
         let file = fs.getattr(ino(&fs, "web.1/secrets/db_password")).unwrap();
         assert_eq!(
-            (
-                file.kind, file.size, file.perm, file.uid, file.gid, file.nlink
-            ),
+            (file.kind, file.size, file.perm, file.uid, file.gid, file.nlink),
             (NodeKind::File, 7, 0o400, 1000, 1000, 1)
         );
         assert_eq!(fs.lookup(task, OsStr::new("nope")), Err(FsError::NotFound));
-        assert_eq!(
-            fs.lookup(file.ino, OsStr::new("x")),
-            Err(FsError::NotADirectory)
-        );
+        assert_eq!(fs.lookup(file.ino, OsStr::new("x")), Err(FsError::NotADirectory));
         assert_eq!(fs.readdir(file.ino), Err(FsError::NotADirectory));
         assert_eq!(fs.getattr(9999), Err(FsError::NotFound));
         assert_eq!(fs.task_ids(), ["web.1"]);
@@ -1222,10 +1017,7 @@ mod tests {
         assert!(fs.read(&OWNER, fh, u64::MAX, u32::MAX).unwrap().is_empty());
         fs.release(fh);
         assert_eq!(fs.read(&OWNER, fh, 0, 1).unwrap_err(), FsError::BadHandle);
-        assert_eq!(
-            fs.open(&OWNER, ino(&fs, "web.1"), false),
-            Err(FsError::IsADirectory)
-        );
+        assert_eq!(fs.open(&OWNER, ino(&fs, "web.1"), false), Err(FsError::IsADirectory));
     }
 
     #[test]
@@ -1233,20 +1025,11 @@ mod tests {
         let (fs, _rx) = web_fs();
         let file = ino(&fs, "web.1/secrets/db_password");
         let task = ino(&fs, "web.1");
-        assert_eq!(
-            fs.open(&INTRUDER, file, false),
-            Err(FsError::PermissionDenied)
-        );
-        assert_eq!(
-            fs.open(&UNKNOWN, file, false),
-            Err(FsError::PermissionDenied)
-        );
+        assert_eq!(fs.open(&INTRUDER, file, false), Err(FsError::PermissionDenied));
+        assert_eq!(fs.open(&UNKNOWN, file, false), Err(FsError::PermissionDenied));
         assert_eq!(fs.open(&OWNER, file, true), Err(FsError::ReadOnly));
         assert_eq!(fs.opendir(&INTRUDER, task), Err(FsError::PermissionDenied));
-        assert_eq!(
-            fs.opendir(&INTRUDER, ino(&fs, "web.1/secrets")),
-            Err(FsError::PermissionDenied)
-        );
+        assert_eq!(fs.opendir(&INTRUDER, ino(&fs, "web.1/secrets")), Err(FsError::PermissionDenied));
         fs.opendir(&OWNER, task).unwrap();
         fs.opendir(&INTRUDER, ROOT_INO).unwrap();
     }
@@ -1257,17 +1040,12 @@ mod tests {
         fs.add_task("t", None, vec![spec("s", b"x")]).unwrap();
         let file = ino(&fs, "t/s");
         assert_eq!(fs.open(&OWNER, file, false), Err(FsError::PermissionDenied));
-        fs.set_owner("t", TaskOwner::MountNamespace(OWNER_NS))
-            .unwrap();
+        fs.set_owner("t", TaskOwner::MountNamespace(OWNER_NS)).unwrap();
         fs.open(&OWNER, file, false).unwrap();
-        fs.set_owner("t", TaskOwner::MountNamespace(OTHER_NS))
-            .unwrap();
+        fs.set_owner("t", TaskOwner::MountNamespace(OTHER_NS)).unwrap();
         assert_eq!(fs.open(&OWNER, file, false), Err(FsError::PermissionDenied));
         fs.open(&INTRUDER, file, false).unwrap();
-        assert_eq!(
-            fs.set_owner("nope", TaskOwner::MountNamespace(1)),
-            Err(TaskError::NoSuchTask("nope".into()))
-        );
+        assert_eq!(fs.set_owner("nope", TaskOwner::MountNamespace(1)), Err(TaskError::NoSuchTask("nope".into())));
     }
 
     #[test]
@@ -1279,13 +1057,8 @@ mod tests {
         let before = fs.getattr(file).unwrap();
         let old_fh = fs.open(&OWNER, file, false).unwrap();
 
-        fs.update_content(
-            "web.1",
-            "secrets/db_password",
-            Arc::new(Plaintext::new(b"correct horse".to_vec())),
-            2,
-        )
-        .unwrap();
+        fs.update_content("web.1", "secrets/db_password", Arc::new(Plaintext::new(b"correct horse".to_vec())), 2)
+            .unwrap();
         assert_eq!(*rec.0.lock().unwrap(), [Invalidation::Inode(file)]);
         let after = fs.getattr(file).unwrap();
         assert_eq!(after.size, 13);
@@ -1296,17 +1069,10 @@ mod tests {
         assert_eq!(read_all(&fs, &OWNER, fh), b"correct horse");
         assert_eq!(read_all(&fs, &OWNER, old_fh), b"hunter2");
 
-        for (task, path) in [
-            ("web.1", "secrets"),
-            ("web.1", "nope"),
-            ("web.1", "secrets/db_password/x"),
-        ] {
+        for (task, path) in [("web.1", "secrets"), ("web.1", "nope"), ("web.1", "secrets/db_password/x")] {
             assert_eq!(
                 fs.update_content(task, path, Arc::new(Plaintext::new(vec![])), 3),
-                Err(TaskError::NoSuchFile {
-                    task_id: task.into(),
-                    path: path.into()
-                })
+                Err(TaskError::NoSuchFile { task_id: task.into(), path: path.into() })
             );
         }
         assert_eq!(
@@ -1329,30 +1095,18 @@ mod tests {
         let fh = fs.open(&OWNER, file, false).unwrap();
 
         fs.remove_task("web.1").unwrap();
-        assert_eq!(
-            fs.lookup(ROOT_INO, OsStr::new("web.1")),
-            Err(FsError::NotFound)
-        );
+        assert_eq!(fs.lookup(ROOT_INO, OsStr::new("web.1")), Err(FsError::NotFound));
         assert_eq!(fs.getattr(task), Err(FsError::NotFound));
         assert_eq!(fs.getattr(file), Err(FsError::NotFound));
         assert_eq!(fs.read(&OWNER, fh, 0, 10).unwrap_err(), FsError::Revoked);
         // Only our clone still holds the plaintext: the handles let go of it.
         assert_eq!(Arc::strong_count(&content), 1);
         let inv = rec.0.lock().unwrap();
-        assert_eq!(
-            inv[0],
-            Invalidation::Entry {
-                parent: ROOT_INO,
-                name: Arc::from("web.1")
-            }
-        );
+        assert_eq!(inv[0], Invalidation::Entry { parent: ROOT_INO, name: Arc::from("web.1") });
         assert!(inv.contains(&Invalidation::Inode(file)));
         assert_eq!(inv.len(), 1 + 5); // the entry, then the task dir, 2 dirs and 2 files
         drop(inv);
-        assert_eq!(
-            fs.remove_task("web.1"),
-            Err(TaskError::NoSuchTask("web.1".into()))
-        );
+        assert_eq!(fs.remove_task("web.1"), Err(TaskError::NoSuchTask("web.1".into())));
         // The id can be served again, with fresh inodes.
         fs.add_task("web.1", None, vec![spec("a", b"1")]).unwrap();
         assert!(ino(&fs, "web.1") > file);
@@ -1371,10 +1125,7 @@ mod tests {
         fs.opendir(&INTRUDER, ino(&fs, "web.1")).unwrap_err();
 
         let evs: Vec<AccessEvent> = rx.try_iter().collect();
-        let summary: Vec<_> = evs
-            .iter()
-            .map(|e| (e.op, e.pid, e.uid, e.command.as_str(), e.bytes))
-            .collect();
+        let summary: Vec<_> = evs.iter().map(|e| (e.op, e.pid, e.uid, e.command.as_str(), e.bytes)).collect();
         assert_eq!(
             summary,
             [
@@ -1388,14 +1139,7 @@ mod tests {
         );
         assert_eq!(&*evs[0].task_id, "web.1");
         assert_eq!(&*evs[0].path, "secrets/db_password");
-        assert_eq!(
-            evs[0].meta,
-            Some(FileMeta {
-                kind: FileKind::Secret,
-                name: "db_password".into(),
-                version: 1
-            })
-        );
+        assert_eq!(evs[0].meta, Some(FileMeta { kind: FileKind::Secret, name: "db_password".into(), version: 1 }));
         assert_eq!(evs[5].meta, None);
         assert_eq!(&*evs[5].path, "");
         // No content anywhere in what could be logged.
@@ -1408,12 +1152,7 @@ mod tests {
     #[test]
     fn full_sink_drops_and_counts() {
         let (fs, rx) = fs_with_events(1);
-        fs.add_task(
-            "t",
-            Some(TaskOwner::MountNamespace(OWNER_NS)),
-            vec![spec("s", b"x")],
-        )
-        .unwrap();
+        fs.add_task("t", Some(TaskOwner::MountNamespace(OWNER_NS)), vec![spec("s", b"x")]).unwrap();
         let file = ino(&fs, "t/s");
         fs.open(&OWNER, file, false).unwrap();
         fs.open(&OWNER, file, false).unwrap();

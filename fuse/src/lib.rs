@@ -23,9 +23,6 @@ pub mod secret;
 
 pub use caller::{Caller, CallerResolver, ProcResolver, mount_namespace_of};
 pub use event::{AccessEvent, AccessOp, DenyReason};
-pub use fs::{
-    FileKind, FileMeta, FileSpec, FsError, Invalidation, Invalidator, SecretFs, TaskError,
-    TaskOwner,
-};
+pub use fs::{FileKind, FileMeta, FileSpec, FsError, Invalidation, Invalidator, SecretFs, TaskError, TaskOwner};
 pub use mount::{MountConfig, MountError, MountGuard, clean_stale_mount, mount, mount_with_config};
 pub use secret::Plaintext;

@@ -74,9 +74,7 @@ pub struct MountGuard {
 
 impl std::fmt::Debug for MountGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MountGuard")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("MountGuard").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -89,21 +87,10 @@ pub fn mount(fs: Arc<SecretFs>, path: &Path) -> Result<MountGuard, MountError> {
 }
 
 /// [`mount`] with explicit tuning.
-pub fn mount_with_config(
-    fs: Arc<SecretFs>,
-    path: &Path,
-    config: &MountConfig,
-) -> Result<MountGuard, MountError> {
-    let session =
-        adapter::start(fs.clone(), path, config.threads).map_err(|source| MountError::Mount {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(MountGuard {
-        fs,
-        path: path.to_path_buf(),
-        session: Some(session),
-    })
+pub fn mount_with_config(fs: Arc<SecretFs>, path: &Path, config: &MountConfig) -> Result<MountGuard, MountError> {
+    let session = adapter::start(fs.clone(), path, config.threads)
+        .map_err(|source| MountError::Mount { path: path.to_path_buf(), source })?;
+    Ok(MountGuard { fs, path: path.to_path_buf(), session: Some(session) })
 }
 
 impl MountGuard {
@@ -129,10 +116,8 @@ impl MountGuard {
         self.fs.set_invalidator(None);
         if let Err(e) = session.unmount() {
             tracing::debug!(path = %self.path.display(), error = %e, "unmount failed, detaching");
-            unmount(&self.path, UnmountFlags::DETACH).map_err(|e| MountError::Unmount {
-                path: self.path.clone(),
-                source: e.into(),
-            })?;
+            unmount(&self.path, UnmountFlags::DETACH)
+                .map_err(|e| MountError::Unmount { path: self.path.clone(), source: e.into() })?;
         }
         let deadline = Instant::now() + JOIN_DEADLINE;
         while !session.is_finished() && Instant::now() < deadline {
@@ -168,10 +153,7 @@ impl Drop for MountGuard {
 /// Only call this on the agent's own mount root: a live hush mount there is assumed to belong
 /// to a previous agent.
 pub fn clean_stale_mount(path: &Path) -> Result<bool, MountError> {
-    let inspect = |source: io::Error| MountError::Inspect {
-        path: path.to_path_buf(),
-        source,
-    };
+    let inspect = |source: io::Error| MountError::Inspect { path: path.to_path_buf(), source };
     let abs = std::path::absolute(path).map_err(inspect)?;
     let mut cleaned = false;
     // Mounts can be stacked; each round removes the top one.
@@ -189,10 +171,7 @@ pub fn clean_stale_mount(path: &Path) -> Result<bool, MountError> {
         if !stale {
             return Ok(cleaned);
         }
-        unmount(&abs, UnmountFlags::DETACH).map_err(|e| MountError::Unmount {
-            path: abs.clone(),
-            source: e.into(),
-        })?;
+        unmount(&abs, UnmountFlags::DETACH).map_err(|e| MountError::Unmount { path: abs.clone(), source: e.into() })?;
         tracing::info!(path = %abs.display(), "detached stale hush mount");
         cleaned = true;
     }
@@ -215,8 +194,7 @@ fn top_mount_is_hush(mountinfo: &str, path: &Path) -> bool {
         let mut after_dash = fields.skip_while(|f| *f != "-").skip(1);
         let fstype = after_dash.next().unwrap_or("");
         let source = after_dash.next().unwrap_or("");
-        top =
-            Some((fstype == "fuse" || fstype.starts_with("fuse.")) && unescape(source) == FS_NAME);
+        top = Some((fstype == "fuse" || fstype.starts_with("fuse.")) && unescape(source) == FS_NAME);
     }
     top.unwrap_or(false)
 }
@@ -227,12 +205,7 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;

@@ -10,8 +10,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
 use hush_fuse::{
-    AccessEvent, AccessOp, DenyReason, FileKind, FileMeta, FileSpec, MountGuard, Plaintext,
-    SecretFs, TaskOwner, clean_stale_mount, mount, mount_namespace_of,
+    AccessEvent, AccessOp, DenyReason, FileKind, FileMeta, FileSpec, MountGuard, Plaintext, SecretFs, TaskOwner,
+    clean_stale_mount, mount, mount_namespace_of,
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -27,11 +27,7 @@ fn file(path: &str, uid: u32, mode: u32, content: &str) -> FileSpec {
         gid: uid,
         mode,
         content: plaintext(content),
-        meta: FileMeta {
-            kind: FileKind::Secret,
-            name: path.rsplit('/').next().unwrap().to_string(),
-            version: 1,
-        },
+        meta: FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().to_string(), version: 1 },
     }
 }
 
@@ -49,12 +45,7 @@ impl Fixture {
         let (tx, events) = sync_channel(1024);
         let fs = Arc::new(SecretFs::new().with_event_sink(tx));
         let guard = mount(fs.clone(), dir.path()).expect("mount (needs root and /dev/fuse)");
-        Fixture {
-            fs,
-            events,
-            guard: Some(guard),
-            dir,
-        }
+        Fixture { fs, events, guard: Some(guard), dir }
     }
 
     fn root(&self) -> &Path {
@@ -99,11 +90,7 @@ impl NsShell {
             .expect("spawn unshare (util-linux)");
         let stdin = child.stdin.take().unwrap();
         let lines = reader(child.stdout.take().unwrap());
-        let mut sh = NsShell {
-            child,
-            stdin,
-            lines,
-        };
+        let mut sh = NsShell { child, stdin, lines };
         // Once a command has run, `unshare` has exec'd sh in its new namespace.
         assert_eq!(sh.run("echo ready"), ("ready".to_string(), 0));
         assert_ne!(
@@ -172,8 +159,7 @@ fn reader(r: impl Read + Send + 'static) -> Receiver<String> {
 fn is_mount_point(path: &Path) -> bool {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+    info.lines().any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
 }
 
 fn errno_of(path: &Path) -> Option<i32> {
@@ -187,10 +173,7 @@ fn owner_namespace_reads_others_are_refused() {
         .add_task(
             "web.1",
             None,
-            vec![
-                file("secrets/db_password", 0, 0o400, "hunter2"),
-                file("configs/public", 0, 0o444, "listen: 80"),
-            ],
+            vec![file("secrets/db_password", 0, 0o400, "hunter2"), file("configs/public", 0, 0o444, "listen: 80")],
         )
         .unwrap();
     let secret = fx.path("web.1/secrets/db_password");
@@ -204,14 +187,8 @@ fn owner_namespace_reads_others_are_refused() {
     assert!(out.contains("Permission denied"), "{out}");
 
     fx.fs.set_owner("web.1", owner.owner()).unwrap();
-    assert_eq!(
-        owner.run(&format!("cat {}", secret.display())),
-        ("hunter2".to_string(), 0)
-    );
-    assert_eq!(
-        owner.run(&format!("ls {}", fx.path("web.1").display())),
-        ("configs\nsecrets".to_string(), 0)
-    );
+    assert_eq!(owner.run(&format!("cat {}", secret.display())), ("hunter2".to_string(), 0));
+    assert_eq!(owner.run(&format!("ls {}", fx.path("web.1").display())), ("configs\nsecrets".to_string(), 0));
 
     // Host root (this process) is refused, for files and for the task directory.
     let err = std::fs::read(&secret).unwrap_err();
@@ -221,10 +198,7 @@ fn owner_namespace_reads_others_are_refused() {
     let err = std::fs::read_dir(fx.path("web.1")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     // ...but can list the root and see names and sizes.
-    let names: Vec<_> = std::fs::read_dir(fx.root())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(fx.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["web.1"]);
     let meta = std::fs::metadata(&secret).unwrap();
     assert_eq!((meta.len(), meta.uid()), (7, 0));
@@ -247,46 +221,26 @@ fn owner_namespace_reads_others_are_refused() {
     let (out, rc) = owner.run(&format!("{nobody} cat {}", secret.display()));
     assert_ne!(rc, 0);
     assert!(out.contains("Permission denied"), "{out}");
-    assert!(
-        fx.drain().is_empty(),
-        "the kernel refused before open reached us"
-    );
-    assert_eq!(
-        owner.run(&format!("{nobody} cat {}", public.display())),
-        ("listen: 80".to_string(), 0)
-    );
+    assert!(fx.drain().is_empty(), "the kernel refused before open reached us");
+    assert_eq!(owner.run(&format!("{nobody} cat {}", public.display())), ("listen: 80".to_string(), 0));
 }
 
 #[test]
 fn rotation_is_seen_immediately() {
     let fx = Fixture::new();
     let mut owner = NsShell::spawn();
-    fx.fs
-        .add_task(
-            "api.1",
-            Some(owner.owner()),
-            vec![file("token", 0, 0o400, "v1")],
-        )
-        .unwrap();
+    fx.fs.add_task("api.1", Some(owner.owner()), vec![file("token", 0, 0o400, "v1")]).unwrap();
     let token = fx.path("api.1/token");
     let show = format!("cat {0}; echo; stat -c %s {0}", token.display());
     assert_eq!(owner.run(&show), ("v1\n2".to_string(), 0));
 
     // Longer, then shorter: neither stale bytes nor a stale (cached) size may show.
-    fx.fs
-        .update_content("api.1", "token", plaintext("version-two"), 2)
-        .unwrap();
+    fx.fs.update_content("api.1", "token", plaintext("version-two"), 2).unwrap();
     assert_eq!(owner.run(&show), ("version-two\n11".to_string(), 0));
-    fx.fs
-        .update_content("api.1", "token", plaintext("3"), 3)
-        .unwrap();
+    fx.fs.update_content("api.1", "token", plaintext("3"), 3).unwrap();
     assert_eq!(owner.run(&show), ("3\n1".to_string(), 0));
-    let versions: Vec<u64> = fx
-        .drain()
-        .iter()
-        .filter(|e| e.op == AccessOp::Open)
-        .map(|e| e.meta.as_ref().unwrap().version)
-        .collect();
+    let versions: Vec<u64> =
+        fx.drain().iter().filter(|e| e.op == AccessOp::Open).map(|e| e.meta.as_ref().unwrap().version).collect();
     assert_eq!(versions, [1, 2, 3]);
 }
 
@@ -294,25 +248,10 @@ fn rotation_is_seen_immediately() {
 fn remove_task_and_unmount() {
     let mut fx = Fixture::new();
     let mut owner = NsShell::spawn();
-    fx.fs
-        .add_task(
-            "gone.1",
-            Some(owner.owner()),
-            vec![file("a/b", 0, 0o444, "gone-secret")],
-        )
-        .unwrap();
-    fx.fs
-        .add_task(
-            "stays.1",
-            Some(owner.owner()),
-            vec![file("c", 0, 0o444, "y")],
-        )
-        .unwrap();
+    fx.fs.add_task("gone.1", Some(owner.owner()), vec![file("a/b", 0, 0o444, "gone-secret")]).unwrap();
+    fx.fs.add_task("stays.1", Some(owner.owner()), vec![file("c", 0, 0o444, "y")]).unwrap();
     let b = fx.path("gone.1/a/b");
-    assert_eq!(
-        owner.run(&format!("cat {}", b.display())),
-        ("gone-secret".into(), 0)
-    );
+    assert_eq!(owner.run(&format!("cat {}", b.display())), ("gone-secret".into(), 0));
     // Keep the file open in the task across the removal.
     owner.run(&format!("exec 7< {}", b.display()));
     assert!(std::fs::metadata(&b).is_ok());
@@ -326,10 +265,7 @@ fn remove_task_and_unmount() {
     // fstat fails first (ENOENT); a read would get EIO: either way, no content.
     assert_ne!(rc, 0, "an open file stops serving a removed task: {out}");
     assert!(!out.contains("gone-secret"), "{out}");
-    let names: Vec<_> = std::fs::read_dir(fx.root())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(fx.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["stays.1"]);
 
     // Unmount: the path is no longer a mount point here.
@@ -349,11 +285,7 @@ fn guard_drop_unmounts_even_when_busy() {
     let guard = mount(fs, dir.path()).unwrap();
     assert!(is_mount_point(dir.path()));
     // A process with its working directory inside makes a plain umount fail with EBUSY.
-    let mut busy = Command::new("sleep")
-        .arg("60")
-        .current_dir(dir.path())
-        .spawn()
-        .unwrap();
+    let mut busy = Command::new("sleep").arg("60").current_dir(dir.path()).spawn().unwrap();
     drop(guard);
     assert!(!is_mount_point(dir.path()));
     busy.kill().unwrap();
@@ -380,13 +312,7 @@ fn stale_mount_child() {
 fn stale_mount_is_cleaned() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "stale_mount_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["stale_mount_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env("HUSH_TEST_STALE_MOUNT", dir.path())
         .stdout(Stdio::piped())
         .spawn()
@@ -414,10 +340,7 @@ fn stale_mount_is_cleaned() {
     assert!(clean_stale_mount(dir.path()).unwrap());
     assert!(!is_mount_point(dir.path()));
     assert_eq!(errno_of(dir.path()), None);
-    assert!(
-        !clean_stale_mount(dir.path()).unwrap(),
-        "nothing left to clean"
-    );
+    assert!(!clean_stale_mount(dir.path()).unwrap(), "nothing left to clean");
 
     let fs = Arc::new(SecretFs::new());
     fs.add_task("again", None, vec![]).unwrap();
@@ -433,13 +356,7 @@ fn stale_mount_is_cleaned() {
 fn events_name_the_process() {
     let fx = Fixture::new();
     let mut owner = NsShell::spawn();
-    fx.fs
-        .add_task(
-            "db.1",
-            Some(owner.owner()),
-            vec![file("secrets/pw", 0, 0o400, "0123456789")],
-        )
-        .unwrap();
+    fx.fs.add_task("db.1", Some(owner.owner()), vec![file("secrets/pw", 0, 0o400, "0123456789")]).unwrap();
     let pw = fx.path("db.1/secrets/pw");
     let (out, rc) = owner.run(&format!("sh -c 'echo pid=$$; exec cat {}'", pw.display()));
     assert_eq!(rc, 0, "{out}");
@@ -448,25 +365,14 @@ fn events_name_the_process() {
     let cat_pid: u32 = pid_line.strip_prefix("pid=").unwrap().parse().unwrap();
 
     let evs = fx.drain();
-    let summary: Vec<_> = evs
-        .iter()
-        .map(|e| (e.op, e.pid, e.uid, e.gid, e.command.as_str(), e.bytes))
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            (AccessOp::Open, cat_pid, 0, 0, "cat", 0),
-            (AccessOp::Read, cat_pid, 0, 0, "cat", 10),
-        ]
-    );
+    let summary: Vec<_> = evs.iter().map(|e| (e.op, e.pid, e.uid, e.gid, e.command.as_str(), e.bytes)).collect();
+    assert_eq!(summary, [(AccessOp::Open, cat_pid, 0, 0, "cat", 0), (AccessOp::Read, cat_pid, 0, 0, "cat", 10),]);
     assert_eq!((&*evs[0].task_id, &*evs[0].path), ("db.1", "secrets/pw"));
     assert_eq!(evs[0].meta.as_ref().unwrap().name, "pw");
 
     // Refused from a thread of this process: the event names the process, not the thread.
     let pw2 = pw.clone();
-    let err = std::thread::spawn(move || std::fs::File::open(pw2).unwrap_err())
-        .join()
-        .unwrap();
+    let err = std::thread::spawn(move || std::fs::File::open(pw2).unwrap_err()).join().unwrap();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied);
     let evs = fx.drain();
     assert_eq!(evs.len(), 1, "{evs:?}");
@@ -488,9 +394,7 @@ fn own_namespace_as_owner_from_threads() {
         )
         .unwrap();
     let k = fx.path("self.1/k");
-    let got = std::thread::spawn(move || std::fs::read(k).unwrap())
-        .join()
-        .unwrap();
+    let got = std::thread::spawn(move || std::fs::read(k).unwrap()).join().unwrap();
     assert_eq!(got, b"abc");
     let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
     let evs = fx.drain();

@@ -38,26 +38,19 @@ impl fmt::Debug for RotateRequest {
 
 impl fmt::Debug for InspectResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InspectResponse")
-            .field("meta", &self.meta)
-            .field("data", &Redacted(self.data.len()))
-            .finish()
+        f.debug_struct("InspectResponse").field("meta", &self.meta).field("data", &Redacted(self.data.len())).finish()
     }
 }
 
 impl fmt::Debug for UnlockRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UnlockRequest")
-            .field("unlock_key", &Redacted(self.unlock_key.len()))
-            .finish()
+        f.debug_struct("UnlockRequest").field("unlock_key", &Redacted(self.unlock_key.len())).finish()
     }
 }
 
 impl fmt::Debug for RotateKeyResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RotateKeyResponse")
-            .field("unlock_key", &Redacted(self.unlock_key.len()))
-            .finish()
+        f.debug_struct("RotateKeyResponse").field("unlock_key", &Redacted(self.unlock_key.len())).finish()
     }
 }
 

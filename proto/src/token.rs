@@ -7,7 +7,8 @@ pub const PREFIX: &str = "HUSHTKN-1-";
 pub fn split(token: &str) -> Option<(&str, &str)> {
     let rest = token.trim().strip_prefix(PREFIX)?;
     let (fingerprint, secret) = rest.split_once('-')?;
-    let well_formed = fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) && secret.len() >= 20;
+    let well_formed =
+        fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) && secret.len() >= 20;
     well_formed.then_some((fingerprint, secret))
 }
 

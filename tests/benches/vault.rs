@@ -76,7 +76,11 @@ async fn main() {
     println!("{:<52} {:>14.0}", format!("creates/s, 1 writer ({BASELINE} x 1 KiB)"), sequential);
     println!("{:<52} {:>14.0}", format!("creates/s, {IN_FLIGHT} in flight ({SECRETS} x 1 KiB)"), concurrent);
     println!("{:<52} {:>13.1}x", "  group commit speed-up vs 1 writer", concurrent / sequential);
-    println!("{:<52} {:>12.0}ms", format!("cold start to first answered ls ({count} secrets)"), cold_start.as_secs_f64() * 1e3);
+    println!(
+        "{:<52} {:>12.0}ms",
+        format!("cold start to first answered ls ({count} secrets)"),
+        cold_start.as_secs_f64() * 1e3
+    );
     println!("{:<52} {:>12.0}ms", "  of which the ls itself (warm, for comparison)", warm_ls.as_secs_f64() * 1e3);
     println!("{:<52} {:>11.1}MiB", "vault RSS after creating them", rss_warm as f64 / 1024.0);
     println!("{:<52} {:>11.1}MiB", "vault RSS after cold start + ls", rss_cold as f64 / 1024.0);

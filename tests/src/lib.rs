@@ -334,6 +334,6 @@ impl Drop for TestAgent {
             let _ = child.wait();
         }
         // A killed agent leaves its mount behind; detach it so the temp dir can go.
-        let _ = rustix::mount::unmount(&self.mount_root(), rustix::mount::UnmountFlags::DETACH);
+        let _ = rustix::mount::unmount(self.mount_root(), rustix::mount::UnmountFlags::DETACH);
     }
 }

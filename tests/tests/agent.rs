@@ -11,7 +11,11 @@ fn setup() -> (TestVault, TestAgent) {
 }
 
 fn unique(tag: &str) -> String {
-    format!("hush-e2e-{tag}-{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "hush-e2e-{tag}-{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
 }
 
 #[test]
@@ -23,10 +27,15 @@ fn task_reads_its_secrets_and_configs_with_their_modes() {
     let conf_target = format!("/etc/{}.conf", unique("conf"));
     vault
         .hush(&[
-            "service", "create", "web",
-            "--secret", "db_password",
-            "--secret", "source=db_password,target=server.key,uid=65534,gid=65534,mode=0400",
-            "--config", &format!("source=app_conf,target={conf_target},mode=0440"),
+            "service",
+            "create",
+            "web",
+            "--secret",
+            "db_password",
+            "--secret",
+            "source=db_password,target=server.key,uid=65534,gid=65534,mode=0400",
+            "--config",
+            &format!("source=app_conf,target={conf_target},mode=0440"),
         ])
         .ok();
     let script = format!(
@@ -51,9 +60,39 @@ fn task_reads_its_secrets_and_configs_with_their_modes() {
     assert_eq!(run.status.code(), Some(7));
 
     // Non-root users in the task are held to the file modes by the kernel.
-    let run = agent.run(&vault, &["--service", "web", "--", "setpriv", "--reuid", "1234", "--regid", "1234", "--clear-groups", "cat", "/run/secrets/server.key"]);
+    let run = agent.run(
+        &vault,
+        &[
+            "--service",
+            "web",
+            "--",
+            "setpriv",
+            "--reuid",
+            "1234",
+            "--regid",
+            "1234",
+            "--clear-groups",
+            "cat",
+            "/run/secrets/server.key",
+        ],
+    );
     assert!(!run.status.success(), "uid 1234 read a 0400 file of uid 65534");
-    let run = agent.run(&vault, &["--service", "web", "--", "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "cat", "/run/secrets/server.key"]);
+    let run = agent.run(
+        &vault,
+        &[
+            "--service",
+            "web",
+            "--",
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "cat",
+            "/run/secrets/server.key",
+        ],
+    );
     assert_eq!(run.ok(), value);
 }
 
@@ -93,7 +132,10 @@ fn rotation_is_seen_by_a_running_task() {
     let (vault, agent) = setup();
     vault.hush_stdin(&["secret", "create", "db_password", "-"], b"version-one").ok();
     vault.hush(&["service", "create", "web", "--secret", "db_password"]).ok();
-    let mut task = agent.spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/db_password; echo; done"]);
+    let mut task = agent.spawn_run(
+        &vault,
+        &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/db_password; echo; done"],
+    );
     let mut stdin = task.stdin.take().unwrap();
     let mut out = BufReader::new(task.stdout.take().unwrap());
     let mut read = || {
@@ -114,7 +156,8 @@ fn tasks_keep_reading_through_a_vault_outage_and_new_tasks_fail_clearly() {
     let (mut vault, mut agent) = setup();
     vault.hush_stdin(&["secret", "create", "s", "-"], b"survives").ok();
     vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
-    let mut task = agent.spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
+    let mut task = agent
+        .spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
     let mut stdin = task.stdin.take().unwrap();
     let mut out = BufReader::new(task.stdout.take().unwrap());
     let mut read = || {
@@ -189,7 +232,9 @@ fn bad_joins_and_bad_tasks_are_refused() {
     agent.run(&vault, &["--service", "nope", "--", "true"]).fails_with("service nope not found");
     vault.hush_stdin(&["secret", "create", "s", "-"], b"v").ok();
     vault.hush(&["service", "create", "x", "--secret", "source=s,target=../../etc/shadow"]).fails_with("escapes");
-    vault.hush(&["service", "create", "x", "--secret", "s", "--secret", "source=s,target=/run/secrets/s"]).fails_with("same target");
+    vault
+        .hush(&["service", "create", "x", "--secret", "s", "--secret", "source=s,target=/run/secrets/s"])
+        .fails_with("same target");
     vault.hush(&["service", "create", "x", "--secret", "source=s,mode=400"]).fails_with("leading 0");
     vault.hush(&["service", "create", "x", "--secret", "missing"]).fails_with("secret missing not found");
     assert_eq!(vault.hush(&["service", "ls", "-q"]).ok(), "");

@@ -27,9 +27,7 @@ fn dev_prints_exports_that_work_and_removes_its_data_on_exit() {
         }
     }
     let tls_dir = std::path::PathBuf::from(&exports["HUSH_TLS_DIR"]);
-    let hush = |args: &[&str]| {
-        Run::from_command(Command::new(bin("hush")).envs(&exports).args(args))
-    };
+    let hush = |args: &[&str]| Run::from_command(Command::new(bin("hush")).envs(&exports).args(args));
     let created = Command::new(bin("hush"))
         .envs(&exports)
         .args(["secret", "create", "db_password", "/etc/hostname"])

@@ -27,7 +27,13 @@ async fn api_refuses_clients_without_a_certificate_or_from_another_ca() {
 
     // TLS without a client certificate: the handshake may complete, the call must not.
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&bundle.ca)).domain_name("localhost");
-    let refused = match Endpoint::from_shared(format!("https://{}", vault.addr)).unwrap().tls_config(tls).unwrap().connect().await {
+    let refused = match Endpoint::from_shared(format!("https://{}", vault.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+    {
         Ok(channel) => AdminClient::new(channel).list(list_request()).await.is_err(),
         Err(_) => true,
     };
@@ -60,7 +66,9 @@ fn autolocked_vault_serves_nothing_until_unlocked() {
         .find(|l| l.starts_with("HUSHKEY-1-"))
         .expect("init prints the unlock key")
         .to_string();
-    assert!(!vault.data_dir.join("keyring.json").exists() || files_containing(&vault.data_dir, key.as_bytes()).is_empty());
+    assert!(
+        !vault.data_dir.join("keyring.json").exists() || files_containing(&vault.data_dir, key.as_bytes()).is_empty()
+    );
     vault.start();
 
     vault.hush(&["secret", "ls"]).fails_with("vault is locked: run `hush vault unlock`");
@@ -80,7 +88,8 @@ fn autolocked_vault_serves_nothing_until_unlocked() {
 
     // rotate-key gives a new unlock key; the old one stops working.
     let rotated = vault.hush(&["vault", "rotate-key"]);
-    let new_key = rotated.ok().lines().map(str::trim).find(|l| l.starts_with("HUSHKEY-1-")).expect("new key printed").to_string();
+    let new_key =
+        rotated.ok().lines().map(str::trim).find(|l| l.starts_with("HUSHKEY-1-")).expect("new key printed").to_string();
     assert_ne!(new_key, key);
     vault.stop();
     vault.start();
@@ -155,11 +164,15 @@ async fn altered_ciphertext_is_detected_and_named() {
 fn uninitialised_data_dir_is_refused() {
     let temp = tempfile::tempdir().unwrap();
     let run = Run::from_command(
-        Command::new(hush_tests::bin("hush")).args(["vault", "serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(temp.path()),
+        Command::new(hush_tests::bin("hush"))
+            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(temp.path()),
     );
     run.fails_with(&format!("data dir {} is not initialised", temp.path().display()));
     // And init refuses to overwrite an initialised one.
     let vault = TestVault::init(&[]);
-    let run = Run::from_command(Command::new(hush_tests::bin("hush")).args(["vault", "init", "--data-dir"]).arg(&vault.data_dir));
+    let run = Run::from_command(
+        Command::new(hush_tests::bin("hush")).args(["vault", "init", "--data-dir"]).arg(&vault.data_dir),
+    );
     run.fails_with("is already initialised");
 }

@@ -45,7 +45,9 @@ impl From<VaultStateError> for Status {
         match e {
             VaultStateError::Locked | VaultStateError::AlreadyUnlocked => Status::failed_precondition(message),
             VaultStateError::Keyring(crate::keyring::KeyringError::WrongUnlockKey) => Status::invalid_argument(message),
-            VaultStateError::Keyring(crate::keyring::KeyringError::NotAutolocked) => Status::failed_precondition(message),
+            VaultStateError::Keyring(crate::keyring::KeyringError::NotAutolocked) => {
+                Status::failed_precondition(message)
+            }
             VaultStateError::Keyring(_) | VaultStateError::Open(_) => Status::internal(message),
         }
     }
@@ -136,7 +138,9 @@ impl Admin for AdminService {
         let record = objects.find(kind, &request.reference).await?.record;
         // Configs are not secret: inspect shows their data. Secret values never leave this way.
         let data = match kind {
-            Kind::Config => objects.open_version(kind, &record, record.current_version()).await?.expose_secret().to_vec(),
+            Kind::Config => {
+                objects.open_version(kind, &record, record.current_version()).await?.expose_secret().to_vec()
+            }
             Kind::Secret => Vec::new(),
         };
         Ok(Response::new(pb::InspectResponse { meta: Some(to_meta(&record)), data }))
@@ -148,10 +152,12 @@ impl Admin for AdminService {
         let request = request.into_inner();
         let kind = kind_of(request.kind)?;
         let services = self.vault.services()?;
-        let record = objects.remove(kind, &request.reference, |record| {
-            let services = &services;
-            async move { services.users_of(kind, &record.id).await }
-        }).await?;
+        let record = objects
+            .remove(kind, &request.reference, |record| {
+                let services = &services;
+                async move { services.users_of(kind, &record.id).await }
+            })
+            .await?;
         tracing::info!(actor = %peer.actor(), %kind, name = %record.name, id = %record.id, "removed");
         Ok(Response::new(pb::RemoveResponse { id: record.id }))
     }
@@ -182,7 +188,10 @@ impl Admin for AdminService {
         }
     }
 
-    async fn rotate_key(&self, request: Request<pb::RotateKeyRequest>) -> Result<Response<pb::RotateKeyResponse>, Status> {
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
         let peer = require_admin(&request)?;
         let unlock = self.vault.rotate_key().await?;
         tracing::info!(actor = %peer.actor(), "key-encryption key rotated");
@@ -190,42 +199,65 @@ impl Admin for AdminService {
         Ok(Response::new(pb::RotateKeyResponse { unlock_key }))
     }
 
-    async fn service_create(&self, request: Request<pb::ServiceCreateRequest>) -> Result<Response<pb::ServiceCreateResponse>, Status> {
+    async fn service_create(
+        &self,
+        request: Request<pb::ServiceCreateRequest>,
+    ) -> Result<Response<pb::ServiceCreateResponse>, Status> {
         let peer = require_admin(&request)?;
         let r = request.into_inner();
-        let service = self.vault.services()?.create(&r.name, &r.secrets, &r.configs, r.labels.into_iter().collect()).await?;
+        let service =
+            self.vault.services()?.create(&r.name, &r.secrets, &r.configs, r.labels.into_iter().collect()).await?;
         tracing::info!(actor = %peer.actor(), name = %service.name, id = %service.id, "service created");
         Ok(Response::new(pb::ServiceCreateResponse { id: service.id }))
     }
 
-    async fn service_list(&self, request: Request<pb::ServiceListRequest>) -> Result<Response<pb::ServiceListResponse>, Status> {
+    async fn service_list(
+        &self,
+        request: Request<pb::ServiceListRequest>,
+    ) -> Result<Response<pb::ServiceListResponse>, Status> {
         require_admin(&request)?;
         let services = self.vault.services()?.list().await?;
         Ok(Response::new(pb::ServiceListResponse { services: services.iter().map(to_service).collect() }))
     }
 
-    async fn service_inspect(&self, request: Request<pb::ServiceInspectRequest>) -> Result<Response<pb::ServiceInspectResponse>, Status> {
+    async fn service_inspect(
+        &self,
+        request: Request<pb::ServiceInspectRequest>,
+    ) -> Result<Response<pb::ServiceInspectResponse>, Status> {
         require_admin(&request)?;
         let (service, _) = self.vault.services()?.find(&request.into_inner().reference).await?;
         Ok(Response::new(pb::ServiceInspectResponse { service: Some(to_service(&service)) }))
     }
 
-    async fn service_remove(&self, request: Request<pb::ServiceRemoveRequest>) -> Result<Response<pb::ServiceRemoveResponse>, Status> {
+    async fn service_remove(
+        &self,
+        request: Request<pb::ServiceRemoveRequest>,
+    ) -> Result<Response<pb::ServiceRemoveResponse>, Status> {
         let peer = require_admin(&request)?;
         let service = self.vault.services()?.remove(&request.into_inner().reference).await?;
         tracing::info!(actor = %peer.actor(), name = %service.name, "service removed");
         Ok(Response::new(pb::ServiceRemoveResponse { id: service.id }))
     }
 
-    async fn service_update(&self, request: Request<pb::ServiceUpdateRequest>) -> Result<Response<pb::ServiceUpdateResponse>, Status> {
+    async fn service_update(
+        &self,
+        request: Request<pb::ServiceUpdateRequest>,
+    ) -> Result<Response<pb::ServiceUpdateResponse>, Status> {
         let peer = require_admin(&request)?;
         let r = request.into_inner();
-        let service = self.vault.services()?.update(&r.reference, &r.secret_add, &r.secret_rm, &r.config_add, &r.config_rm).await?;
+        let service = self
+            .vault
+            .services()?
+            .update(&r.reference, &r.secret_add, &r.secret_rm, &r.config_add, &r.config_rm)
+            .await?;
         tracing::info!(actor = %peer.actor(), name = %service.name, "service updated");
         Ok(Response::new(pb::ServiceUpdateResponse { id: service.id }))
     }
 
-    async fn join_token(&self, request: Request<pb::JoinTokenRequest>) -> Result<Response<pb::JoinTokenResponse>, Status> {
+    async fn join_token(
+        &self,
+        request: Request<pb::JoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenResponse>, Status> {
         let peer = require_admin(&request)?;
         let rotate = request.into_inner().rotate;
         let token = self.vault.nodes()?.join_token(rotate).await?;
@@ -255,7 +287,10 @@ impl Admin for AdminService {
         Ok(Response::new(pb::NodeListResponse { nodes: infos }))
     }
 
-    async fn node_remove(&self, request: Request<pb::NodeRemoveRequest>) -> Result<Response<pb::NodeRemoveResponse>, Status> {
+    async fn node_remove(
+        &self,
+        request: Request<pb::NodeRemoveRequest>,
+    ) -> Result<Response<pb::NodeRemoveResponse>, Status> {
         let peer = require_admin(&request)?;
         let node = self.vault.nodes()?.remove(&request.into_inner().reference).await?;
         tracing::info!(actor = %peer.actor(), node = %node.id, name = %node.name, "node removed: certificate revoked");

@@ -15,7 +15,11 @@ pub fn affects_assignments(key: &str) -> bool {
     ["task/", "service/", "secret/obj/", "config/obj/", "node/"].iter().any(|p| key.starts_with(p))
 }
 
-pub async fn assignment_for(objects: &Arc<Objects>, node_id: &str, revision: u64) -> Result<pb::Assignment, VaultError> {
+pub async fn assignment_for(
+    objects: &Arc<Objects>,
+    node_id: &str,
+    revision: u64,
+) -> Result<pb::Assignment, VaultError> {
     let services = Services::new(objects.clone());
     let mut service_cache = HashMap::new();
     let mut tasks = Vec::new();
@@ -23,7 +27,10 @@ pub async fn assignment_for(objects: &Arc<Objects>, node_id: &str, revision: u64
     node_tasks.sort_by(|a, b| a.id.cmp(&b.id));
     for task in node_tasks {
         if !service_cache.contains_key(&task.service_id) {
-            let service = services.get(&task.service_id).await.map_err(|e| VaultError::Corrupt { key: task.service_id.clone(), reason: e.to_string() })?;
+            let service = services
+                .get(&task.service_id)
+                .await
+                .map_err(|e| VaultError::Corrupt { key: task.service_id.clone(), reason: e.to_string() })?;
             service_cache.insert(task.service_id.clone(), service.map(|(s, _)| s));
         }
         // A task whose service is gone is about to be removed with it: give it nothing.

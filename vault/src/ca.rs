@@ -59,7 +59,8 @@ impl CertificateAuthority {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, "Hush CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         validity(&mut params, CA_VALIDITY);
         let cert = params.self_signed(&key)?;
         Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
@@ -75,7 +76,8 @@ impl CertificateAuthority {
 
     pub fn save(&self, dir: &DataDir) -> Result<(), CaError> {
         create_private_dir(&dir.ca_dir()).map_err(io_err(&dir.ca_dir()))?;
-        write_private_atomic(&dir.ca_key(), self.issuer.key().serialize_pem().as_bytes()).map_err(io_err(&dir.ca_key()))?;
+        write_private_atomic(&dir.ca_key(), self.issuer.key().serialize_pem().as_bytes())
+            .map_err(io_err(&dir.ca_key()))?;
         write_private_atomic(&dir.ca_cert(), self.cert_pem.as_bytes()).map_err(io_err(&dir.ca_cert()))
     }
 
@@ -150,7 +152,8 @@ pub fn host_of(addr: &str) -> &str {
 
 /// SHA-256 of the first certificate's DER in a PEM text, hex.
 pub fn fingerprint_pem(pem: &str) -> Result<String, CaError> {
-    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| CaError::Pem("certificate".into()))?;
+    let (_, parsed) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| CaError::Pem("certificate".into()))?;
     Ok(sha256_hex(&parsed.contents))
 }
 

@@ -88,7 +88,8 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 pub fn explain(status: &Status) -> String {
     match status.code() {
         Code::Unknown | Code::Cancelled | Code::Unavailable if status.message().is_empty() || is_transport(status) => {
-            let detail = std::error::Error::source(status).map(root_cause).unwrap_or_else(|| status.message().to_string());
+            let detail =
+                std::error::Error::source(status).map(root_cause).unwrap_or_else(|| status.message().to_string());
             format!(
                 "the vault closed the connection ({detail}): check that HUSH_TLS_DIR holds a client certificate issued by this vault"
             )

@@ -113,9 +113,7 @@ pub fn derive_key(password: &[u8], salt: &[u8], params: &KdfParams) -> Result<Ke
         .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    argon
-        .hash_password_into(password, salt, out.as_mut_slice())
-        .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
+    argon.hash_password_into(password, salt, out.as_mut_slice()).map_err(|e| CryptoError::KdfParams(e.to_string()))?;
     Ok(Key(out))
 }
 

@@ -92,7 +92,11 @@ impl Keyring {
         let data_key = Key::random();
         let mut keyring = Self {
             dir: dir.clone(),
-            file: KeyringFile { format: FORMAT, kek: KekSource::File { id: String::new() }, wrapped_data_key: String::new() },
+            file: KeyringFile {
+                format: FORMAT,
+                kek: KekSource::File { id: String::new() },
+                wrapped_data_key: String::new(),
+            },
         };
         let unlock = keyring.wrap_with_new_kek(&data_key, autolock)?;
         Ok((keyring, data_key, unlock))
@@ -121,7 +125,8 @@ impl Keyring {
     pub fn open_with_key_file(&self) -> Result<Key, KeyringError> {
         let KekSource::File { id } = &self.file.kek else { return Err(KeyringError::Autolocked) };
         let bytes = Zeroizing::new(fs::read(self.dir.kek_file(id))?);
-        let kek = Key::from_bytes(&bytes).ok_or_else(|| KeyringError::Invalid("key file has the wrong length".into()))?;
+        let kek =
+            Key::from_bytes(&bytes).ok_or_else(|| KeyringError::Invalid("key file has the wrong length".into()))?;
         self.unwrap(&kek).map_err(|_| KeyringError::WrongKeyFile)
     }
 
@@ -199,7 +204,12 @@ mod tests {
         assert!(unlock.is_none());
         let loaded = Keyring::load(&dir).unwrap();
         assert_eq!(loaded.open_with_key_file().unwrap().expose_secret(), data_key.expose_secret());
-        let kek_files = |d: &DataDir| fs::read_dir(d.root()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("kek-")).count();
+        let kek_files = |d: &DataDir| {
+            fs::read_dir(d.root())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("kek-"))
+                .count()
+        };
         assert_eq!(kek_files(&dir), 1);
         keyring.rotate(&data_key).unwrap();
         assert_eq!(kek_files(&dir), 1);

@@ -12,7 +12,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HUSH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hush_vault=info")),
+            tracing_subscriber::EnvFilter::try_from_env("HUSH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hush_vault=info")),
         )
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");

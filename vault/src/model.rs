@@ -59,7 +59,9 @@ pub fn is_id_prefix(s: &str) -> bool {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    #[error("invalid name {0:?}: names must be 1 to 64 characters of [a-zA-Z0-9-_.], starting and ending with a letter or digit")]
+    #[error(
+        "invalid name {0:?}: names must be 1 to 64 characters of [a-zA-Z0-9-_.], starting and ending with a letter or digit"
+    )]
     Name(String),
     #[error("{kind} data is empty: a {kind} needs 1 to {max} bytes")]
     Empty { kind: Kind, max: usize },

@@ -38,7 +38,9 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         let message = e.to_string();
         match e {
-            NodeError::MalformedToken | NodeError::OtherVault | NodeError::WrongToken => Status::unauthenticated(message),
+            NodeError::MalformedToken | NodeError::OtherVault | NodeError::WrongToken => {
+                Status::unauthenticated(message)
+            }
             NodeError::Csr(_) => Status::invalid_argument(message),
             NodeError::NotFound(_) => Status::not_found(message),
             NodeError::Removed(_) => Status::permission_denied(message),
@@ -77,12 +79,19 @@ impl Node for NodeService {
             }
         };
         tracing::info!(node = %node.id, name = %node.name, "node joined");
-        Ok(Response::new(pb::JoinResponse { node_id: node.id, cert_pem, ca_pem: self.vault.ca().cert_pem().to_string() }))
+        Ok(Response::new(pb::JoinResponse {
+            node_id: node.id,
+            cert_pem,
+            ca_pem: self.vault.ca().cert_pem().to_string(),
+        }))
     }
 
     type AssignmentsStream = AssignmentStream;
 
-    async fn assignments(&self, request: Request<pb::AssignmentsRequest>) -> Result<Response<Self::AssignmentsStream>, Status> {
+    async fn assignments(
+        &self,
+        request: Request<pb::AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let node_id = self.live_node(&request).await?;
         let vault = self.vault.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -100,11 +109,19 @@ impl Node for NodeService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn start_task(&self, request: Request<pb::StartTaskRequest>) -> Result<Response<pb::StartTaskResponse>, Status> {
+    async fn start_task(
+        &self,
+        request: Request<pb::StartTaskRequest>,
+    ) -> Result<Response<pb::StartTaskResponse>, Status> {
         let node_id = self.live_node(&request).await?;
         let request = request.into_inner();
         let (service, _) = self.vault.services()?.find(&request.service).await?;
-        let task = self.vault.tasks().start(&node_id, &service.id, &service.name, &request.name).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let task = self
+            .vault
+            .tasks()
+            .start(&node_id, &service.id, &service.name, &request.name)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(node = %node_id, service = %service.name, task = %task.id, "task started");
         Ok(Response::new(pb::StartTaskResponse { task_id: task.id, name: task.name }))
     }
@@ -112,15 +129,27 @@ impl Node for NodeService {
     async fn end_task(&self, request: Request<pb::EndTaskRequest>) -> Result<Response<pb::EndTaskResponse>, Status> {
         let node_id = self.live_node(&request).await?;
         let task_id = request.into_inner().task_id;
-        self.vault.tasks().end_where(&node_id, |t| t.id == task_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        self.vault
+            .tasks()
+            .end_where(&node_id, |t| t.id == task_id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(node = %node_id, task = %task_id, "task ended");
         Ok(Response::new(pb::EndTaskResponse {}))
     }
 
-    async fn sync_tasks(&self, request: Request<pb::SyncTasksRequest>) -> Result<Response<pb::SyncTasksResponse>, Status> {
+    async fn sync_tasks(
+        &self,
+        request: Request<pb::SyncTasksRequest>,
+    ) -> Result<Response<pb::SyncTasksResponse>, Status> {
         let node_id = self.live_node(&request).await?;
         let running = request.into_inner().running;
-        let ended = self.vault.tasks().end_where(&node_id, |t| !running.contains(&t.id)).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let ended = self
+            .vault
+            .tasks()
+            .end_where(&node_id, |t| !running.contains(&t.id))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         if ended > 0 {
             tracing::info!(node = %node_id, ended, "forgot tasks the agent no longer runs");
         }

@@ -75,7 +75,10 @@ impl Nodes {
     pub async fn join_token(&self, rotate: bool) -> Result<String, NodeError> {
         if !rotate && let Some(entry) = self.store.get(TOKEN_KEY).await? {
             let secret = self.objects.open_internal(TOKEN_KEY, &entry.value)?;
-            return Ok(hush_proto::token::format(&self.ca_fingerprint, &String::from_utf8_lossy(secret.expose_secret())));
+            return Ok(hush_proto::token::format(
+                &self.ca_fingerprint,
+                &String::from_utf8_lossy(secret.expose_secret()),
+            ));
         }
         // 25 base-36 characters: 128 random bits.
         let secret = model::new_id();
@@ -85,7 +88,13 @@ impl Nodes {
     }
 
     /// Checks the token, records the node and signs its certificate.
-    pub async fn join(&self, ca: &CertificateAuthority, token: &str, csr_pem: &str, hostname: &str) -> Result<(NodeRecord, String), NodeError> {
+    pub async fn join(
+        &self,
+        ca: &CertificateAuthority,
+        token: &str,
+        csr_pem: &str,
+        hostname: &str,
+    ) -> Result<(NodeRecord, String), NodeError> {
         let (fingerprint, secret) = hush_proto::token::split(token).ok_or(NodeError::MalformedToken)?;
         if !fingerprint.eq_ignore_ascii_case(&self.ca_fingerprint) {
             return Err(NodeError::OtherVault);

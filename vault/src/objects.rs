@@ -64,7 +64,8 @@ impl Filters {
 
     /// Name and ID terms match a prefix (as Docker's); each label term must hold.
     fn matches(&self, record: &ObjectRecord) -> bool {
-        let any_prefix = |terms: &[String], s: &str| terms.is_empty() || terms.iter().any(|t| s.starts_with(t.as_str()));
+        let any_prefix =
+            |terms: &[String], s: &str| terms.is_empty() || terms.iter().any(|t| s.starts_with(t.as_str()));
         any_prefix(&self.names, &record.name)
             && any_prefix(&self.ids, &record.id)
             && self.labels.iter().all(|(k, v)| match (record.labels.get(k), v) {
@@ -109,7 +110,8 @@ fn aad(kind: Kind, id: &str, version: u64) -> Vec<u8> {
 }
 
 fn decode(entry: &Entry) -> Result<ObjectRecord, VaultError> {
-    serde_json::from_slice(&entry.value).map_err(|e| VaultError::Corrupt { key: entry.key.clone(), reason: e.to_string() })
+    serde_json::from_slice(&entry.value)
+        .map_err(|e| VaultError::Corrupt { key: entry.key.clone(), reason: e.to_string() })
 }
 
 impl Objects {
@@ -198,7 +200,12 @@ impl Objects {
     }
 
     /// The plaintext of one version, checked against tampering.
-    pub async fn open_version(&self, kind: Kind, record: &ObjectRecord, version: u64) -> Result<SecretBytes, VaultError> {
+    pub async fn open_version(
+        &self,
+        kind: Kind,
+        record: &ObjectRecord,
+        version: u64,
+    ) -> Result<SecretBytes, VaultError> {
         let key = data_key(kind, &record.id, version);
         let tampered = || VaultError::Tampered { kind, name: record.name.clone(), version };
         let entry = self.store.get(&key).await?.ok_or_else(tampered)?;
@@ -302,7 +309,10 @@ mod tests {
         assert_eq!(rotated.current_version(), 2);
         assert_eq!(objects.open_version(Kind::Secret, &rotated, 1).await.unwrap().expose_secret(), b"v1");
         assert_eq!(objects.open_version(Kind::Secret, &rotated, 2).await.unwrap().expose_secret(), b"v2");
-        objects.remove(Kind::Secret, &created.id, |_| async { Ok((vec![], ("unused".to_string(), Expect::Absent))) }).await.unwrap();
+        objects
+            .remove(Kind::Secret, &created.id, |_| async { Ok((vec![], ("unused".to_string(), Expect::Absent))) })
+            .await
+            .unwrap();
         assert!(matches!(objects.find(Kind::Secret, "db").await, Err(VaultError::NotFound { .. })));
         // The name is free again.
         objects.create(Kind::Secret, "db", BTreeMap::new(), data("v1")).await.unwrap();
@@ -344,7 +354,10 @@ mod tests {
         let blob_a = store.get(&data_key(Kind::Config, &a.id, 1)).await.unwrap().unwrap().value;
         store.commit(Txn::new().put(data_key(Kind::Config, &b.id, 1), blob_a)).await.unwrap();
         let err = objects.open_version(Kind::Config, &b, 1).await.unwrap_err();
-        assert_eq!(err.to_string(), "config b version 1 failed its integrity check: the sealed record was altered or moved");
+        assert_eq!(
+            err.to_string(),
+            "config b version 1 failed its integrity check: the sealed record was altered or moved"
+        );
     }
 
     #[tokio::test]

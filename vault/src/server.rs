@@ -4,8 +4,8 @@
 
 use crate::api::AdminService;
 use crate::layout::DataDir;
-use crate::vault::{Vault, VaultStateError};
 use crate::node_api::NodeService;
+use crate::vault::{Vault, VaultStateError};
 use hush_proto::v1::admin_server::AdminServer;
 use hush_proto::v1::node_server::NodeServer;
 use std::future::Future;
@@ -31,7 +31,11 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
 }
 
 /// Opens the vault in `dir` and serves it on `listener` until `shutdown` resolves.
-pub async fn serve(dir: &DataDir, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+pub async fn serve(
+    dir: &DataDir,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let vault = Arc::new(Vault::open(dir)?);
     if vault.is_locked() {
         tracing::warn!("vault is autolocked: it serves nothing until `hush vault unlock`");

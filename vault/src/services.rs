@@ -134,7 +134,8 @@ impl Services {
     }
 
     pub async fn list(&self) -> Result<Vec<ServiceRecord>, ServiceError> {
-        let mut records = self.store.range("service/obj/").await?.entries.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let mut records =
+            self.store.range("service/obj/").await?.entries.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(records)
     }
@@ -223,7 +224,8 @@ impl Services {
             Some(entry) => Expect::At(entry.mod_revision),
             None => Expect::Absent,
         };
-        let services = self.list().await.map_err(|e| VaultError::Corrupt { key: "service/".into(), reason: e.to_string() })?;
+        let services =
+            self.list().await.map_err(|e| VaultError::Corrupt { key: "service/".into(), reason: e.to_string() })?;
         let users = services
             .into_iter()
             .filter(|s| s.references(kind).iter().any(|b| b.object_id == object_id))

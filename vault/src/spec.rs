@@ -11,7 +11,9 @@ pub const SECRETS_DIR: &str = "/run/secrets";
 pub enum SpecError {
     #[error("invalid {kind} reference {spec:?}: {reason}")]
     Invalid { kind: Kind, spec: String, reason: String },
-    #[error("invalid mode {0:?}: write it in octal with a leading 0, e.g. 0{0} (Docker would silently read {0} as decimal)")]
+    #[error(
+        "invalid mode {0:?}: write it in octal with a leading 0, e.g. 0{0} (Docker would silently read {0} as decimal)"
+    )]
     DecimalMode(String),
     #[error("invalid mode {0:?}: expected octal permissions such as 0400 or 0o440")]
     Mode(String),
@@ -69,7 +71,8 @@ pub fn parse_reference(kind: Kind, spec: &str) -> Result<Reference, SpecError> {
         source = Some(spec.to_string());
     } else {
         for field in spec.split(',') {
-            let (key, value) = field.split_once('=').ok_or_else(|| invalid(&format!("field {field:?} is not key=value")))?;
+            let (key, value) =
+                field.split_once('=').ok_or_else(|| invalid(&format!("field {field:?} is not key=value")))?;
             match key.trim().to_ascii_lowercase().as_str() {
                 "source" | "src" => source = Some(value.to_string()),
                 "target" => target = Some(value.to_string()),
@@ -122,7 +125,10 @@ mod tests {
     #[test]
     fn short_syntax_uses_docker_defaults() {
         let secret = parse_reference(Kind::Secret, "db_password").unwrap();
-        assert_eq!(secret, Reference { source: "db_password".into(), target: "db_password".into(), uid: 0, gid: 0, mode: 0o444 });
+        assert_eq!(
+            secret,
+            Reference { source: "db_password".into(), target: "db_password".into(), uid: 0, gid: 0, mode: 0o444 }
+        );
         assert_eq!(secret.absolute_target(), "/run/secrets/db_password");
         let config = parse_reference(Kind::Config, "nginx_conf").unwrap();
         assert_eq!(config.absolute_target(), "/nginx_conf");
@@ -131,7 +137,10 @@ mod tests {
     #[test]
     fn long_syntax() {
         let r = parse_reference(Kind::Secret, "source=tls_key,target=server.key,uid=100,gid=101,mode=0400").unwrap();
-        assert_eq!((r.source.as_str(), r.target.as_str(), r.uid, r.gid, r.mode), ("tls_key", "server.key", 100, 101, 0o400));
+        assert_eq!(
+            (r.source.as_str(), r.target.as_str(), r.uid, r.gid, r.mode),
+            ("tls_key", "server.key", 100, 101, 0o400)
+        );
         let r = parse_reference(Kind::Config, "source=nginx_conf,target=/etc/nginx/nginx.conf,mode=0o440").unwrap();
         assert_eq!((r.absolute_target().as_str(), r.mode), ("/etc/nginx/nginx.conf", 0o440));
     }

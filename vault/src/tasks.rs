@@ -43,7 +43,13 @@ impl Tasks {
     }
 
     /// Records a task; `name` defaults to `SERVICE.<first 12 characters of the ID>`.
-    pub async fn start(&self, node_id: &str, service_id: &str, service_name: &str, name: &str) -> Result<TaskRecord, StoreError> {
+    pub async fn start(
+        &self,
+        node_id: &str,
+        service_id: &str,
+        service_name: &str,
+        name: &str,
+    ) -> Result<TaskRecord, StoreError> {
         let id = model::new_id();
         let name = if name.is_empty() { format!("{service_name}.{}", &id[..12]) } else { name.to_string() };
         let record = TaskRecord {
@@ -54,7 +60,9 @@ impl Tasks {
             node_id: node_id.to_string(),
             created_at: Utc::now(),
         };
-        self.store.commit(Txn::new().put(task_key(&id), serde_json::to_vec(&record).expect("record serialises"))).await?;
+        self.store
+            .commit(Txn::new().put(task_key(&id), serde_json::to_vec(&record).expect("record serialises")))
+            .await?;
         Ok(record)
     }
 

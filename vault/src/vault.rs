@@ -10,9 +10,9 @@ use crate::layout::DataDir;
 use crate::nodes::{Nodes, Presence};
 use crate::objects::Objects;
 use crate::services::Services;
-use crate::tasks::Tasks;
 use crate::store::Store;
 use crate::store::redb::RedbStore;
+use crate::tasks::Tasks;
 use std::sync::{Arc, RwLock};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,8 @@ impl Vault {
         let keyring = Keyring::load(dir)?;
         let ca = CertificateAuthority::load(dir).map_err(|e| VaultStateError::Open(e.to_string()))?;
         let ca_fingerprint = ca.fingerprint().map_err(|e| VaultStateError::Open(e.to_string()))?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.store()).map_err(|e| VaultStateError::Open(e.to_string()))?);
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.store()).map_err(|e| VaultStateError::Open(e.to_string()))?);
         let autolock = keyring.is_autolock();
         let unlocked = if autolock {
             None

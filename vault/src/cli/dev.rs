@@ -60,7 +60,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     init(&dir, &InitOptions::default())?;
     let vault = Arc::new(Vault::open(&dir)?);
     let token = vault.nodes()?.join_token(false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn({
         let (vault, dir) = (vault.clone(), dir.clone());
@@ -79,7 +81,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    println!("Hush dev vault on {addr}{}; its data lives in {} until you stop it (Ctrl-C).", if agent.is_some() { " with an agent" } else { "" }, temp.path().display());
+    println!(
+        "Hush dev vault on {addr}{}; its data lives in {} until you stop it (Ctrl-C).",
+        if agent.is_some() { " with an agent" } else { "" },
+        temp.path().display()
+    );
     println!("In another shell:");
     println!();
     println!("export HUSH_VAULT={addr}");

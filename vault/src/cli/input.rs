@@ -20,7 +20,11 @@ pub fn read_value(kind: Kind, source: &str) -> anyhow::Result<SecretBytes> {
         file.take(limit).read_to_end(&mut buffer).with_context(|| format!("cannot read {source}"))?;
     }
     if buffer.len() as u64 == limit {
-        bail!("{kind} data is too large (more than {} bytes): a {kind} must be smaller than {} KiB", kind.max_size(), (kind.max_size() + 1) / 1024);
+        bail!(
+            "{kind} data is too large (more than {} bytes): a {kind} must be smaller than {} KiB",
+            kind.max_size(),
+            (kind.max_size() + 1) / 1024
+        );
     }
     validate_size(kind, buffer.len())?;
     Ok(SecretBytes::new(std::mem::take(&mut *buffer)))

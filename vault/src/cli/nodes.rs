@@ -47,14 +47,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect_admin(&args.connection.target()).await?;
     match args.command {
         NodeCommand::JoinToken { quiet, rotate } => {
-            let token = client.join_token(pb::JoinTokenRequest { rotate }).await.map_err(call_error)?.into_inner().token;
+            let token =
+                client.join_token(pb::JoinTokenRequest { rotate }).await.map_err(call_error)?.into_inner().token;
             if quiet {
                 println!("{token}");
             } else {
                 let vault = args.connection.vault.unwrap_or_else(|| "VAULT:7443".into());
                 println!("To add a node to this vault, run on it:");
                 println!();
-                println!("    hush-agent --vault {vault} --join-token {token} --state-dir /var/lib/hush-agent --mount-root /run/hush");
+                println!(
+                    "    hush-agent --vault {vault} --join-token {token} --state-dir /var/lib/hush-agent --mount-root /run/hush"
+                );
                 println!();
             }
         }
@@ -73,7 +76,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 let now = chrono::Utc::now();
                 let rows: Vec<_> = nodes
                     .iter()
-                    .map(|n| vec![n.id.clone(), n.name.clone(), status(n).to_string(), n.tasks.to_string(), ago(&n.last_seen, now)])
+                    .map(|n| {
+                        vec![
+                            n.id.clone(),
+                            n.name.clone(),
+                            status(n).to_string(),
+                            n.tasks.to_string(),
+                            ago(&n.last_seen, now),
+                        ]
+                    })
                     .collect();
                 print_table(&["ID", "NAME", "STATUS", "TASKS", "LAST SEEN"], &rows)?;
             }

@@ -103,7 +103,12 @@ pub async fn run(kind: Kind, args: ObjectArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ObjectCommand::Create { labels, name, .. } => {
             let data = value.expect("read above").expose_secret().to_vec();
-            let request = pb::CreateRequest { kind: pb_kind(kind), name, labels: parse_labels(&labels).into_iter().collect(), data };
+            let request = pb::CreateRequest {
+                kind: pb_kind(kind),
+                name,
+                labels: parse_labels(&labels).into_iter().collect(),
+                data,
+            };
             let response = client.create(request).await.map_err(call_error)?.into_inner();
             println!("{}", response.id);
         }
@@ -167,7 +172,15 @@ fn print_list(objects: &[pb::ObjectMeta], quiet: bool, format: Format) -> anyhow
             let now = chrono::Utc::now();
             let rows: Vec<Vec<String>> = objects
                 .iter()
-                .map(|o| vec![o.id.clone(), o.name.clone(), o.version.to_string(), ago(&o.created_at, now), ago(&o.updated_at, now)])
+                .map(|o| {
+                    vec![
+                        o.id.clone(),
+                        o.name.clone(),
+                        o.version.to_string(),
+                        ago(&o.created_at, now),
+                        ago(&o.updated_at, now),
+                    ]
+                })
                 .collect();
             print_table(&["ID", "NAME", "VERSION", "CREATED", "UPDATED"], &rows).context("writing output")?;
         }

@@ -85,7 +85,8 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
             println!("{}", client.service_create(request).await.map_err(call_error)?.into_inner().id);
         }
         ServiceCommand::Ls { quiet, format } => {
-            let services = client.service_list(pb::ServiceListRequest {}).await.map_err(call_error)?.into_inner().services;
+            let services =
+                client.service_list(pb::ServiceListRequest {}).await.map_err(call_error)?.into_inner().services;
             if quiet {
                 services.iter().for_each(|s| println!("{}", s.id));
             } else if format == Format::Json {
@@ -94,7 +95,15 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
                 let now = chrono::Utc::now();
                 let rows: Vec<_> = services
                     .iter()
-                    .map(|s| vec![s.id.clone(), s.name.clone(), s.secrets.len().to_string(), s.configs.len().to_string(), ago(&s.created_at, now)])
+                    .map(|s| {
+                        vec![
+                            s.id.clone(),
+                            s.name.clone(),
+                            s.secrets.len().to_string(),
+                            s.configs.len().to_string(),
+                            ago(&s.created_at, now),
+                        ]
+                    })
                     .collect();
                 print_table(&["ID", "NAME", "SECRETS", "CONFIGS", "CREATED"], &rows)?;
             }

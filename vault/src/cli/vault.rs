@@ -7,13 +7,13 @@ use crate::init::{InitOptions, init};
 use crate::layout::DataDir;
 use crate::server::serve_vault;
 use crate::vault::Vault;
-use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 use hush_proto::v1 as pb;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Debug, Subcommand)]
 pub enum VaultCommand {
@@ -70,7 +70,8 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
             if vault.is_locked() {
                 tracing::warn!("vault is autolocked: it serves nothing until `hush vault unlock`");
             }
-            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             serve_vault(vault, &dir, listener_announced(listener)?, shutdown_signal()).await?;
         }
         VaultCommand::Unlock { connection } => {
@@ -115,7 +116,8 @@ fn print_unlock_key(key: &str) {
 
 /// Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
