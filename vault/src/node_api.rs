@@ -165,6 +165,7 @@ async fn stream_assignments(
     mut changes: broadcast::Receiver<crate::store::Change>,
     tx: &mpsc::Sender<Result<pb::Assignment, Status>>,
 ) {
+    let mut stopping = vault.stopping();
     let mut last_sent: Option<Vec<pb::AssignedTask>> = None;
     let mut revision = 0;
     loop {
@@ -202,6 +203,12 @@ async fn stream_assignments(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tx.closed() => return,
+                changed = stopping.changed() => {
+                    if changed.is_err() || *stopping.borrow() {
+                        let _ = tx.send(Err(Status::unavailable("the vault is shutting down"))).await;
+                        return;
+                    }
+                }
             }
         }
     }

@@ -57,6 +57,11 @@ pub async fn serve_vault(
         // has a certificate; every other call checks for one (identity.rs).
         .client_auth_optional(true);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopping = vault.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.begin_shutdown();
+    };
     Server::builder()
         .tls_config(tls)
         .map_err(|e| ServeError::Tls(e.to_string()))?

@@ -33,6 +33,8 @@ struct Unlocked {
 }
 
 pub struct Vault {
+    /// Set when the server begins to stop: long-lived streams end so shutdown can complete.
+    stopping: tokio::sync::watch::Sender<bool>,
     store: Arc<dyn Store>,
     ca: CertificateAuthority,
     presence: Arc<Presence>,
@@ -58,6 +60,7 @@ impl Vault {
             Some(Unlocked { objects: Arc::new(Objects::new(store.clone(), data_key.clone())), data_key })
         };
         Ok(Self {
+            stopping: tokio::sync::watch::Sender::new(false),
             store,
             ca,
             presence: Arc::default(),
@@ -83,6 +86,15 @@ impl Vault {
 
     pub fn tasks(&self) -> Tasks {
         Tasks::new(self.store.clone())
+    }
+
+    /// Ends long-lived streams (agents reconnect to another replica or when this one is back).
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     pub fn ca(&self) -> &CertificateAuthority {
