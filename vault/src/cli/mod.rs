@@ -80,6 +80,26 @@ fn call_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(client::explain(&status))
 }
 
+/// Docker's multi-argument removal: each reference in turn, printed when done, an `error:` line
+/// when not; the exit status fails if any failed.
+async fn remove_each<F, Fut>(references: Vec<String>, mut remove: F) -> ExitCode
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut failed = false;
+    for reference in references {
+        match remove(reference.clone()).await {
+            Ok(()) => println!("{reference}"),
+            Err(status) => {
+                eprintln!("error: {}", call_error(status));
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Vault(command) => vault::run(command).await,

@@ -90,17 +90,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         NodeCommand::Rm { references } => {
-            let mut failed = false;
-            for reference in references {
-                match client.node_remove(pb::NodeRemoveRequest { reference: reference.clone() }).await {
-                    Ok(_) => println!("{reference}"),
-                    Err(status) => {
-                        eprintln!("error: {}", call_error(status));
-                        failed = true;
-                    }
-                }
-            }
-            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+            let client = &client;
+            return Ok(super::remove_each(references, |reference| {
+                let mut client = client.clone();
+                async move { client.node_remove(pb::NodeRemoveRequest { reference }).await.map(drop) }
+            })
+            .await);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -143,17 +143,12 @@ pub async fn run(kind: Kind, args: ObjectArgs) -> anyhow::Result<ExitCode> {
             return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         ObjectCommand::Rm { references } => {
-            let mut failed = false;
-            for reference in references {
-                match client.remove(pb::RemoveRequest { kind: pb_kind(kind), reference: reference.clone() }).await {
-                    Ok(_) => println!("{reference}"),
-                    Err(status) => {
-                        eprintln!("error: {}", call_error(status));
-                        failed = true;
-                    }
-                }
-            }
-            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+            let client = &client;
+            return Ok(super::remove_each(references, |reference| {
+                let mut client = client.clone();
+                async move { client.remove(pb::RemoveRequest { kind: pb_kind(kind), reference }).await.map(drop) }
+            })
+            .await);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -126,17 +126,12 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
             return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         ServiceCommand::Rm { references } => {
-            let mut failed = false;
-            for reference in references {
-                match client.service_remove(pb::ServiceRemoveRequest { reference: reference.clone() }).await {
-                    Ok(_) => println!("{reference}"),
-                    Err(status) => {
-                        eprintln!("error: {}", call_error(status));
-                        failed = true;
-                    }
-                }
-            }
-            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+            let client = &client;
+            return Ok(super::remove_each(references, |reference| {
+                let mut client = client.clone();
+                async move { client.service_remove(pb::ServiceRemoveRequest { reference }).await.map(drop) }
+            })
+            .await);
         }
         ServiceCommand::Update { reference, secret_add, secret_rm, config_add, config_rm } => {
             let request = pb::ServiceUpdateRequest { reference, secret_add, secret_rm, config_add, config_rm };
