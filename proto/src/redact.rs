@@ -32,6 +32,7 @@ impl fmt::Debug for RotateRequest {
             .field("kind", &self.kind)
             .field("reference", &self.reference)
             .field("data", &Redacted(self.data.len()))
+            .field("only_if_changed", &self.only_if_changed)
             .finish()
     }
 }

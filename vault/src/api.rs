@@ -165,12 +165,16 @@ impl Admin for AdminService {
     async fn rotate(&self, request: Request<pb::RotateRequest>) -> Result<Response<pb::RotateResponse>, Status> {
         let peer = require_admin(&request)?;
         let objects = self.objects()?;
-        let pb::RotateRequest { kind, reference, data } = request.into_inner();
+        let pb::RotateRequest { kind, reference, data, only_if_changed } = request.into_inner();
         let kind = kind_of(kind)?;
-        let record = objects.rotate(kind, &reference, SecretBytes::new(data)).await?;
+        let (record, changed) =
+            objects.rotate_checked(kind, &reference, SecretBytes::new(data), only_if_changed).await?;
         let version = record.current_version();
+        if !changed {
+            return Ok(Response::new(pb::RotateResponse { id: record.id, version, changed }));
+        }
         tracing::info!(actor = %peer.actor(), %kind, name = %record.name, version, "rotated");
-        Ok(Response::new(pb::RotateResponse { id: record.id, version }))
+        Ok(Response::new(pb::RotateResponse { id: record.id, version, changed }))
     }
 
     async fn unlock(&self, request: Request<pb::UnlockRequest>) -> Result<Response<pb::UnlockResponse>, Status> {
@@ -245,11 +249,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ServiceUpdateResponse>, Status> {
         let peer = require_admin(&request)?;
         let r = request.into_inner();
-        let service = self
-            .vault
-            .services()?
-            .update(&r.reference, &r.secret_add, &r.secret_rm, &r.config_add, &r.config_rm)
-            .await?;
+        let services = self.vault.services()?;
+        let service = if r.replace {
+            services.replace(&r.reference, &r.secrets, &r.configs).await?
+        } else {
+            services.update(&r.reference, &r.secret_add, &r.secret_rm, &r.config_add, &r.config_rm).await?
+        };
         tracing::info!(actor = %peer.actor(), name = %service.name, "service updated");
         Ok(Response::new(pb::ServiceUpdateResponse { id: service.id }))
     }

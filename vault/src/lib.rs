@@ -6,6 +6,7 @@ pub mod assign;
 pub mod ca;
 pub mod cli;
 pub mod client;
+pub mod compose;
 pub mod crypto;
 pub mod fsutil;
 pub mod hardening;

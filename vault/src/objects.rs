@@ -235,6 +235,31 @@ impl Objects {
         Err(VaultError::Contended)
     }
 
+    /// [`Objects::rotate`], or with `only_if_changed` nothing when the current version already
+    /// holds `data` (how a compose re-deploy leaves an unchanged secret alone). Returns whether a
+    /// version was added.
+    ///
+    /// # Security
+    /// The comparison happens here, in memory; the caller learns only "changed or not", which an
+    /// admin can learn anyway by mounting the secret into a task of a service of theirs.
+    pub async fn rotate_checked(
+        &self,
+        kind: Kind,
+        reference: &str,
+        data: SecretBytes,
+        only_if_changed: bool,
+    ) -> Result<(ObjectRecord, bool), VaultError> {
+        if only_if_changed {
+            model::validate_size(kind, data.len())?;
+            let record = self.find(kind, reference).await?.record;
+            let current = self.open_version(kind, &record, record.current_version()).await?;
+            if current.expose_secret() == data.expose_secret() {
+                return Ok((record, false));
+            }
+        }
+        Ok((self.rotate(kind, reference, data).await?, true))
+    }
+
     /// Seals vault-internal values (the join token) under the data key, bound to `label`.
     pub fn seal_internal(&self, label: &str, plaintext: &[u8]) -> Vec<u8> {
         crypto::seal(&self.data_key, format!("hush/v1/internal/{label}").as_bytes(), plaintext)

@@ -218,6 +218,26 @@ impl Services {
         Ok(record)
     }
 
+    /// Replaces both reference lists (compose re-deploys): running tasks follow live.
+    pub async fn replace(
+        &self,
+        reference: &str,
+        secrets: &[String],
+        configs: &[String],
+    ) -> Result<ServiceRecord, ServiceError> {
+        let (mut record, revision) = self.find(reference).await?;
+        record.secrets = self.bind(Kind::Secret, secrets).await?;
+        record.configs = self.bind(Kind::Config, configs).await?;
+        Self::check_targets(&record)?;
+        record.updated_at = Utc::now();
+        let txn = Txn::new()
+            .check(obj_key(&record.id), Expect::At(revision))
+            .put(obj_key(&record.id), serde_json::to_vec(&record).expect("record serialises"))
+            .put(EPOCH_KEY, epoch_value());
+        self.store.commit(txn).await?;
+        Ok(record)
+    }
+
     /// Names of services referencing the object, and the check that keeps that answer true.
     pub async fn users_of(&self, kind: Kind, object_id: &str) -> Result<(Vec<String>, (String, Expect)), VaultError> {
         let guard = match self.store.get(EPOCH_KEY).await? {

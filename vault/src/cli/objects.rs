@@ -114,7 +114,7 @@ pub async fn run(kind: Kind, args: ObjectArgs) -> anyhow::Result<ExitCode> {
         }
         ObjectCommand::Rotate { reference, .. } => {
             let data = value.expect("read above").expose_secret().to_vec();
-            let request = pb::RotateRequest { kind: pb_kind(kind), reference, data };
+            let request = pb::RotateRequest { kind: pb_kind(kind), reference, data, only_if_changed: false };
             let response = client.rotate(request).await.map_err(call_error)?.into_inner();
             println!("{}", response.id);
         }

@@ -134,7 +134,14 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
             .await);
         }
         ServiceCommand::Update { reference, secret_add, secret_rm, config_add, config_rm } => {
-            let request = pb::ServiceUpdateRequest { reference, secret_add, secret_rm, config_add, config_rm };
+            let request = pb::ServiceUpdateRequest {
+                reference,
+                secret_add,
+                secret_rm,
+                config_add,
+                config_rm,
+                ..Default::default()
+            };
             println!("{}", client.service_update(request).await.map_err(call_error)?.into_inner().id);
         }
     }

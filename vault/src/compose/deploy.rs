@@ -1,0 +1,1 @@
+//! Deploying a loaded project to a vault (placeholder).
