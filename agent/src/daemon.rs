@@ -28,6 +28,9 @@ pub struct AgentArgs {
     /// Where the FUSE filesystem with every task's files is mounted
     #[arg(long, default_value = "/run/hush")]
     pub mount_root: PathBuf,
+    /// Also write every access event as a JSON line here (`-` for standard output)
+    #[arg(long, value_name = "FILE|-")]
+    pub audit_log: Option<PathBuf>,
     /// Control socket for `hush run` (root only)
     #[arg(long, env = "HUSH_AGENT_SOCKET", default_value = crate::run::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -48,7 +51,20 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         }
     };
 
-    let fs = Arc::new(SecretFs::new());
+    // Access events: bounded, never blocking the FUSE threads (overflow is counted).
+    let (events_tx, events_rx) = std::sync::mpsc::sync_channel(65_536);
+    let fs = Arc::new(SecretFs::new().with_event_sink(events_tx));
+    let local_log: Option<crate::audit::LocalLog> = match &args.audit_log {
+        Some(path) if path.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+        Some(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the audit log {}", path.display()))?,
+        )),
+        None => None,
+    };
     std::fs::create_dir_all(&args.mount_root)
         .with_context(|| format!("cannot create {}", args.mount_root.display()))?;
     if hush_fuse::clean_stale_mount(&args.mount_root).context("cleaning a stale mount")? {
@@ -58,7 +74,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         .with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
 
     let channel = vault_link::node_channel(&identity).map_err(anyhow::Error::msg)?;
-    let reconciler = Arc::new(Reconciler::new(fs));
+    let reconciler = Arc::new(Reconciler::new(fs.clone()));
     let _ = std::fs::remove_file(&args.socket);
     let listener = tokio::net::UnixListener::bind(&args.socket)
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
@@ -90,8 +106,22 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         args.socket.display()
     );
 
+    let shipper = crate::audit::Shipper {
+        events: events_rx,
+        fs,
+        reconciler: reconciler.clone(),
+        vault: NodeClient::new(channel.clone()),
+        local_log,
+        node_id: identity.info.node_id.clone(),
+    };
+    let shipping = tokio::spawn(shipper.run(stopped.clone()));
     let end = vault_link::follow_assignments(channel, reconciler.clone(), stopped).await;
     control_server.abort();
+    if matches!(end, LinkEnd::Shutdown) {
+        let _ = shipping.await;
+    } else {
+        shipping.abort();
+    }
     let _ = std::fs::remove_file(&args.socket);
     reconciler.clear();
     drop(mount);

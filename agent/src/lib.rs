@@ -1,6 +1,7 @@
 //! The Hush node agent: joins a vault, follows the node's assignment stream, and serves each
 //! task its secrets and configs from memory through the FUSE filesystem (`hush-fuse`).
 
+pub mod audit;
 pub mod control;
 pub mod daemon;
 pub mod hardening;

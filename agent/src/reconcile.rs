@@ -43,6 +43,8 @@ struct State {
     running: HashMap<String, Option<TaskOwner>>,
     /// What the filesystem shows now.
     applied: HashMap<String, TaskFiles>,
+    /// Task → service name, for audit events (kept after a task ends: late events still name it).
+    services: HashMap<String, String>,
     connected: bool,
 }
 
@@ -78,6 +80,9 @@ impl Reconciler {
 
     pub fn set_assignment(&self, assignment: pb::Assignment) {
         let mut state = self.lock();
+        for task in &assignment.tasks {
+            state.services.insert(task.task_id.clone(), task.service.clone());
+        }
         state.assigned = assignment.tasks.into_iter().map(desired).collect();
         self.apply(&mut state);
     }
@@ -101,6 +106,10 @@ impl Reconciler {
         let mut state = self.lock();
         state.running.remove(task_id);
         self.apply(&mut state);
+    }
+
+    pub fn service_of(&self, task_id: &str) -> Option<String> {
+        self.lock().services.get(task_id).cloned()
     }
 
     pub fn running_tasks(&self) -> Vec<String> {

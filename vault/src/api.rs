@@ -1,6 +1,7 @@
 //! The admin gRPC service: converts proto ⇄ domain types and errors, nothing more.
 
-use crate::identity::require_admin;
+use crate::audit::AuditEntry;
+use crate::identity::{Peer, require_admin};
 use crate::model::{Kind, ObjectRecord};
 use crate::objects::{Filters, VaultError};
 use crate::secret::SecretBytes;
@@ -17,6 +18,24 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(vault: Arc<Vault>) -> Self {
         Self { vault }
+    }
+
+    /// The admin behind a request; a refusal is audited as `denied`.
+    async fn admin<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
+        match require_admin(request) {
+            Ok(peer) => Ok(peer),
+            Err(status) => {
+                let actor =
+                    crate::identity::peer_of(request).map(|p| p.actor()).unwrap_or_else(|_| "unauthenticated".into());
+                let entry = AuditEntry::now("denied").actor(actor);
+                self.record(AuditEntry { reason: Some(status.message().to_string()), ..entry }).await;
+                Err(status)
+            }
+        }
+    }
+
+    async fn record(&self, entry: AuditEntry) {
+        self.vault.audit().record(entry).await;
     }
 
     fn objects(&self) -> Result<Arc<crate::objects::Objects>, Status> {
@@ -111,17 +130,22 @@ fn to_meta(record: &ObjectRecord) -> pb::ObjectMeta {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create(&self, request: Request<pb::CreateRequest>) -> Result<Response<pb::CreateResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let objects = self.objects()?;
         let pb::CreateRequest { kind, name, labels, data } = request.into_inner();
         let kind = kind_of(kind)?;
         let record = objects.create(kind, &name, labels.into_iter().collect(), SecretBytes::new(data)).await?;
         tracing::info!(actor = %peer.actor(), %kind, name = %record.name, id = %record.id, "created");
+        self.record(AuditEntry {
+            version: Some(1),
+            ..AuditEntry::now("create").actor(peer.actor()).object(kind, &record.name)
+        })
+        .await;
         Ok(Response::new(pb::CreateResponse { id: record.id }))
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        require_admin(&request)?;
+        self.admin(&request).await?;
         let objects = self.objects()?;
         let request = request.into_inner();
         let kind = kind_of(request.kind)?;
@@ -131,7 +155,7 @@ impl Admin for AdminService {
     }
 
     async fn inspect(&self, request: Request<pb::InspectRequest>) -> Result<Response<pb::InspectResponse>, Status> {
-        require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let objects = self.objects()?;
         let request = request.into_inner();
         let kind = kind_of(request.kind)?;
@@ -143,11 +167,13 @@ impl Admin for AdminService {
             }
             Kind::Secret => Vec::new(),
         };
+        let entry = AuditEntry::now("inspect").actor(peer.actor()).object(kind, &record.name);
+        self.record(AuditEntry { version: Some(record.current_version()), ..entry }).await;
         Ok(Response::new(pb::InspectResponse { meta: Some(to_meta(&record)), data }))
     }
 
     async fn remove(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let objects = self.objects()?;
         let request = request.into_inner();
         let kind = kind_of(request.kind)?;
@@ -159,11 +185,12 @@ impl Admin for AdminService {
             })
             .await?;
         tracing::info!(actor = %peer.actor(), %kind, name = %record.name, id = %record.id, "removed");
+        self.record(AuditEntry::now("rm").actor(peer.actor()).object(kind, &record.name)).await;
         Ok(Response::new(pb::RemoveResponse { id: record.id }))
     }
 
     async fn rotate(&self, request: Request<pb::RotateRequest>) -> Result<Response<pb::RotateResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let objects = self.objects()?;
         let pb::RotateRequest { kind, reference, data, only_if_changed } = request.into_inner();
         let kind = kind_of(kind)?;
@@ -174,19 +201,27 @@ impl Admin for AdminService {
             return Ok(Response::new(pb::RotateResponse { id: record.id, version, changed }));
         }
         tracing::info!(actor = %peer.actor(), %kind, name = %record.name, version, "rotated");
+        self.record(AuditEntry {
+            version: Some(version),
+            ..AuditEntry::now("rotate").actor(peer.actor()).object(kind, &record.name)
+        })
+        .await;
         Ok(Response::new(pb::RotateResponse { id: record.id, version, changed }))
     }
 
     async fn unlock(&self, request: Request<pb::UnlockRequest>) -> Result<Response<pb::UnlockResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let key = request.into_inner().unlock_key;
         match self.vault.unlock(key).await {
             Ok(()) => {
                 tracing::info!(actor = %peer.actor(), "vault unlocked");
+                self.record(AuditEntry::now("unlock").actor(peer.actor())).await;
                 Ok(Response::new(pb::UnlockResponse {}))
             }
             Err(e) => {
                 tracing::warn!(actor = %peer.actor(), error = %e, "unlock refused");
+                let entry = AuditEntry::now("denied").actor(peer.actor());
+                self.record(AuditEntry { reason: Some(format!("unlock: {e}")), ..entry }).await;
                 Err(e.into())
             }
         }
@@ -196,9 +231,10 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let unlock = self.vault.rotate_key().await?;
         tracing::info!(actor = %peer.actor(), "key-encryption key rotated");
+        self.record(AuditEntry::now("rotate_key").actor(peer.actor())).await;
         let unlock_key = unlock.map(|k| k.expose_secret().to_string()).unwrap_or_default();
         Ok(Response::new(pb::RotateKeyResponse { unlock_key }))
     }
@@ -207,11 +243,16 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ServiceCreateRequest>,
     ) -> Result<Response<pb::ServiceCreateResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let r = request.into_inner();
         let service =
             self.vault.services()?.create(&r.name, &r.secrets, &r.configs, r.labels.into_iter().collect()).await?;
         tracing::info!(actor = %peer.actor(), name = %service.name, id = %service.id, "service created");
+        self.record(AuditEntry {
+            service: Some(service.name.clone()),
+            ..AuditEntry::now("service_create").actor(peer.actor())
+        })
+        .await;
         Ok(Response::new(pb::ServiceCreateResponse { id: service.id }))
     }
 
@@ -219,7 +260,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ServiceListRequest>,
     ) -> Result<Response<pb::ServiceListResponse>, Status> {
-        require_admin(&request)?;
+        self.admin(&request).await?;
         let services = self.vault.services()?.list().await?;
         Ok(Response::new(pb::ServiceListResponse { services: services.iter().map(to_service).collect() }))
     }
@@ -228,7 +269,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ServiceInspectRequest>,
     ) -> Result<Response<pb::ServiceInspectResponse>, Status> {
-        require_admin(&request)?;
+        self.admin(&request).await?;
         let (service, _) = self.vault.services()?.find(&request.into_inner().reference).await?;
         Ok(Response::new(pb::ServiceInspectResponse { service: Some(to_service(&service)) }))
     }
@@ -237,9 +278,14 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ServiceRemoveRequest>,
     ) -> Result<Response<pb::ServiceRemoveResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let service = self.vault.services()?.remove(&request.into_inner().reference).await?;
         tracing::info!(actor = %peer.actor(), name = %service.name, "service removed");
+        self.record(AuditEntry {
+            service: Some(service.name.clone()),
+            ..AuditEntry::now("service_rm").actor(peer.actor())
+        })
+        .await;
         Ok(Response::new(pb::ServiceRemoveResponse { id: service.id }))
     }
 
@@ -247,7 +293,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ServiceUpdateRequest>,
     ) -> Result<Response<pb::ServiceUpdateResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let r = request.into_inner();
         let services = self.vault.services()?;
         let service = if r.replace {
@@ -256,6 +302,11 @@ impl Admin for AdminService {
             services.update(&r.reference, &r.secret_add, &r.secret_rm, &r.config_add, &r.config_rm).await?
         };
         tracing::info!(actor = %peer.actor(), name = %service.name, "service updated");
+        self.record(AuditEntry {
+            service: Some(service.name.clone()),
+            ..AuditEntry::now("service_update").actor(peer.actor())
+        })
+        .await;
         Ok(Response::new(pb::ServiceUpdateResponse { id: service.id }))
     }
 
@@ -263,17 +314,18 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let rotate = request.into_inner().rotate;
         let token = self.vault.nodes()?.join_token(rotate).await?;
         if rotate {
             tracing::info!(actor = %peer.actor(), "join token rotated");
+            self.record(AuditEntry::now("join_token_rotate").actor(peer.actor())).await;
         }
         Ok(Response::new(pb::JoinTokenResponse { token }))
     }
 
     async fn node_list(&self, request: Request<pb::NodeListRequest>) -> Result<Response<pb::NodeListResponse>, Status> {
-        require_admin(&request)?;
+        self.admin(&request).await?;
         let nodes = self.vault.nodes()?;
         let tasks = self.vault.tasks().list().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let infos = nodes
@@ -296,14 +348,98 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::NodeRemoveRequest>,
     ) -> Result<Response<pb::NodeRemoveResponse>, Status> {
-        let peer = require_admin(&request)?;
+        let peer = self.admin(&request).await?;
         let node = self.vault.nodes()?.remove(&request.into_inner().reference).await?;
         tracing::info!(actor = %peer.actor(), node = %node.id, name = %node.name, "node removed: certificate revoked");
+        self.record(AuditEntry { node: Some(node.id.clone()), ..AuditEntry::now("node_rm").actor(peer.actor()) }).await;
         Ok(Response::new(pb::NodeRemoveResponse { id: node.id }))
     }
 
+    type AuditQueryStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AuditLine, Status>> + Send>>;
+
+    async fn audit_query(
+        &self,
+        request: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<Self::AuditQueryStream>, Status> {
+        self.admin(&request).await?;
+        let r = request.into_inner();
+        let time = |t: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
+            if t.is_empty() {
+                return Ok(None);
+            }
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| Some(t.with_timezone(&chrono::Utc)))
+                .map_err(|_| Status::invalid_argument(format!("invalid time {t:?}: expected RFC 3339")))
+        };
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        // Nodes are recorded by ID; accept a name or ID prefix too.
+        let node = match some(r.node) {
+            Some(node) => Some(self.vault.nodes()?.find(&node).await.map(|n| n.id).unwrap_or(node)),
+            None => None,
+        };
+        let query = crate::audit::query::Query {
+            secret: some(r.secret),
+            config: some(r.config),
+            service: some(r.service),
+            node,
+            task: some(r.task),
+            since: time(&r.since)?,
+            until: time(&r.until)?,
+        };
+        let audit = self.vault.audit();
+        // Subscribe before reading the files, so nothing written in between is missed.
+        let mut live = r.follow.then(|| audit.subscribe());
+        let stored = audit.read_lines().map_err(|e| Status::internal(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last_seq = 0;
+            let wanted = |line: &str| serde_json::from_str::<AuditEntry>(line).is_ok_and(|e| query.matches(&e));
+            for line in stored {
+                if let Ok(entry) = serde_json::from_str::<AuditEntry>(&line) {
+                    last_seq = entry.seq;
+                }
+                if wanted(&line) && tx.send(Ok(pb::AuditLine { json: line })).await.is_err() {
+                    return;
+                }
+            }
+            let Some(live) = live.as_mut() else { return };
+            loop {
+                tokio::select! {
+                    line = live.recv() => match line {
+                        Ok(line) => {
+                            let seq = serde_json::from_str::<AuditEntry>(&line).map(|e| e.seq).unwrap_or(0);
+                            if seq > last_seq && wanted(&line) && tx.send(Ok(pb::AuditLine { json: line })).await.is_err() {
+                                return;
+                            }
+                            last_seq = last_seq.max(seq);
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let _ = tx.send(Err(Status::data_loss(format!("follower fell behind by {n} entries; query again")))).await;
+                            return;
+                        }
+                        Err(_) => return,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn audit_verify(
+        &self,
+        request: Request<pb::AuditVerifyRequest>,
+    ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
+        self.admin(&request).await?;
+        let response = match self.vault.audit().verify().await {
+            Ok(v) => pb::AuditVerifyResponse { ok: true, entries: v.entries, files: v.files, problem: String::new() },
+            Err(problem) => pb::AuditVerifyResponse { ok: false, entries: 0, files: 0, problem },
+        };
+        Ok(Response::new(response))
+    }
+
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        require_admin(&request)?;
+        self.admin(&request).await?;
         Ok(Response::new(pb::StatusResponse {
             locked: self.vault.is_locked(),
             autolock: self.vault.is_autolock(),

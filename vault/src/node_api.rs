@@ -2,6 +2,7 @@
 //! Converts proto ⇄ domain and decides nothing beyond "is this a live node".
 
 use crate::assign::{affects_assignments, assignment_for};
+use crate::audit::AuditEntry;
 use crate::identity::{Peer, peer_of};
 use crate::nodes::NodeError;
 use crate::services::ServiceError;
@@ -25,12 +26,24 @@ impl NodeService {
     }
 
     /// The calling node's ID, if its certificate is a node's and the node has not been removed.
+    /// Refusals are audited as `denied`.
     async fn live_node<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let Peer::Node { id } = peer_of(request)? else {
-            return Err(Status::permission_denied("this call needs a node certificate"));
+        let checked = async {
+            let Peer::Node { id } = peer_of(request)? else {
+                return Err(Status::permission_denied("this call needs a node certificate"));
+            };
+            self.vault.nodes()?.get(&id).await?;
+            Ok(id)
         };
-        self.vault.nodes()?.get(&id).await?;
-        Ok(id)
+        match checked.await {
+            Ok(id) => Ok(id),
+            Err(status) => {
+                let actor = peer_of(request).map(|p| p.actor()).unwrap_or_else(|_| "unauthenticated".into());
+                let entry = AuditEntry::now("denied").actor(actor);
+                self.vault.audit().record(AuditEntry { reason: Some(status.message().to_string()), ..entry }).await;
+                Err(status)
+            }
+        }
     }
 }
 
@@ -64,6 +77,33 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// A node's access event as an audit entry: the vault adds who reported it.
+fn access_entry(event: pb::AccessEvent, actor: &str, node_id: &str) -> AuditEntry {
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    let kind =
+        if event.kind == pb::Kind::Config as i32 { crate::model::Kind::Config } else { crate::model::Kind::Secret };
+    let named = some(event.name.clone()).map(|name| AuditEntry::default().object(kind, &name)).unwrap_or_default();
+    let dropped = event.op == "dropped";
+    AuditEntry {
+        time: event.time,
+        op: event.op,
+        actor: Some(actor.to_string()),
+        node: Some(node_id.to_string()),
+        service: some(event.service),
+        task: some(event.task_id),
+        version: (event.version > 0).then_some(event.version),
+        pid: (!dropped).then_some(event.pid),
+        uid: (!dropped).then_some(event.uid),
+        gid: (!dropped).then_some(event.gid),
+        command: some(event.command),
+        bytes: (event.bytes > 0).then_some(event.bytes),
+        count: (event.count > 0).then_some(event.count),
+        reason: some(event.reason),
+        path: some(event.path),
+        ..named
+    }
+}
+
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -75,10 +115,14 @@ impl Node for NodeService {
             Ok(joined) => joined,
             Err(e) => {
                 tracing::warn!(error = %e, hostname, "join refused");
+                let entry = AuditEntry::now("denied").actor(format!("joining:{hostname}"));
+                self.vault.audit().record(AuditEntry { reason: Some(format!("join: {e}")), ..entry }).await;
                 return Err(e.into());
             }
         };
         tracing::info!(node = %node.id, name = %node.name, "node joined");
+        let entry = AuditEntry::now("node_join").actor(format!("node:{}", node.id));
+        self.vault.audit().record(AuditEntry { node: Some(node.id.clone()), ..entry }).await;
         Ok(Response::new(pb::JoinResponse {
             node_id: node.id,
             cert_pem,
@@ -123,6 +167,14 @@ impl Node for NodeService {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(node = %node_id, service = %service.name, task = %task.id, "task started");
+        let entry = AuditEntry::now("task_start").actor(format!("node:{node_id}"));
+        let entry = AuditEntry {
+            node: Some(node_id.clone()),
+            service: Some(service.name.clone()),
+            task: Some(task.id.clone()),
+            ..entry
+        };
+        self.vault.audit().record(entry).await;
         Ok(Response::new(pb::StartTaskResponse { task_id: task.id, name: task.name }))
     }
 
@@ -135,7 +187,21 @@ impl Node for NodeService {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(node = %node_id, task = %task_id, "task ended");
+        let entry = AuditEntry::now("task_end").actor(format!("node:{node_id}"));
+        self.vault
+            .audit()
+            .record(AuditEntry { node: Some(node_id.clone()), task: Some(task_id.clone()), ..entry })
+            .await;
         Ok(Response::new(pb::EndTaskResponse {}))
+    }
+
+    async fn report_access(&self, request: Request<pb::AccessReport>) -> Result<Response<pb::AccessAck>, Status> {
+        let node_id = self.live_node(&request).await?;
+        let actor = format!("node:{node_id}");
+        let entries =
+            request.into_inner().events.into_iter().map(|event| access_entry(event, &actor, &node_id)).collect();
+        self.vault.audit().record_all(entries).await;
+        Ok(Response::new(pb::AccessAck {}))
     }
 
     async fn sync_tasks(

@@ -3,6 +3,7 @@
 //! When each operation is allowed: `objects()` only while unlocked; `unlock` only while
 //! locked (a vault without autolock is unlocked from the start); `rotate_key` while unlocked.
 
+use crate::audit::AuditLog;
 use crate::ca::CertificateAuthority;
 use crate::crypto::Key;
 use crate::keyring::{Keyring, KeyringError, UnlockKey};
@@ -33,6 +34,7 @@ struct Unlocked {
 }
 
 pub struct Vault {
+    audit: Arc<AuditLog>,
     /// Set when the server begins to stop: long-lived streams end so shutdown can complete.
     stopping: tokio::sync::watch::Sender<bool>,
     store: Arc<dyn Store>,
@@ -52,6 +54,9 @@ impl Vault {
         let ca_fingerprint = ca.fingerprint().map_err(|e| VaultStateError::Open(e.to_string()))?;
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::open(&dir.store()).map_err(|e| VaultStateError::Open(e.to_string()))?);
+        let audit = Arc::new(
+            AuditLog::open(&dir.audit_dir(), store.clone()).map_err(|e| VaultStateError::Open(e.to_string()))?,
+        );
         let autolock = keyring.is_autolock();
         let unlocked = if autolock {
             None
@@ -60,6 +65,7 @@ impl Vault {
             Some(Unlocked { objects: Arc::new(Objects::new(store.clone(), data_key.clone())), data_key })
         };
         Ok(Self {
+            audit,
             stopping: tokio::sync::watch::Sender::new(false),
             store,
             ca,
@@ -95,6 +101,10 @@ impl Vault {
 
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     pub fn ca(&self) -> &CertificateAuthority {

@@ -1,6 +1,7 @@
 //! The `hush` command line: argument definitions and dispatch. Each subcommand group lives in
 //! its own module; all of them talk to the vault through [`crate::client`].
 
+mod audit;
 mod dev;
 mod input;
 mod nodes;
@@ -37,6 +38,8 @@ enum Command {
     Node(nodes::NodeArgs),
     /// Run a command as a task of a service, with its secrets at /run/secrets (needs a local agent)
     Run(RunArgs),
+    /// Who read which secret, and every change: query, follow or verify the audit log
+    Audit(audit::AuditArgs),
     /// Run a throw-away vault and agent on loopback for trying Hush out
     Dev(dev::DevArgs),
 }
@@ -108,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => services::run(args).await,
         Command::Node(args) => nodes::run(args).await,
         Command::Run(args) => run_task(args),
+        Command::Audit(args) => audit::run(args).await,
         Command::Dev(args) => dev::run(args).await,
     }
 }
