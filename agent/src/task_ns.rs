@@ -25,15 +25,35 @@
 //! 4. Missing directories and the empty file are created through the overlay (`mkdirat`, and `openat` with
 //!    `O_CREAT | O_EXCL`, which never follow a symlink), so the writes land in the tmpfs upper layer.
 //!
-//! Limits: the root directory is never overlaid (a target like `/site.conf` or `/srv/x` with no `/srv` is
-//! refused); writes by the task into an overlaid directory go to memory (at most [`OVERLAY_SIZE`]) and are
-//! lost when the task ends.
+//! # A target directly under `/` (`/nginx_conf`, a config's default target, or `/srv/x` with no `/srv`)
+//! The root directory is not overlaid: an overlay of `/` would send every write of the task to the root
+//! filesystem (`/var/log`, `/home`, ... when they are not separate mounts) into the in-memory upper layer,
+//! where it is lost and limited to [`OVERLAY_SIZE`], breaking "the host's filesystem as it is, read-write".
+//! Mounting anything on `/` would also not change the process's root: that takes `pivot_root` (or
+//! `chroot`) anyway. Instead the task gets a new root directory built from binds, and `pivot_root`s into it:
+//! 1. Each entry of the host's `/` is captured first: directories and files as recursive clones
+//!    (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`, so `/proc`, `/sys`, `/dev/pts`, `/run` with the FUSE
+//!    mount, overlays made earlier for other targets... come along with everything mounted below them),
+//!    symlinks (`/bin -> usr/bin`) as their link text.
+//! 2. A tmpfs (owner and mode of the host's `/`) is mounted on the scratch directory (the FUSE mount root),
+//!    each entry is recreated in it (a mount point with its clone moved onto it, or the same symlink), then
+//!    `pivot_root(".", ".")` makes it the root and the old root is detached (`umount2(MNT_DETACH)`): the
+//!    old tree, scratch mounts and the original FUSE mount included, is gone from the namespace, with no
+//!    `..` path back to it (a `chroot` would leave one). The working directory is re-entered by path.
+//! 3. The missing target is created in the new root (a tmpfs), as in an overlay.
+//!
+//! Below the first level everything is the host's own directories, read-write, with their mounts. Only
+//! the root directory itself is a snapshot: a name the task creates directly in `/` goes to memory, and
+//! a name the host adds to `/` later is not seen by the task.
+//!
+//! Limits: writes by the task into an overlaid directory (or into `/` itself, once rebuilt) go to memory
+//! (at most [`OVERLAY_SIZE`]) and are lost when the task ends.
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
@@ -80,6 +100,9 @@ pub enum NsError {
     /// A step of binding a source at its target failed.
     #[error("cannot bind {} at {}: {step}: {}", source_path.display(), target.display(), Text(*errno))]
     Bind { source_path: PathBuf, target: PathBuf, step: &'static str, errno: Errno },
+    /// Rebuilding `/` from binds (for a missing target directly under it) failed.
+    #[error("cannot rebuild / to create {}: {step}: {}", target.display(), Text(*errno))]
+    Root { target: PathBuf, step: &'static str, errno: Errno },
     /// Overlaying the nearest existing ancestor of a missing target failed.
     #[error("cannot overlay {} to create {}: {step}: {}", dir.display(), target.display(), Text(*errno))]
     Overlay { dir: PathBuf, target: PathBuf, step: &'static str, errno: Errno },
@@ -254,10 +277,11 @@ impl Bind {
             return Err(refuse(format!("{} is not a directory", existing.display())));
         }
         if !overlays.devs.contains(&stat.st_dev) {
-            if dir == Path::new("/") {
-                return Err(refuse("its nearest existing ancestor is /, which is never overlaid".to_owned()));
-            }
-            let dev = overlays.overlay(&dir, &self.target)?;
+            let dev = if dir == Path::new("/") {
+                overlays.rebuild_root(&self.target)?
+            } else {
+                overlays.overlay(&dir, &self.target)?
+            };
             overlays.devs.insert(dev);
         }
 
@@ -314,7 +338,8 @@ impl Bind {
     }
 }
 
-/// The overlays made so far (by the device of their root directory) and where scratch tmpfs go.
+/// The overlays made so far (by the device of their root directory, the rebuilt `/` included) and where
+/// scratch tmpfs go.
 struct Overlays<'a> {
     devs: HashSet<u64>,
     scratch: &'a Path,
@@ -368,6 +393,61 @@ impl Overlays<'_> {
         Ok(overlay.st_dev)
     }
 
+    /// Replaces `/` by a tmpfs holding the host root's entries as recursive binds (see the module
+    /// documentation) and makes it the root of this namespace. Returns the new root's device number.
+    fn rebuild_root(&self, target: &Path) -> Result<u64, NsError> {
+        let fail = |step, errno| NsError::Root { target: target.to_path_buf(), step, errno };
+        let cwd = std::env::current_dir().ok();
+        let root = rustix::fs::stat("/").map_err(|errno| fail("stat /", errno))?;
+
+        // 1. Capture every entry before mounting anything.
+        let mut entries = Vec::new();
+        let host_root = rustix::fs::open("/", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|errno| fail("open /", errno))?;
+        let mut dir = rustix::fs::Dir::read_from(&host_root).map_err(|errno| fail("read /", errno))?;
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|errno| fail("read /", errno))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
+            if name == "." || name == ".." {
+                continue;
+            }
+            match Entry::capture(&host_root, &name) {
+                Ok(entry) => entries.push((name, entry)),
+                // Removed on the host meanwhile: nothing to show.
+                Err(Errno::NOENT) => {}
+                Err(errno) => return Err(fail("capture an entry of /", errno)),
+            }
+        }
+
+        // 2. The new root, filled in on the scratch directory.
+        let data = CString::new(format!(
+            "mode={:o},uid={},gid={},size={OVERLAY_SIZE}",
+            root.st_mode & 0o7777,
+            root.st_uid,
+            root.st_gid
+        ))
+        .expect("no NUL in numbers");
+        mount("tmpfs", self.scratch, "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, data.as_c_str())
+            .map_err(|errno| fail("mount a tmpfs for the new root", errno))?;
+        let new_root =
+            rustix::fs::open(self.scratch, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|errno| fail("open the new root", errno))?;
+        for (name, entry) in &entries {
+            entry.place(&new_root, name).map_err(|(step, errno)| fail(step, errno))?;
+        }
+
+        // 3. Swap: the old root ends up stacked on the new one, then is detached with all its mounts.
+        rustix::process::fchdir(&new_root).map_err(|errno| fail("enter the new root", errno))?;
+        rustix::process::pivot_root(".", ".").map_err(|errno| fail("pivot_root", errno))?;
+        unmount(".", UnmountFlags::DETACH).map_err(|errno| fail("detach the old root", errno))?;
+        rustix::process::chdir("/").map_err(|errno| fail("enter the new root", errno))?;
+        // Same directory by path; if it no longer resolves (it was in the detached tree), stay at `/`.
+        if let Some(cwd) = cwd {
+            let _ = rustix::process::chdir(&cwd);
+        }
+        Ok(rustix::fs::stat("/").map_err(|errno| fail("stat the new root", errno))?.st_dev)
+    }
+
     /// With the scratch tmpfs mounted: makes upper (owner and mode of `dir`, since it becomes the overlay's
     /// root) and work, and mounts the overlay. Layers are named by `/proc/self/fd` links, so no path needs
     /// escaping for overlayfs's option syntax.
@@ -406,6 +486,58 @@ impl Overlays<'_> {
             Errno::NODEV => ("mount overlayfs (not available in this kernel)", errno),
             _ => ("mount overlayfs", errno),
         })
+    }
+}
+
+/// One entry of the host's `/`, as [`Overlays::rebuild_root`] carries it into the new root.
+enum Entry {
+    /// A symlink, recreated with the same text.
+    Symlink(OsString),
+    /// Anything else, cloned with everything mounted below it; `is_dir` tells what its mount point is.
+    Tree { tree: OwnedFd, is_dir: bool },
+}
+
+impl Entry {
+    fn capture(root: &OwnedFd, name: &OsStr) -> Result<Self, Errno> {
+        let stat = rustix::fs::statat(root, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink {
+            return Ok(Entry::Symlink(OsString::from_vec(
+                rustix::fs::readlinkat(root, name, Vec::new())?.into_bytes(),
+            )));
+        }
+        let flags = OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE
+            | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
+        let tree = open_tree(root, name, flags)?;
+        // The type of what is mounted there (a mount point's own type matches it).
+        let is_dir = FileType::from_raw_mode(rustix::fs::fstat(&tree)?.st_mode) == FileType::Directory;
+        Ok(Entry::Tree { tree, is_dir })
+    }
+
+    /// Recreates the entry as `name` in the directory `dir` of the new root.
+    fn place(&self, dir: &OwnedFd, name: &OsStr) -> Result<(), (&'static str, Errno)> {
+        match self {
+            Entry::Symlink(text) => {
+                rustix::fs::symlinkat(text.as_os_str(), dir, name).map_err(|errno| ("recreate a symlink", errno))
+            }
+            Entry::Tree { tree, is_dir } => {
+                if *is_dir {
+                    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
+                } else {
+                    rustix::fs::openat(
+                        dir,
+                        name,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                        Mode::from_raw_mode(0o644),
+                    )
+                    .map(drop)
+                }
+                .map_err(|errno| ("make a mount point", errno))?;
+                move_mount(tree, "", dir, name, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+                    .map_err(|errno| ("bind an entry of /", errno))
+            }
+        }
     }
 }
 

@@ -30,6 +30,7 @@ fn scenario_child() {
                 assert!(status.success(), "mount tmpfs on {path}");
             }
             [verb, path, content] if verb == "write" => std::fs::write(path, content).unwrap(),
+            [verb, path] if verb == "mkdir" => std::fs::create_dir(path).unwrap(),
             other => panic!("bad setup step {other:?}"),
         }
     }
@@ -53,6 +54,7 @@ fn scenario_child() {
             [verb, path, content] if verb == "write" => {
                 std::fs::write(path, content).map(|()| "ok".to_owned()).map_err(errno)
             }
+            [verb, _] if verb == "cwd" => std::env::current_dir().map(|d| d.display().to_string()).map_err(errno),
             other => panic!("bad action {other:?}"),
         };
         say(&format!("{} {}: {}", line[0], line[1], result.unwrap_or_else(|e| e)));
@@ -394,21 +396,109 @@ fn a_missing_source_is_an_error_naming_it() {
     task.finish();
 }
 
+/// What a task under a rebuilt `/` must still have: `/proc` of its own, the host's files and mounts, the
+/// FUSE mount root hidden, the working directory kept, writes below `/` reaching the host.
+fn assert_root_still_works(task: &Task, root: &Root, data: &Path) {
+    let status = task.said("read /proc/self/status");
+    assert!(status.starts_with("Name:"), "/proc/self/status in the task: {status:?}");
+    let hostname =
+        std::fs::read_to_string("/etc/hostname").unwrap_or_else(|e| format!("error {}", e.raw_os_error().unwrap()));
+    assert_eq!(task.said("read /etc/hostname"), hostname.lines().next().unwrap_or_default());
+    assert_eq!(task.said(&format!("list {}", root.path().display())), "", "the mount root is hidden");
+    assert_eq!(task.said("read /run/secrets/db_password"), "s3cret");
+    assert_eq!(task.said("cwd ."), std::env::current_dir().unwrap().display().to_string());
+    assert_eq!(task.said(&format!("write {}", data.join("log").display())), "ok");
+    assert_eq!(std::fs::read_to_string(data.join("log")).unwrap(), "from the task", "a write below / reaches the host");
+}
+
+/// A scenario binding the config at each of `targets` (in order), with the checks of
+/// [`assert_root_still_works`].
+fn root_scenario(root: &Root, data: &Path, targets: &[&Path]) -> Scenario {
+    let mut scenario = Scenario::default().plan(&[&"root", &root.path()]).plan(&[&"secrets", &root.secrets()]);
+    for target in targets {
+        scenario = scenario.plan(&[&"file", &root.conf(), target]).action(&[&"read", target]);
+    }
+    scenario
+        .action(&[&"read", &"/proc/self/status"])
+        .action(&[&"read", &"/etc/hostname"])
+        .action(&[&"list", &root.path()])
+        .action(&[&"read", &"/run/secrets/db_password"])
+        .action(&[&"cwd", &"."])
+        .action(&[&"write", &data.join("log"), &"from the task"])
+}
+
 #[test]
-fn a_target_whose_only_ancestor_is_root_is_refused() {
+fn file_directly_under_root_never_exists_on_the_host() {
     let root = Root::new();
-    let target = PathBuf::from(format!("/{}/app.conf", unique()));
-    let task = Scenario::default().plan(&[&"root", &root.path()]).plan(&[&"file", &root.conf(), &target]).start();
-    assert_eq!(
-        task.said("apply"),
-        format!(
-            "cannot bind {} at {}: its nearest existing ancestor is /, which is never overlaid",
-            root.conf().display(),
-            target.display()
-        )
-    );
+    let data = tempfile::tempdir().unwrap();
+    let target = PathBuf::from(format!("/{}.conf", unique()));
+    let task = root_scenario(&root, data.path(), &[&target]).action(&[&"list", &"/"]).start();
+    task.assert_applied();
+    assert_eq!(task.said(&format!("read {}", target.display())), "listen 80");
+    assert_root_still_works(&task, &root, data.path());
+    // `/` shows the host's entries plus the target.
+    let mut expected = listing(Path::new("/")).unwrap();
+    expected.push(target.file_name().unwrap().to_str().unwrap().to_owned());
+    expected.sort();
+    assert_eq!(task.said("list /"), expected.join(","));
+    assert!(!target.exists(), "during the task");
     task.finish();
-    assert!(!target.parent().unwrap().exists());
+    assert!(!target.exists(), "after the task");
+    assert_eq!(listing(root.path()).unwrap(), ["t1", "t2"]);
+}
+
+#[test]
+fn file_under_a_missing_top_level_directory_never_exists_on_the_host() {
+    let root = Root::new();
+    let data = tempfile::tempdir().unwrap();
+    let top = PathBuf::from(format!("/{}", unique()));
+    let target = top.join("sub/x");
+    // Also a target in an overlay of /etc, made before / is rebuilt: it must survive the rebuild.
+    let etc_target = PathBuf::from(format!("/etc/{}/app.conf", unique()));
+    let task = root_scenario(&root, data.path(), &[&etc_target, &target, &top.join("sub/y")])
+        .action(&[&"list", &top.join("sub")])
+        .start();
+    task.assert_applied();
+    assert_eq!(task.said(&format!("read {}", target.display())), "listen 80");
+    assert_eq!(task.said(&format!("read {}", etc_target.display())), "listen 80");
+    assert_eq!(task.said(&format!("list {}", top.join("sub").display())), "x,y");
+    assert_root_still_works(&task, &root, data.path());
+    assert!(!top.exists() && !etc_target.parent().unwrap().exists(), "during the task");
+    task.finish();
+    assert!(!top.exists() && !etc_target.parent().unwrap().exists(), "after the task");
+}
+
+#[test]
+fn rebuilt_root_keeps_mounts_and_hides_a_mounted_mount_root() {
+    // The mount root is a real mount here (a tmpfs in the child's namespace, like the FUSE mount), below a
+    // directory that is itself a mount: both must come along into the new root, the mount root hidden.
+    let host = tempfile::tempdir().unwrap();
+    let sub = host.path().join("sub");
+    let mount_root = sub.join("hush");
+    std::fs::create_dir(&sub).unwrap();
+    let target = PathBuf::from(format!("/{}.conf", unique()));
+    let task = Scenario::default()
+        .setup(&[&"tmpfs", &sub])
+        .setup(&[&"write", &sub.join("inner"), &"in a submount"])
+        .setup(&[&"mkdir", &mount_root])
+        .setup(&[&"tmpfs", &mount_root])
+        .setup(&[&"write", &mount_root.join("db_password"), &"s3cret"])
+        .plan(&[&"root", &mount_root])
+        .plan(&[&"file", &mount_root.join("db_password"), &target])
+        .action(&[&"read", &target])
+        .action(&[&"read", &sub.join("inner")])
+        .action(&[&"list", &mount_root])
+        .action(&[&"list", &"/proc/self/fd"])
+        .start();
+    task.assert_applied();
+    assert_eq!(task.said(&format!("read {}", target.display())), "s3cret");
+    assert_eq!(task.said(&format!("read {}", sub.join("inner").display())), "in a submount");
+    assert_eq!(task.said(&format!("list {}", mount_root.display())), "");
+    assert!(!task.said("list /proc/self/fd").starts_with("error"));
+    assert!(!target.exists(), "during the task");
+    task.finish();
+    assert!(!target.exists(), "after the task");
+    assert!(listing(&sub).unwrap().is_empty(), "the submount never reached the host");
 }
 
 #[test]

@@ -253,3 +253,24 @@ fn no_plaintext_in_the_agent_state_dir_or_log() {
     assert!(!agent.log_text().contains(&value));
     assert!(!vault.log_text().contains(&value));
 }
+
+#[test]
+fn config_at_its_default_target_directly_under_root() {
+    let (vault, agent) = setup();
+    // The config's name is its default target's: /<name>, which the host must never get.
+    let name = unique("rootconf");
+    let target = std::path::PathBuf::from(format!("/{name}"));
+    vault.hush_stdin(&["config", "create", &name, "-"], b"listen 8080\n").ok();
+    vault.hush(&["service", "create", "web", "--config", &name]).ok();
+    // /proc still works in the task (ps reads it), and the mount root is still hidden.
+    let script = format!(
+        "cat {target}; head -n 1 /proc/self/status; ps -o comm= -p $$; ls -A {mount_root}",
+        target = target.display(),
+        mount_root = agent.mount_root().display()
+    );
+    let run = agent.run(&vault, &["--service", "web", "--", "sh", "-c", &script]);
+    let out = run.ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["listen 8080", "Name:\thead", "sh"], "the mount root must look empty inside the task");
+    assert!(!target.exists(), "the host has no {}", target.display());
+}
