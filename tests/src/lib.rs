@@ -74,6 +74,8 @@ pub struct TestVault {
     pub log: PathBuf,
     child: Option<Child>,
     pub init_stdout: String,
+    /// Extra environment for the vault process (e.g. a small audit file size).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestVault {
@@ -86,7 +88,7 @@ impl TestVault {
         let init = Run::from(Command::new(bin("hush")).args(&args).output().expect("hush runs"));
         let init_stdout = init.ok().to_string();
         let log = temp.path().join("vault.log");
-        Self { temp, data_dir, addr: String::new(), log, child: None, init_stdout }
+        Self { temp, data_dir, addr: String::new(), log, child: None, init_stdout, env: Vec::new() }
     }
 
     /// Initialised and serving.
@@ -113,6 +115,7 @@ impl TestVault {
         let mut child = Command::new(bin("hush"))
             .args(["vault", "serve", "--listen", listen, "--data-dir"])
             .arg(&self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -1,0 +1,199 @@
+//! Audit end to end: every read attributed to its task, service, process and user; events
+//! survive a vault outage; the hash chain catches any tampering with the log files.
+
+use hush_tests::{TestAgent, TestVault, files_containing, marker, wait_for};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+
+fn audit(vault: &TestVault, filters: &[&str]) -> Vec<Value> {
+    let mut args = vec!["audit", "--format", "json"];
+    args.extend_from_slice(filters);
+    serde_json::from_str::<Value>(vault.hush(&args).ok()).unwrap().as_array().unwrap().clone()
+}
+
+fn wait_for_entries(vault: &TestVault, filters: &[&str], what: &str, found: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    wait_for(what, || {
+        let entries = audit(vault, filters);
+        found(&entries).then_some(entries)
+    })
+}
+
+#[test]
+fn reads_are_attributed_to_task_service_process_and_user() {
+    let vault = TestVault::start_new();
+    let agent = TestAgent::join(&vault);
+    let value = marker("audited");
+    vault.hush_stdin(&["secret", "create", "db_password", "-"], value.as_bytes()).ok();
+    vault.hush_stdin(&["secret", "create", "api_key", "-"], b"key-value").ok();
+    vault.hush(&["service", "create", "web", "--secret", "db_password"]).ok();
+    vault.hush(&["service", "create", "worker", "--secret", "api_key"]).ok();
+
+    let web = agent.run(&vault, &["--service", "web", "--", "sh", "-c", "echo $$; exec cat /run/secrets/db_password"]);
+    let web_pid: u32 = web.ok().lines().next().unwrap().parse().unwrap();
+    let worker = agent.run(
+        &vault,
+        &[
+            "--service",
+            "worker",
+            "--",
+            "sh",
+            "-c",
+            "echo $$; exec setpriv --reuid 65534 --regid 65534 --clear-groups head -c 3 /run/secrets/api_key",
+        ],
+    );
+    let worker_pid: u32 = worker.ok().lines().next().unwrap().parse().unwrap();
+
+    let entries =
+        wait_for_entries(&vault, &["--service", "web"], "web's reads", |e| e.iter().any(|x| x["op"] == "read"));
+    let open = entries.iter().find(|e| e["op"] == "open").expect("open recorded");
+    assert_eq!(open["secret"], "db_password");
+    assert_eq!(open["version"], 1);
+    assert_eq!(open["pid"], web_pid);
+    assert_eq!(open["uid"], 0);
+    assert_eq!(open["command"], "cat");
+    assert_eq!(open["path"], "/run/secrets/db_password");
+    assert!(open["task"].as_str().is_some_and(|t| t.len() == 25));
+    assert!(open["node"].is_string());
+    let read = entries.iter().find(|e| e["op"] == "read").unwrap();
+    assert_eq!(read["bytes"], value.len() as u64);
+
+    let entries =
+        wait_for_entries(&vault, &["--secret", "api_key"], "worker's reads", |e| e.iter().any(|x| x["op"] == "read"));
+    let open = entries.iter().find(|e| e["op"] == "open").unwrap();
+    assert_eq!(
+        (open["service"].as_str(), open["pid"].as_u64(), open["uid"].as_u64()),
+        (Some("worker"), Some(u64::from(worker_pid)), Some(65534))
+    );
+    assert_eq!(open["command"], "head");
+    assert_ne!(open["task"], audit(&vault, &["--service", "web"])[0]["task"]);
+
+    // API actions are there too, with their actor, and the table reads.
+    let all = audit(&vault, &[]);
+    assert!(all.iter().any(|e| e["op"] == "create" && e["actor"] == "admin:admin" && e["secret"] == "db_password"));
+    assert!(all.iter().any(|e| e["op"] == "service_create" && e["service"] == "worker"));
+    assert!(all.iter().any(|e| e["op"] == "node_join"));
+    let table = vault.hush(&["audit", "--secret", "db_password"]);
+    assert!(table.ok().lines().next().unwrap().starts_with("TIME"));
+    assert!(table.stdout.contains("secret/db_password"));
+    // Never a value, anywhere under the data dir.
+    assert!(files_containing(&vault.data_dir, value.as_bytes()).is_empty());
+    assert!(vault.hush(&["audit", "verify"]).ok().contains("hash chain verified"));
+}
+
+#[test]
+fn reads_during_a_vault_outage_arrive_after_it_returns() {
+    let mut vault = TestVault::start_new();
+    let agent = TestAgent::join(&vault);
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
+    vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
+    let mut task = agent
+        .spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
+    let mut stdin = task.stdin.take().unwrap();
+    let mut out = BufReader::new(task.stdout.take().unwrap());
+    let mut read = || {
+        stdin.write_all(b"\n").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line
+    };
+    read();
+    let addr = vault.addr.clone();
+    vault.kill9();
+    for _ in 0..5 {
+        assert_eq!(read().trim(), "value");
+    }
+    vault.start_on(&addr);
+    // 1 read before the outage + 5 during it, each an open of its own `cat`.
+    wait_for_entries(&vault, &["--secret", "s"], "reads made while the vault was down", |e| {
+        e.iter().filter(|x| x["op"] == "open").count() >= 6
+    });
+    drop(stdin);
+    task.wait().unwrap();
+}
+
+/// A vault with a few log entries spread over several small files, stopped.
+fn stopped_vault_with_entries() -> TestVault {
+    let mut vault = TestVault::init(&[]);
+    vault.env.push(("HUSH_AUDIT_FILE_BYTES".into(), "600".into()));
+    vault.start();
+    for i in 0..8 {
+        vault.hush_stdin(&["secret", "create", &format!("s{i}"), "-"], b"v").ok();
+    }
+    assert!(vault.hush(&["audit", "verify"]).ok().contains("audit log intact: 8 entries"));
+    vault.stop();
+    vault
+}
+
+fn log_files(vault: &TestVault) -> Vec<PathBuf> {
+    let mut files: Vec<_> =
+        std::fs::read_dir(vault.data_dir.join("audit")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+/// Applies `tamper` to the lines of all files (as one list), writes them back file by file.
+fn tamper_lines(vault: &TestVault, tamper: impl FnOnce(&mut Vec<String>)) {
+    let files = log_files(vault);
+    assert!(files.len() >= 2, "the log should span several files: {files:?}");
+    let mut per_file: Vec<usize> = Vec::new();
+    let mut lines = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        per_file.push(text.lines().count());
+        lines.extend(text.lines().map(str::to_string));
+    }
+    let before = lines.clone();
+    tamper(&mut lines);
+    assert_ne!(before, lines, "the tampering changed nothing");
+    let mut rest = lines.into_iter();
+    for (i, (file, count)) in files.iter().zip(&per_file).enumerate() {
+        let take = if i + 1 == files.len() { usize::MAX } else { *count };
+        let chunk: Vec<String> = rest.by_ref().take(take).collect();
+        let text = if chunk.is_empty() { String::new() } else { chunk.join("\n") + "\n" };
+        std::fs::write(file, text).unwrap();
+    }
+}
+
+fn verify_fails(mut vault: TestVault, needle: &str) {
+    vault.start();
+    let line = vault.hush(&["audit", "verify"]).fails_with("audit log tampered");
+    assert!(line.contains(needle), "{line}");
+}
+
+#[test]
+fn verify_detects_edit_delete_insert_reorder_and_truncation() {
+    let vault = stopped_vault_with_entries();
+    tamper_lines(&vault, |lines| lines[3] = lines[3].replace("\"s3\"", "\"sX\""));
+    verify_fails(vault, "entry 5");
+
+    let vault = stopped_vault_with_entries();
+    tamper_lines(&vault, |lines| {
+        lines.remove(4);
+    });
+    verify_fails(vault, "entry 5");
+
+    let vault = stopped_vault_with_entries();
+    tamper_lines(&vault, |lines| {
+        let copy = lines[2].clone();
+        lines.insert(3, copy);
+    });
+    verify_fails(vault, "entry 4");
+
+    let vault = stopped_vault_with_entries();
+    tamper_lines(&vault, |lines| lines.swap(5, 6));
+    verify_fails(vault, "entry 6");
+
+    let vault = stopped_vault_with_entries();
+    tamper_lines(&vault, |lines| {
+        lines.pop();
+    });
+    verify_fails(vault, "removed from the end");
+
+    let vault = stopped_vault_with_entries();
+    tamper_lines(&vault, |lines| {
+        let last = lines.len() - 1;
+        lines[last] = lines[last].replace("\"s7\"", "\"sY\"");
+    });
+    verify_fails(vault, "the last) was altered");
+}
