@@ -16,8 +16,12 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// Events held while the vault is unreachable.
-const MAX_QUEUE: usize = 100_000;
+/// Events held while the vault is unreachable (`HUSH_AUDIT_QUEUE` overrides, for tests).
+const DEFAULT_QUEUE: usize = 100_000;
+
+fn max_queue() -> usize {
+    std::env::var("HUSH_AUDIT_QUEUE").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_QUEUE)
+}
 const MAX_BATCH: usize = 2_000;
 const TICK: Duration = Duration::from_millis(20);
 const RETRY: Duration = Duration::from_millis(500);
@@ -75,7 +79,9 @@ fn to_wire(event: AccessEvent, service: String) -> pb::AccessEvent {
 
 /// Folds `next` into `last` when both are reads of the same file by the same process.
 fn fold(last: &mut pb::AccessEvent, next: &pb::AccessEvent) -> bool {
-    let same = last.op == "read" && next.op == "read" && (&last.task_id, &last.path, last.pid, last.version) == (&next.task_id, &next.path, next.pid, next.version);
+    let same = last.op == "read"
+        && next.op == "read"
+        && (&last.task_id, &last.path, last.pid, last.version) == (&next.task_id, &next.path, next.pid, next.version);
     if same {
         last.bytes += next.bytes;
         last.count += next.count;
@@ -90,6 +96,7 @@ fn dropped(count: u64) -> pb::AccessEvent {
 impl Shipper {
     /// Runs until `stop` fires; then makes one last attempt to deliver what is queued.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let capacity = max_queue();
         let mut queue: VecDeque<pb::AccessEvent> = VecDeque::new();
         let mut lost = 0u64;
         let mut fs_dropped_seen = 0u64;
@@ -99,13 +106,17 @@ impl Shipper {
                 _ = tokio::time::sleep(TICK) => false,
                 _ = stop.changed() => true,
             };
-            self.collect(&mut queue, &mut lost);
+            self.collect(&mut queue, &mut lost, capacity);
             let fs_dropped = self.fs.dropped_events();
             lost += fs_dropped - fs_dropped_seen;
             fs_dropped_seen = fs_dropped;
-            if lost > 0 && queue.len() < MAX_QUEUE + 1 {
+            if lost > 0 {
                 tracing::warn!(lost, "audit events dropped: queue full");
-                queue.push_back(dropped(lost));
+                // One marker per run of losses: it may exceed the capacity by this one entry.
+                match queue.back_mut() {
+                    Some(last) if last.op == "dropped" => last.count += lost,
+                    _ => queue.push_back(dropped(lost)),
+                }
                 lost = 0;
             }
             if !queue.is_empty() && (stopping || tokio::time::Instant::now() >= next_try) {
@@ -122,7 +133,7 @@ impl Shipper {
     }
 
     /// Moves the filesystem's events into the queue, folding reads.
-    fn collect(&mut self, queue: &mut VecDeque<pb::AccessEvent>, lost: &mut u64) {
+    fn collect(&mut self, queue: &mut VecDeque<pb::AccessEvent>, lost: &mut u64, capacity: usize) {
         for event in self.events.try_iter() {
             let service = self.reconciler.service_of(&event.task_id).unwrap_or_default();
             let wire = to_wire(event, service);
@@ -137,7 +148,7 @@ impl Shipper {
             if queue.back_mut().is_some_and(|last| fold(last, &wire)) {
                 continue;
             }
-            if queue.len() >= MAX_QUEUE {
+            if queue.len() >= capacity {
                 *lost += 1;
             } else {
                 queue.push_back(wire);
@@ -172,7 +183,15 @@ mod tests {
     use super::*;
 
     fn read(pid: u32, bytes: u64) -> pb::AccessEvent {
-        pb::AccessEvent { op: "read".into(), task_id: "t".into(), path: "/run/secrets/a".into(), pid, bytes, count: 1, ..Default::default() }
+        pb::AccessEvent {
+            op: "read".into(),
+            task_id: "t".into(),
+            path: "/run/secrets/a".into(),
+            pid,
+            bytes,
+            count: 1,
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -65,11 +65,12 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         )),
         None => None,
     };
-    std::fs::create_dir_all(&args.mount_root)
-        .with_context(|| format!("cannot create {}", args.mount_root.display()))?;
+    // A dead mount left by a crashed agent first: until it is gone the path cannot even be stat'ed.
     if hush_fuse::clean_stale_mount(&args.mount_root).context("cleaning a stale mount")? {
         tracing::warn!(path = %args.mount_root.display(), "removed a stale mount left by an earlier agent");
     }
+    std::fs::create_dir_all(&args.mount_root)
+        .with_context(|| format!("cannot create {}", args.mount_root.display()))?;
     let mount = hush_fuse::mount(fs.clone(), &args.mount_root)
         .with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
 

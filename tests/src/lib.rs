@@ -241,6 +241,8 @@ pub struct TestAgent {
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
     child: Option<Child>,
+    /// Extra environment for the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 impl TestAgent {
@@ -257,7 +259,7 @@ impl TestAgent {
     /// Joins `vault` with its current token and waits until the agent serves.
     pub fn join(vault: &TestVault) -> Self {
         let token = vault.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
-        let mut agent = Self { dir: tempfile::tempdir().expect("temp dir"), log: PathBuf::new(), child: None };
+        let mut agent = Self { dir: tempfile::tempdir().expect("temp dir"), log: PathBuf::new(), child: None, env: Vec::new() };
         agent.log = agent.dir.path().join("agent.log");
         agent.start(&["--vault", &vault.addr, "--join-token", &token]).expect("agent starts");
         agent
@@ -275,6 +277,7 @@ impl TestAgent {
             .arg("--socket")
             .arg(self.socket())
             .env_remove("HUSH_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -197,3 +197,49 @@ fn verify_detects_edit_delete_insert_reorder_and_truncation() {
     });
     verify_fails(vault, "the last) was altered");
 }
+
+#[test]
+fn overflow_is_counted_never_silent_and_events_can_go_to_a_local_log() {
+    let mut vault = TestVault::start_new();
+    let mut agent = TestAgent::join(&vault);
+    let _ = agent.stop();
+    let local = agent.dir.path().join("events.jsonl");
+    // A tiny queue so that an outage overflows it.
+    start_with_small_queue(&mut agent, &["--audit-log", local.to_str().unwrap()]);
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
+    vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
+    let mut task = agent.spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
+    let mut stdin = task.stdin.take().unwrap();
+    let mut out = BufReader::new(task.stdout.take().unwrap());
+    let mut read = || {
+        stdin.write_all(b"\n").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+    };
+    read();
+    let addr = vault.addr.clone();
+    vault.kill9();
+    for _ in 0..20 {
+        read();
+    }
+    vault.start_on(&addr);
+    let entries = wait_for_entries(&vault, &[], "a dropped entry", |e| e.iter().any(|x| x["op"] == "dropped"));
+    let dropped: u64 = entries.iter().filter(|x| x["op"] == "dropped").map(|x| x["count"].as_u64().unwrap()).sum();
+    let kept = entries.iter().filter(|x| x["op"] == "open" || x["op"] == "read").count() as u64;
+    // 21 cats, each an open and a read: every one is either delivered or counted.
+    assert!(dropped > 0, "{entries:?}");
+    assert!(kept + dropped >= 42, "kept {kept} + dropped {dropped}");
+    // The local log has every event, lost upstream or not.
+    let local_lines = std::fs::read_to_string(&local).unwrap();
+    let opens = local_lines.lines().filter(|l| l.contains("\"op\":\"open\"") && l.contains("\"command\":\"cat\"")).count();
+    assert_eq!(opens, 21, "{local_lines}");
+    assert!(!local_lines.contains("value\""), "a value in the local event log");
+    drop(stdin);
+    task.wait().unwrap();
+}
+
+/// Restarts the agent with a 5-event audit queue (through its environment, not ours).
+fn start_with_small_queue(agent: &mut TestAgent, extra: &[&str]) {
+    agent.env.push(("HUSH_AUDIT_QUEUE".into(), "5".into()));
+    agent.start(extra).unwrap_or_else(|e| panic!("agent restart: {}", e.stderr));
+}
