@@ -2,6 +2,7 @@
 //! its own module; all of them talk to the vault through [`crate::client`].
 
 mod audit;
+mod compose;
 mod dev;
 mod input;
 mod nodes;
@@ -36,6 +37,8 @@ enum Command {
     Service(services::ServiceArgs),
     /// Manage nodes (agents)
     Node(nodes::NodeArgs),
+    /// Deploy compose files: their secrets, configs and services
+    Compose(compose::ComposeArgs),
     /// Run a command as a task of a service, with its secrets at /run/secrets (needs a local agent)
     Run(RunArgs),
     /// Who read which secret, and every change: query, follow or verify the audit log
@@ -110,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(args) => objects::run(Kind::Config, args).await,
         Command::Service(args) => services::run(args).await,
         Command::Node(args) => nodes::run(args).await,
+        Command::Compose(args) => compose::run(args).await,
         Command::Run(args) => run_task(args),
         Command::Audit(args) => audit::run(args).await,
         Command::Dev(args) => dev::run(args).await,

@@ -58,7 +58,7 @@ pub fn parse_str(file: &Path, text: &str, env: &Environment) -> Result<(FileMode
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
     };
     let mut tree: Value = serde_saphyr::from_str_with_options(text, options)
-        .map_err(|e| ComposeError::in_file(file, first_line(&e.to_string())))?;
+        .map_err(|e| ComposeError::in_file(file, yaml_error(&e.to_string())))?;
     if tree.is_null() {
         tree = Value::Object(Map::new());
     }
@@ -68,8 +68,10 @@ pub fn parse_str(file: &Path, text: &str, env: &Environment) -> Result<(FileMode
     Ok((walker.file_model(&tree)?, warnings))
 }
 
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().to_string()
+/// The parser's message on one line, without hints about the library's own options.
+fn yaml_error(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    line.replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
 
 fn describe(value: &Value) -> &'static str {
