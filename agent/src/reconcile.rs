@@ -166,11 +166,7 @@ impl Reconciler {
                     }
                 }
                 current => {
-                    // New task, or files added/removed/changed shape: rebuild its directory.
-                    if current.is_some() {
-                        let _ = self.fs.remove_task(&id);
-                    }
-                    let specs = files
+                    let specs: Vec<FileSpec> = files
                         .iter()
                         .map(|(path, f)| FileSpec {
                             path: path.clone(),
@@ -181,8 +177,15 @@ impl Reconciler {
                             meta: f.meta.clone(),
                         })
                         .collect();
-                    if let Err(e) = self.fs.add_task(&id, owner, specs) {
-                        tracing::error!(task = %id, error = %e, "creating task files");
+                    // A running task's files change in place (service update): its /run/secrets
+                    // bind stays valid. A new task gets its directory.
+                    let result = if current.is_some() {
+                        self.fs.set_files(&id, specs)
+                    } else {
+                        self.fs.add_task(&id, owner, specs)
+                    };
+                    if let Err(e) = result {
+                        tracing::error!(task = %id, error = %e, "setting task files");
                         continue;
                     }
                 }

@@ -431,45 +431,77 @@ impl SecretFs {
         tree.children_mut(ROOT_INO).insert(task.clone(), dir);
 
         for spec in files {
-            let rel: Arc<str> = Arc::from(spec.path.as_str());
-            let components: Vec<&str> = rel.split('/').collect();
-            let (file_name, dirs) = components.split_last().expect("paths are not empty");
-            let mut parent = dir;
-            for (depth, name) in dirs.iter().enumerate() {
-                let existing = tree.children_mut(parent).get(*name).copied();
-                parent = match existing {
-                    Some(ino) => ino,
-                    None => {
-                        let ino = tree.alloc();
-                        let rel = components[..=depth].join("/");
-                        tree.nodes.insert(ino, new_dir(parent, &task, &rel, now));
-                        tree.children_mut(parent).insert(Arc::from(*name), ino);
-                        inodes.push(ino);
-                        ino
-                    }
-                };
-            }
-            let ino = tree.alloc();
-            tree.nodes.insert(
-                ino,
-                Node {
-                    parent,
-                    task: Some(task.clone()),
-                    rel: rel.clone(),
-                    body: Body::File(FileNode {
-                        uid: spec.uid,
-                        gid: spec.gid,
-                        mode: spec.mode as u16,
-                        content: spec.content,
-                        meta: spec.meta,
-                        mtime: now,
-                    }),
-                },
-            );
-            tree.children_mut(parent).insert(Arc::from(*file_name), ino);
-            inodes.push(ino);
+            insert_file(&mut tree, dir, &task, spec, now, &mut inodes);
         }
         tree.tasks.insert(task, Task { dir, owner, inodes });
+        Ok(())
+    }
+
+    /// Changes a running task's files in place (a service update): files at unchanged paths
+    /// keep their inodes, so binds of them inside the task stay valid; new paths appear; the
+    /// rest disappear (open handles of those are cut off, as in [`SecretFs::remove_task`]).
+    pub fn set_files(&self, task_id: &str, files: Vec<FileSpec>) -> Result<(), TaskError> {
+        validate_files(&files)?;
+        let now = SystemTime::now();
+        let mut invalidations = Vec::new();
+        let mut removed = HashSet::new();
+        {
+            let mut tree = self.write_tree();
+            let (task, current) = tree
+                .tasks
+                .get_key_value(task_id)
+                .map(|(name, t)| (name.clone(), (t.dir, t.inodes.clone())))
+                .ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+            let (dir, inodes) = current;
+            let mut files_by_path: HashMap<Arc<str>, u64> = HashMap::new();
+            let mut kept = Vec::with_capacity(inodes.len());
+            for ino in inodes {
+                match tree.nodes.get(&ino) {
+                    Some(Node { body: Body::File(_), rel, .. }) => {
+                        files_by_path.insert(rel.clone(), ino);
+                    }
+                    Some(_) => kept.push(ino),
+                    None => {}
+                }
+            }
+            for spec in files {
+                match files_by_path.remove(spec.path.as_str()) {
+                    Some(ino) => {
+                        if let Some(Node { body: Body::File(file), .. }) = tree.nodes.get_mut(&ino) {
+                            file.uid = spec.uid;
+                            file.gid = spec.gid;
+                            file.mode = spec.mode as u16;
+                            file.content = spec.content;
+                            file.meta = spec.meta;
+                            file.mtime = now;
+                        }
+                        invalidations.push(Invalidation::Inode(ino));
+                        kept.push(ino);
+                    }
+                    None => insert_file(&mut tree, dir, &task, spec, now, &mut kept),
+                }
+            }
+            for (rel, ino) in files_by_path {
+                let parent = tree.nodes.get(&ino).map(|n| n.parent).expect("listed above");
+                let name: Arc<str> = Arc::from(rel.rsplit('/').next().expect("paths are not empty"));
+                tree.children_mut(parent).remove(&name);
+                tree.nodes.remove(&ino);
+                removed.insert(ino);
+                invalidations.push(Invalidation::Entry { parent, name });
+                invalidations.push(Invalidation::Inode(ino));
+            }
+            if let Some(entry) = tree.tasks.get_mut(task_id) {
+                entry.inodes = kept;
+            }
+        }
+        for h in self.lock_handles().values_mut() {
+            if removed.contains(&h.ino) {
+                h.content = None;
+            }
+        }
+        for invalidation in &invalidations {
+            self.invalidate(invalidation);
+        }
         Ok(())
     }
 
@@ -700,6 +732,41 @@ impl SecretFs {
             }
         }
     }
+}
+
+/// Adds one file under a task's directory, creating intermediate directories; records every
+/// new inode in `inodes`.
+fn insert_file(tree: &mut Tree, dir: u64, task: &Arc<str>, spec: FileSpec, now: SystemTime, inodes: &mut Vec<u64>) {
+    let rel: Arc<str> = Arc::from(spec.path.as_str());
+    let components: Vec<&str> = rel.split('/').collect();
+    let (file_name, dirs) = components.split_last().expect("paths are not empty");
+    let mut parent = dir;
+    for (depth, name) in dirs.iter().enumerate() {
+        let existing = tree.children_mut(parent).get(*name).copied();
+        parent = match existing {
+            Some(ino) => ino,
+            None => {
+                let ino = tree.alloc();
+                let rel = components[..=depth].join("/");
+                tree.nodes.insert(ino, new_dir(parent, task, &rel, now));
+                tree.children_mut(parent).insert(Arc::from(*name), ino);
+                inodes.push(ino);
+                ino
+            }
+        };
+    }
+    let ino = tree.alloc();
+    let body = Body::File(FileNode {
+        uid: spec.uid,
+        gid: spec.gid,
+        mode: spec.mode as u16,
+        content: spec.content,
+        meta: spec.meta,
+        mtime: now,
+    });
+    tree.nodes.insert(ino, Node { parent, task: Some(task.clone()), rel: rel.clone(), body });
+    tree.children_mut(parent).insert(Arc::from(*file_name), ino);
+    inodes.push(ino);
 }
 
 fn new_dir(parent: u64, task: &Arc<str>, rel: &str, now: SystemTime) -> Node {

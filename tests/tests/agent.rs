@@ -274,3 +274,28 @@ fn config_at_its_default_target_directly_under_root() {
     assert_eq!(lines, ["listen 8080", "Name:\thead", "sh"], "the mount root must look empty inside the task");
     assert!(!target.exists(), "the host has no {}", target.display());
 }
+
+#[test]
+fn service_update_reaches_a_running_task_live() {
+    let (vault, agent) = setup();
+    vault.hush_stdin(&["secret", "create", "first", "-"], b"one").ok();
+    vault.hush_stdin(&["secret", "create", "second", "-"], b"two").ok();
+    vault.hush(&["service", "create", "web", "--secret", "first"]).ok();
+    let mut task = agent.spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do ls /run/secrets | tr '\\n' ' '; echo; done"]);
+    let mut stdin = task.stdin.take().unwrap();
+    let mut out = BufReader::new(task.stdout.take().unwrap());
+    let mut list = || {
+        stdin.write_all(b"\n").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(list(), "first");
+    vault.hush(&["service", "update", "web", "--secret-add", "second"]).ok();
+    wait_for("added secret visible", || (list() == "first second").then_some(()));
+    vault.hush(&["service", "update", "web", "--secret-rm", "first"]).ok();
+    wait_for("removed secret gone", || (list() == "second").then_some(()));
+    vault.hush(&["service", "update", "web", "--secret-rm", "nope"]).fails_with("service web has no secret reference \"nope\"");
+    drop(stdin);
+    assert!(task.wait().unwrap().success());
+}
