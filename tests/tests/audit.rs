@@ -243,3 +243,26 @@ fn start_with_small_queue(agent: &mut TestAgent, extra: &[&str]) {
     agent.env.push(("HUSH_AUDIT_QUEUE".into(), "5".into()));
     agent.start(extra).unwrap_or_else(|e| panic!("agent restart: {}", e.stderr));
 }
+
+#[test]
+fn refusals_are_audited_as_denied() {
+    let vault = TestVault::start_new();
+    let agent = TestAgent::join(&vault);
+    // A node's own certificate used against the admin API.
+    let bundle = agent.dir.path().join("node-bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    for (from, to) in [("ca.pem", "ca.pem"), ("node.pem", "cert.pem"), ("node.key", "key.pem")] {
+        std::fs::copy(agent.state_dir().join(from), bundle.join(to)).unwrap();
+    }
+    let run = hush_tests::Run::from_command(vault.command().env("HUSH_TLS_DIR", &bundle).args(["secret", "ls"]));
+    run.fails_with("this operation needs an admin certificate");
+    // A wrong unlock attempt on an unlocked vault is refused too (and says why).
+    vault.hush_stdin(&["vault", "unlock"], b"HUSHKEY-1-guess\n").fails_with("already unlocked");
+    let denied: Vec<Value> = audit(&vault, &[]).into_iter().filter(|e| e["op"] == "denied").collect();
+    assert!(
+        denied.iter().any(|e| e["actor"].as_str().is_some_and(|a| a.starts_with("node:"))
+            && e["reason"].as_str().is_some_and(|r| r.contains("admin certificate"))),
+        "{denied:?}"
+    );
+    assert!(denied.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.starts_with("unlock:"))), "{denied:?}");
+}
