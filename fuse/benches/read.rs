@@ -5,9 +5,11 @@
 //! count, and the /proc lookups of the owner check (cached per thread with the namespace read
 //! fresh, against a full lookup per open, against none).
 //!
-//! Every variant is mounted at once and the rounds are interleaved (variant 1, 2, ..., then again),
-//! so a burst of load from elsewhere on a shared machine hits all variants alike; each reports its
-//! best round.
+//! Every variant is mounted at once and the rounds are interleaved (variant 1, 2, ..., then again,
+//! starting one further each time), so a burst of load from elsewhere on a shared machine hits all
+//! variants alike; each reports its best round. Rounds are short and many: on a shared 2-core
+//! machine a FUSE round trip waits for a free CPU twice, so long rounds measure the neighbours'
+//! load more than the filesystem (300 ms rounds gave 2-4x slower "best" figures than 50 ms ones).
 
 use std::fs::File;
 use std::hint::black_box;
@@ -25,8 +27,8 @@ use hush_fuse::{
 
 const SIZE: usize = 1024;
 const WARMUP: Duration = Duration::from_millis(200);
-const ROUND: Duration = Duration::from_millis(300);
-const ROUNDS: u32 = 7;
+const ROUND: Duration = Duration::from_millis(50);
+const ROUNDS: u32 = 40;
 
 /// One open, one read of up to 4 KiB, one close.
 fn open_read_close(path: &Path) -> io::Result<usize> {
@@ -190,9 +192,11 @@ fn main() {
     for v in &variants {
         v.warm_up();
     }
-    for _ in 0..ROUNDS {
-        for v in &mut variants {
-            v.round();
+    for round in 0..ROUNDS as usize {
+        // Start each round with a different variant: whatever runs first after a pause pays more.
+        let n = variants.len();
+        for i in 0..n {
+            variants[(round + i) % n].round();
         }
     }
     for v in &mut variants {
