@@ -6,7 +6,8 @@
 //!
 //! # How a missing target is made without touching the host
 //! A target that does not exist on the host (`/etc/site.conf`, or `/run/secrets` itself) is created in an
-//! overlay of its nearest existing ancestor directory: lower = the host directory, upper = an in-memory tmpfs.
+//! overlay of its nearest existing ancestor directory: lower = the host directory, upper = an in-memory tmpfs
+//! (unless that ancestor is `/`: see the next section).
 //! The steps, in this order, and why:
 //! 1. Every bind source is first captured as a detached mount (`open_tree(OPEN_TREE_CLONE)`, the fd form of
 //!    a bind mount), so later overlays (of `/run`, say, hiding the FUSE mount at `/run/hush`) cannot hide it.
