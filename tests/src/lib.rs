@@ -259,7 +259,8 @@ impl TestAgent {
     /// Joins `vault` with its current token and waits until the agent serves.
     pub fn join(vault: &TestVault) -> Self {
         let token = vault.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
-        let mut agent = Self { dir: tempfile::tempdir().expect("temp dir"), log: PathBuf::new(), child: None, env: Vec::new() };
+        let mut agent =
+            Self { dir: tempfile::tempdir().expect("temp dir"), log: PathBuf::new(), child: None, env: Vec::new() };
         agent.log = agent.dir.path().join("agent.log");
         agent.start(&["--vault", &vault.addr, "--join-token", &token]).expect("agent starts");
         agent

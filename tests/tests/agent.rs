@@ -281,7 +281,10 @@ fn service_update_reaches_a_running_task_live() {
     vault.hush_stdin(&["secret", "create", "first", "-"], b"one").ok();
     vault.hush_stdin(&["secret", "create", "second", "-"], b"two").ok();
     vault.hush(&["service", "create", "web", "--secret", "first"]).ok();
-    let mut task = agent.spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do ls /run/secrets | tr '\\n' ' '; echo; done"]);
+    let mut task = agent.spawn_run(
+        &vault,
+        &["--service", "web", "--", "sh", "-c", "while read x; do ls /run/secrets | tr '\\n' ' '; echo; done"],
+    );
     let mut stdin = task.stdin.take().unwrap();
     let mut out = BufReader::new(task.stdout.take().unwrap());
     let mut list = || {
@@ -295,7 +298,9 @@ fn service_update_reaches_a_running_task_live() {
     wait_for("added secret visible", || (list() == "first second").then_some(()));
     vault.hush(&["service", "update", "web", "--secret-rm", "first"]).ok();
     wait_for("removed secret gone", || (list() == "second").then_some(()));
-    vault.hush(&["service", "update", "web", "--secret-rm", "nope"]).fails_with("service web has no secret reference \"nope\"");
+    vault
+        .hush(&["service", "update", "web", "--secret-rm", "nope"])
+        .fails_with("service web has no secret reference \"nope\"");
     drop(stdin);
     assert!(task.wait().unwrap().success());
 }

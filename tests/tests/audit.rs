@@ -208,7 +208,8 @@ fn overflow_is_counted_never_silent_and_events_can_go_to_a_local_log() {
     start_with_small_queue(&mut agent, &["--audit-log", local.to_str().unwrap()]);
     vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
     vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
-    let mut task = agent.spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
+    let mut task = agent
+        .spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
     let mut stdin = task.stdin.take().unwrap();
     let mut out = BufReader::new(task.stdout.take().unwrap());
     let mut read = || {
@@ -231,7 +232,8 @@ fn overflow_is_counted_never_silent_and_events_can_go_to_a_local_log() {
     assert!(kept + dropped >= 42, "kept {kept} + dropped {dropped}");
     // The local log has every event, lost upstream or not.
     let local_lines = std::fs::read_to_string(&local).unwrap();
-    let opens = local_lines.lines().filter(|l| l.contains("\"op\":\"open\"") && l.contains("\"command\":\"cat\"")).count();
+    let opens =
+        local_lines.lines().filter(|l| l.contains("\"op\":\"open\"") && l.contains("\"command\":\"cat\"")).count();
     assert_eq!(opens, 21, "{local_lines}");
     assert!(!local_lines.contains("value\""), "a value in the local event log");
     drop(stdin);

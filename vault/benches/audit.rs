@@ -56,7 +56,17 @@ async fn main() {
     println!();
     println!("{:<48} {:>12}", "audit append", "entries/s");
     println!("{:<48} {:>12.0}", format!("1 writer, waiting for each ({SEQUENTIAL})"), sequential);
-    println!("{:<48} {:>12.0}   {:.1}x", format!("{WRITERS} writers ({CONCURRENT})"), concurrent, concurrent / sequential);
-    println!("{:<48} {:>12.0}   {:.1}x", format!("one batch, as node reports arrive ({CONCURRENT})"), batched, batched / sequential);
+    println!(
+        "{:<48} {:>12.0}   {:.1}x",
+        format!("{WRITERS} writers ({CONCURRENT})"),
+        concurrent,
+        concurrent / sequential
+    );
+    println!(
+        "{:<48} {:>12.0}   {:.1}x",
+        format!("one batch, as node reports arrive ({CONCURRENT})"),
+        batched,
+        batched / sequential
+    );
     println!("{:<48} {:>12}", "entries verified after the run", verified.entries);
 }

@@ -158,10 +158,9 @@ impl Writer {
         let mut buffer = String::new();
         let mut waiters = Vec::with_capacity(batch.len());
         for (mut entry, done) in batch {
-            if self.file.is_none() || self.file_bytes >= self.max_file_bytes {
-                if let Err(e) = self.flush(&mut buffer).and_then(|()| self.start_file()) {
-                    tracing::error!(error = %e, "audit log: cannot start a new file");
-                }
+            let needs_file = self.file.is_none() || self.file_bytes >= self.max_file_bytes;
+            if needs_file && let Err(e) = self.flush(&mut buffer).and_then(|()| self.start_file()) {
+                tracing::error!(error = %e, "audit log: cannot start a new file");
             }
             self.seq += 1;
             entry.seq = self.seq;
