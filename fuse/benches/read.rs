@@ -96,6 +96,16 @@ impl Variant {
     }
 
     fn fuse(name: &'static str, threads: usize, resolver: Option<Arc<dyn CallerResolver>>) -> Self {
+        Self::fuse_audited(name, threads, resolver, true)
+    }
+
+    /// `audited: false` mounts without an event sink: the cost of auditing is the difference.
+    fn fuse_audited(
+        name: &'static str,
+        threads: usize,
+        resolver: Option<Arc<dyn CallerResolver>>,
+        audited: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (tx, rx) = sync_channel(65536);
         // Consume events as the agent should: in batches, so that sending one never wakes a thread
@@ -113,7 +123,7 @@ impl Variant {
                 }
             }
         });
-        let mut fs = SecretFs::new().with_event_sink(tx);
+        let mut fs = if audited { SecretFs::new().with_event_sink(tx) } else { SecretFs::new() };
         if let Some(r) = resolver {
             fs = fs.with_resolver(r);
         }
@@ -184,6 +194,7 @@ fn main() {
     let mut variants = vec![
         Variant::tmpfs(shm.path()),
         Variant::fuse("hush fuse, 2 threads (default)", 2, None),
+        Variant::fuse_audited("hush fuse, 2 threads, audit off", 2, None, false),
         Variant::fuse("hush fuse, 4 threads", 4, None),
         Variant::fuse("hush fuse, 1 thread", 1, None),
         Variant::fuse("hush fuse, 2 threads, uncached lookup", 2, Some(Arc::new(Uncached))),
