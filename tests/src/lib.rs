@@ -315,6 +315,16 @@ impl TestAgent {
         Run::from_command(vault.command().env("HUSH_AGENT_SOCKET", self.socket()).arg("run").args(args))
     }
 
+    /// A task that runs `STEP; echo` once per line it is sent (`hush run --service SERVICE -- sh -c
+    /// 'while read x; do STEP; echo; done'`), for watching what a running task sees.
+    pub fn session(&self, vault: &TestVault, service: &str, step: &str) -> TaskSession {
+        let script = format!("while read x; do {step}; echo; done");
+        let mut child = self.spawn_run(vault, &["--service", service, "--", "sh", "-c", &script]);
+        let stdin = child.stdin.take();
+        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        TaskSession { child, stdin, out }
+    }
+
     /// `hush run` in the background with piped stdin/stdout, for tasks that outlive a call.
     pub fn spawn_run(&self, vault: &TestVault, args: &[&str]) -> Child {
         vault
@@ -342,5 +352,28 @@ impl Drop for TestAgent {
         }
         // A killed agent leaves its mount behind; detach it so the temp dir can go.
         let _ = rustix::mount::unmount(self.mount_root(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A running task driven line by line (see [`TestAgent::session`]).
+pub struct TaskSession {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl TaskSession {
+    /// Runs the step once; returns what it printed, trimmed.
+    pub fn ask(&mut self) -> String {
+        self.stdin.as_mut().expect("session open").write_all(b"\n").expect("task reads its stdin");
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("task answers");
+        line.trim().to_string()
+    }
+
+    /// Ends the loop and waits for the task.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().expect("task exits")
     }
 }

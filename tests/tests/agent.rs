@@ -132,23 +132,12 @@ fn rotation_is_seen_by_a_running_task() {
     let (vault, agent) = setup();
     vault.hush_stdin(&["secret", "create", "db_password", "-"], b"version-one").ok();
     vault.hush(&["service", "create", "web", "--secret", "db_password"]).ok();
-    let mut task = agent.spawn_run(
-        &vault,
-        &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/db_password; echo; done"],
-    );
-    let mut stdin = task.stdin.take().unwrap();
-    let mut out = BufReader::new(task.stdout.take().unwrap());
-    let mut read = || {
-        stdin.write_all(b"\n").unwrap();
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
+    let mut task = agent.session(&vault, "web", "cat /run/secrets/db_password");
+    let mut read = || task.ask();
     assert_eq!(read(), "version-one");
     vault.hush_stdin(&["secret", "rotate", "db_password", "-"], b"version-two-longer").ok();
     wait_for("rotation seen", || (read() == "version-two-longer").then_some(()));
-    drop(stdin);
-    assert!(task.wait().unwrap().success());
+    assert!(task.finish().success());
 }
 
 #[test]
@@ -156,16 +145,8 @@ fn tasks_keep_reading_through_a_vault_outage_and_new_tasks_fail_clearly() {
     let (mut vault, mut agent) = setup();
     vault.hush_stdin(&["secret", "create", "s", "-"], b"survives").ok();
     vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
-    let mut task = agent
-        .spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
-    let mut stdin = task.stdin.take().unwrap();
-    let mut out = BufReader::new(task.stdout.take().unwrap());
-    let mut read = || {
-        stdin.write_all(b"\n").unwrap();
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
+    let mut task = agent.session(&vault, "web", "cat /run/secrets/s");
+    let mut read = || task.ask();
     assert_eq!(read(), "survives");
     let addr = vault.addr.clone();
     vault.kill9();
@@ -178,8 +159,7 @@ fn tasks_keep_reading_through_a_vault_outage_and_new_tasks_fail_clearly() {
     vault.start_on(&addr);
     vault.hush_stdin(&["secret", "rotate", "s", "-"], b"after-outage").ok();
     wait_for("catch-up after reconnect", || (read() == "after-outage").then_some(()));
-    drop(stdin);
-    task.wait().unwrap();
+    task.finish();
 
     // An agent restart reuses its identity: no token needed.
     assert!(agent.stop().success());
@@ -281,18 +261,8 @@ fn service_update_reaches_a_running_task_live() {
     vault.hush_stdin(&["secret", "create", "first", "-"], b"one").ok();
     vault.hush_stdin(&["secret", "create", "second", "-"], b"two").ok();
     vault.hush(&["service", "create", "web", "--secret", "first"]).ok();
-    let mut task = agent.spawn_run(
-        &vault,
-        &["--service", "web", "--", "sh", "-c", "while read x; do ls /run/secrets | tr '\\n' ' '; echo; done"],
-    );
-    let mut stdin = task.stdin.take().unwrap();
-    let mut out = BufReader::new(task.stdout.take().unwrap());
-    let mut list = || {
-        stdin.write_all(b"\n").unwrap();
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
+    let mut task = agent.session(&vault, "web", "ls /run/secrets | tr '\\n' ' '");
+    let mut list = || task.ask();
     assert_eq!(list(), "first");
     vault.hush(&["service", "update", "web", "--secret-add", "second"]).ok();
     wait_for("added secret visible", || (list() == "first second").then_some(()));
@@ -301,6 +271,5 @@ fn service_update_reaches_a_running_task_live() {
     vault
         .hush(&["service", "update", "web", "--secret-rm", "nope"])
         .fails_with("service web has no secret reference \"nope\"");
-    drop(stdin);
-    assert!(task.wait().unwrap().success());
+    assert!(task.finish().success());
 }

@@ -3,7 +3,6 @@
 
 use hush_tests::{TestAgent, TestVault, files_containing, marker, wait_for};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 
 fn audit(vault: &TestVault, filters: &[&str]) -> Vec<Value> {
@@ -87,16 +86,8 @@ fn reads_during_a_vault_outage_arrive_after_it_returns() {
     let agent = TestAgent::join(&vault);
     vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
     vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
-    let mut task = agent
-        .spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
-    let mut stdin = task.stdin.take().unwrap();
-    let mut out = BufReader::new(task.stdout.take().unwrap());
-    let mut read = || {
-        stdin.write_all(b"\n").unwrap();
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line
-    };
+    let mut task = agent.session(&vault, "web", "cat /run/secrets/s");
+    let mut read = || task.ask();
     read();
     let addr = vault.addr.clone();
     vault.kill9();
@@ -108,8 +99,7 @@ fn reads_during_a_vault_outage_arrive_after_it_returns() {
     wait_for_entries(&vault, &["--secret", "s"], "reads made while the vault was down", |e| {
         e.iter().filter(|x| x["op"] == "open").count() >= 6
     });
-    drop(stdin);
-    task.wait().unwrap();
+    task.finish();
 }
 
 /// A vault with a few log entries spread over several small files, stopped.
@@ -208,15 +198,8 @@ fn overflow_is_counted_never_silent_and_events_can_go_to_a_local_log() {
     start_with_small_queue(&mut agent, &["--audit-log", local.to_str().unwrap()]);
     vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
     vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
-    let mut task = agent
-        .spawn_run(&vault, &["--service", "web", "--", "sh", "-c", "while read x; do cat /run/secrets/s; echo; done"]);
-    let mut stdin = task.stdin.take().unwrap();
-    let mut out = BufReader::new(task.stdout.take().unwrap());
-    let mut read = || {
-        stdin.write_all(b"\n").unwrap();
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-    };
+    let mut task = agent.session(&vault, "web", "cat /run/secrets/s");
+    let mut read = || task.ask();
     read();
     let addr = vault.addr.clone();
     vault.kill9();
@@ -236,8 +219,7 @@ fn overflow_is_counted_never_silent_and_events_can_go_to_a_local_log() {
         local_lines.lines().filter(|l| l.contains("\"op\":\"open\"") && l.contains("\"command\":\"cat\"")).count();
     assert_eq!(opens, 21, "{local_lines}");
     assert!(!local_lines.contains("value\""), "a value in the local event log");
-    drop(stdin);
-    task.wait().unwrap();
+    task.finish();
 }
 
 /// Restarts the agent with a 5-event audit queue (through its environment, not ours).

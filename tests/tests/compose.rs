@@ -2,7 +2,6 @@
 //! `hush run --service PROJECT_SERVICE` reading their files, re-deploys rotating live.
 
 use hush_tests::{Run, TestAgent, TestVault, wait_for};
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 fn unique(tag: &str) -> String {
@@ -128,24 +127,13 @@ configs:
     assert_eq!(version(&vault, "shop_db_password"), 1);
 
     // A changed secret file is a rotation, seen live by a running task.
-    let mut task = agent.spawn_run(
-        &vault,
-        &["--service", "shop_web", "--", "sh", "-c", "while read x; do cat /run/secrets/db_password; echo; done"],
-    );
-    let mut stdin = task.stdin.take().unwrap();
-    let mut lines = BufReader::new(task.stdout.take().unwrap());
-    let mut read = || {
-        stdin.write_all(b"\n").unwrap();
-        let mut line = String::new();
-        lines.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
+    let mut task = agent.session(&vault, "shop_web", "cat /run/secrets/db_password");
+    let mut read = || task.ask();
     assert_eq!(read(), "db-pass-1");
     std::fs::write(dir.join("db.txt"), "db-pass-2-rotated").unwrap();
     assert_eq!(compose(&vault, &dir, &["deploy"]).ok(), "Rotating secret shop_db_password (version 2)\n");
     wait_for("rotation seen by the running task", || (read() == "db-pass-2-rotated").then_some(()));
-    drop(stdin);
-    assert!(task.wait().unwrap().success());
+    assert!(task.finish().success());
     assert_eq!(version(&vault, "shop_api_key"), 1);
 
     // Services follow the file: worker loses db_password.
