@@ -5,9 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=()
-command -v fusermount3 >/dev/null || packages+=(fuse3)       # FUSE mount helper (auto-unmount)
-command -v unshare >/dev/null || packages+=(util-linux)      # namespaces in FUSE isolation tests
-command -v setpriv >/dev/null || packages+=(util-linux)
+need() { command -v "$1" >/dev/null || packages+=("$2"); }
+need fusermount3 fuse3      # FUSE userspace tools (unmounting a crashed agent's mount by hand)
+need unshare util-linux     # namespaces in the FUSE and task tests
+need setpriv util-linux     # running test readers as other users
+need mount mount
+need ps procps              # a task's /proc is checked with ps
 if ((${#packages[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
