@@ -1149,6 +1149,36 @@ mod tests {
     }
 
     #[test]
+    fn set_files_keeps_unchanged_paths_and_the_task_dir() {
+        let (fs, _rx) = web_fs();
+        let rec = Arc::new(Recorder::default());
+        fs.set_invalidator(Some(rec.clone()));
+        let task = ino(&fs, "web.1");
+        let kept = ino(&fs, "web.1/secrets/db_password");
+        let gone = ino(&fs, "web.1/configs/0");
+        let gone_fh = fs.open(&OWNER, gone, false).unwrap();
+
+        fs.set_files("web.1", vec![spec("secrets/db_password", b"hunter3"), spec("secrets/api_key", b"k")]).unwrap();
+        // Same directory and same inode for the unchanged path (binds of them stay valid).
+        assert_eq!(ino(&fs, "web.1"), task);
+        assert_eq!(ino(&fs, "web.1/secrets/db_password"), kept);
+        let fh = fs.open(&OWNER, kept, false).unwrap();
+        assert_eq!(read_all(&fs, &OWNER, fh), b"hunter3");
+        let added = ino(&fs, "web.1/secrets/api_key");
+        assert_eq!(read_all(&fs, &OWNER, fs.open(&OWNER, added, false).unwrap()), b"k");
+        // The dropped file is gone, its open handle cut off, and the kernel told.
+        assert_eq!(fs.getattr(gone), Err(FsError::NotFound));
+        assert_eq!(fs.read(&OWNER, gone_fh, 0, 10).unwrap_err(), FsError::Revoked);
+        let inv = rec.0.lock().unwrap();
+        assert!(inv.contains(&Invalidation::Inode(kept)));
+        assert!(inv.contains(&Invalidation::Inode(gone)));
+        drop(inv);
+        // The owner is unchanged: an intruder is still refused.
+        assert!(fs.open(&INTRUDER, kept, false).is_err());
+        assert_eq!(fs.set_files("nope", vec![]), Err(TaskError::NoSuchTask("nope".into())));
+    }
+
+    #[test]
     fn remove_task_drops_everything() {
         let (fs, _rx) = web_fs();
         let rec = Arc::new(Recorder::default());
