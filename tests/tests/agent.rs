@@ -273,3 +273,20 @@ fn service_update_reaches_a_running_task_live() {
         .fails_with("service web has no secret reference \"nope\"");
     assert!(task.finish().success());
 }
+
+#[test]
+fn each_node_gets_only_its_own_tasks_files() {
+    let vault = TestVault::start_new();
+    let (a, b) = (TestAgent::join(&vault), TestAgent::join(&vault));
+    assert_eq!(vault.hush(&["node", "ls", "-q"]).ok().lines().count(), 2);
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"for-a-only").ok();
+    vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
+    let mut task = a.session(&vault, "web", "cat /run/secrets/s");
+    assert_eq!(task.ask(), "for-a-only");
+    // Node B runs nothing, so it holds nothing: its FUSE root is empty.
+    assert_eq!(std::fs::read_dir(b.mount_root()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(a.mount_root()).unwrap().count(), 1);
+    // Both serve tasks at once.
+    assert_eq!(b.run(&vault, &["--service", "web", "--", "cat", "/run/secrets/s"]).ok(), "for-a-only");
+    assert!(task.finish().success());
+}

@@ -1,4 +1,4 @@
-//! `hush dev`: prints working export lines and cleans up after itself.
+//! `hush dev`: prints working export lines (vault and agent) and cleans up after itself.
 
 use hush_tests::{Run, bin};
 use std::io::{BufRead, BufReader};
@@ -20,7 +20,8 @@ fn dev_prints_exports_that_work_and_removes_its_data_on_exit() {
         }
     });
     let mut exports = std::collections::HashMap::new();
-    while exports.len() < 2 {
+    // Vault address, TLS bundle and the agent's socket.
+    while exports.len() < 3 {
         let line = rx.recv_timeout(hush_tests::DEADLINE).expect("hush dev prints its exports");
         if let Some((key, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
             exports.insert(key.to_string(), value.to_string());
@@ -35,6 +36,10 @@ fn dev_prints_exports_that_work_and_removes_its_data_on_exit() {
         .unwrap();
     assert!(created.status.success(), "{created:?}");
     assert!(hush(&["secret", "ls"]).ok().contains("db_password"));
+    // The README's walkthrough ends in a task reading its secret through the dev agent.
+    hush(&["service", "create", "web", "--secret", "db_password"]).ok();
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap();
+    assert_eq!(hush(&["run", "--service", "web", "--", "cat", "/run/secrets/db_password"]).ok(), hostname);
 
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
