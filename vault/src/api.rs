@@ -335,7 +335,8 @@ impl Admin for AdminService {
             .map(|n| pb::NodeInfo {
                 ready: nodes.is_connected(&n.id),
                 tasks: tasks.iter().filter(|t| t.node_id == n.id).count() as u32,
-                last_seen: rfc3339(&n.last_seen),
+                // A connected node is seen now; the stored time is when its stream last changed.
+                last_seen: rfc3339(&if nodes.is_connected(&n.id) { chrono::Utc::now() } else { n.last_seen }),
                 joined_at: rfc3339(&n.joined_at),
                 id: n.id,
                 name: n.name,

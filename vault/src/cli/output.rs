@@ -11,12 +11,17 @@ pub enum Format {
     Json,
 }
 
-/// Writes rows as columns separated by at least three spaces, as Docker does.
+/// Writes rows as columns separated by at least three spaces, as Docker does (no trailing blanks).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-    let mut out = TabWriter::new(std::io::stdout().lock()).padding(3);
-    writeln!(out, "{}", header.join("\t"))?;
+    let mut table = TabWriter::new(Vec::new()).padding(3);
+    writeln!(table, "{}", header.join("\t"))?;
     for row in rows {
-        writeln!(out, "{}", row.join("\t"))?;
+        writeln!(table, "{}", row.join("\t"))?;
+    }
+    let text = table.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    for line in String::from_utf8_lossy(&text).lines() {
+        writeln!(out, "{}", line.trim_end())?;
     }
     out.flush()
 }
