@@ -250,3 +250,43 @@ fn refusals_are_audited_as_denied() {
     );
     assert!(denied.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.starts_with("unlock:"))), "{denied:?}");
 }
+
+#[test]
+fn follow_streams_json_lines_and_time_filters_apply() {
+    let vault = TestVault::start_new();
+    let agent = TestAgent::join(&vault);
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
+    vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
+    let mut follow = vault
+        .command()
+        .args(["audit", "--follow", "--format", "json", "--secret", "s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The stored entry first, then what happens after.
+    let first: Value = serde_json::from_str(&rx.recv_timeout(hush_tests::DEADLINE).unwrap()).unwrap();
+    assert_eq!(first["op"], "create");
+    agent.run(&vault, &["--service", "web", "--", "cat", "/run/secrets/s"]).ok();
+    let open = loop {
+        let entry: Value =
+            serde_json::from_str(&rx.recv_timeout(hush_tests::DEADLINE).expect("followed entry")).unwrap();
+        if entry["op"] == "open" {
+            break entry;
+        }
+    };
+    assert_eq!(open["command"], "cat");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    assert!(!audit(&vault, &["--since", "1h"]).is_empty());
+    assert!(audit(&vault, &["--until", "1h"]).is_empty());
+    vault.hush(&["audit", "--since", "yesterday-ish"]).fails_with("invalid time \"yesterday-ish\"");
+}
