@@ -208,6 +208,11 @@ impl Services {
         }
         record.secrets.extend(self.bind(Kind::Secret, secret_add).await?);
         record.configs.extend(self.bind(Kind::Config, config_add).await?);
+        self.save(record, revision).await
+    }
+
+    /// Writes a changed service if nobody changed it since it was read at `revision`.
+    async fn save(&self, mut record: ServiceRecord, revision: u64) -> Result<ServiceRecord, ServiceError> {
         Self::check_targets(&record)?;
         record.updated_at = Utc::now();
         let txn = Txn::new()
@@ -228,14 +233,7 @@ impl Services {
         let (mut record, revision) = self.find(reference).await?;
         record.secrets = self.bind(Kind::Secret, secrets).await?;
         record.configs = self.bind(Kind::Config, configs).await?;
-        Self::check_targets(&record)?;
-        record.updated_at = Utc::now();
-        let txn = Txn::new()
-            .check(obj_key(&record.id), Expect::At(revision))
-            .put(obj_key(&record.id), serde_json::to_vec(&record).expect("record serialises"))
-            .put(EPOCH_KEY, epoch_value());
-        self.store.commit(txn).await?;
-        Ok(record)
+        self.save(record, revision).await
     }
 
     /// Names of services referencing the object, and the check that keeps that answer true.

@@ -1,11 +1,11 @@
 //! `hush node join-token|ls|rm`.
 
-use super::output::{Format, ago, print_json, print_table};
+use super::output::{Format, Listing, ago, print_listing};
 use super::{Connection, call_error};
 use crate::client::connect_admin;
 use clap::{Args, Subcommand};
 use hush_proto::v1 as pb;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
@@ -64,30 +64,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         NodeCommand::Ls { quiet, format } => {
             let nodes = client.node_list(pb::NodeListRequest {}).await.map_err(call_error)?.into_inner().nodes;
             let status = |n: &pb::NodeInfo| if n.ready { "Ready" } else { "Down" };
-            if quiet {
-                nodes.iter().for_each(|n| println!("{}", n.id));
-            } else if format == Format::Json {
-                let rows = nodes
-                    .iter()
-                    .map(|n| json!({"ID": n.id, "Name": n.name, "Status": status(n), "LastSeen": n.last_seen, "JoinedAt": n.joined_at, "Tasks": n.tasks}))
-                    .collect();
-                print_json(&Value::Array(rows))?;
-            } else {
-                let now = chrono::Utc::now();
-                let rows: Vec<_> = nodes
-                    .iter()
-                    .map(|n| {
-                        vec![
-                            n.id.clone(),
-                            n.name.clone(),
-                            status(n).to_string(),
-                            n.tasks.to_string(),
-                            ago(&n.last_seen, now),
-                        ]
-                    })
-                    .collect();
-                print_table(&["ID", "NAME", "STATUS", "TASKS", "LAST SEEN"], &rows)?;
-            }
+            let now = chrono::Utc::now();
+            let json = |n: &pb::NodeInfo| json!({"ID": n.id, "Name": n.name, "Status": status(n), "LastSeen": n.last_seen, "JoinedAt": n.joined_at, "Tasks": n.tasks});
+            let row = |n: &pb::NodeInfo| {
+                vec![n.id.clone(), n.name.clone(), status(n).to_string(), n.tasks.to_string(), ago(&n.last_seen, now)]
+            };
+            let listing = Listing {
+                id: |n: &pb::NodeInfo| &n.id,
+                json: &json,
+                header: &["ID", "NAME", "STATUS", "TASKS", "LAST SEEN"],
+                row: &row,
+            };
+            print_listing(&nodes, quiet, format, &listing)?;
         }
         NodeCommand::Rm { references } => {
             let client = &client;

@@ -1,6 +1,6 @@
 //! `hush secret ...` and `hush config ...`: one implementation, two kinds.
 
-use super::output::{Format, ago, print_json, print_table};
+use super::output::{Format, Listing, ago, print_json, print_listing};
 use super::{Connection, call_error, input::read_value};
 use crate::client::connect_admin;
 use crate::model::Kind;
@@ -155,32 +155,17 @@ pub async fn run(kind: Kind, args: ObjectArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_list(objects: &[pb::ObjectMeta], quiet: bool, format: Format) -> anyhow::Result<()> {
-    if quiet {
-        for object in objects {
-            println!("{}", object.id);
-        }
-        return Ok(());
-    }
-    match format {
-        Format::Json => print_json(&Value::Array(objects.iter().map(list_json).collect())).context("writing output")?,
-        Format::Table => {
-            let now = chrono::Utc::now();
-            let rows: Vec<Vec<String>> = objects
-                .iter()
-                .map(|o| {
-                    vec![
-                        o.id.clone(),
-                        o.name.clone(),
-                        o.version.to_string(),
-                        ago(&o.created_at, now),
-                        ago(&o.updated_at, now),
-                    ]
-                })
-                .collect();
-            print_table(&["ID", "NAME", "VERSION", "CREATED", "UPDATED"], &rows).context("writing output")?;
-        }
-    }
-    Ok(())
+    let now = chrono::Utc::now();
+    let row = |o: &pb::ObjectMeta| {
+        vec![o.id.clone(), o.name.clone(), o.version.to_string(), ago(&o.created_at, now), ago(&o.updated_at, now)]
+    };
+    let listing = Listing {
+        id: |o: &pb::ObjectMeta| &o.id,
+        json: &list_json,
+        header: &["ID", "NAME", "VERSION", "CREATED", "UPDATED"],
+        row: &row,
+    };
+    print_listing(objects, quiet, format, &listing).context("writing output")
 }
 
 /// `ls --format json`: one object per row, keys stable.

@@ -26,6 +26,29 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()>
     out.flush()
 }
 
+/// How `ls` shows one kind of item.
+pub struct Listing<'a, T> {
+    pub id: fn(&T) -> &str,
+    pub json: &'a dyn Fn(&T) -> serde_json::Value,
+    pub header: &'a [&'a str],
+    pub row: &'a dyn Fn(&T) -> Vec<String>,
+}
+
+/// `ls` output: IDs with `-q`, one JSON array with `--format json`, else an aligned table.
+pub fn print_listing<T>(items: &[T], quiet: bool, format: Format, listing: &Listing<'_, T>) -> std::io::Result<()> {
+    if quiet {
+        let mut out = std::io::stdout().lock();
+        for item in items {
+            writeln!(out, "{}", (listing.id)(item))?;
+        }
+        return Ok(());
+    }
+    match format {
+        Format::Json => print_json(&serde_json::Value::Array(items.iter().map(listing.json).collect())),
+        Format::Table => print_table(listing.header, &items.iter().map(listing.row).collect::<Vec<_>>()),
+    }
+}
+
 pub fn print_json(value: &serde_json::Value) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;

@@ -1,6 +1,6 @@
 //! `hush service create|ls|inspect|rm|update`.
 
-use super::output::{Format, ago, print_json, print_table};
+use super::output::{Format, Listing, ago, print_json, print_listing};
 use super::{Connection, call_error};
 use crate::client::connect_admin;
 use clap::{Args, Subcommand};
@@ -87,26 +87,14 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         ServiceCommand::Ls { quiet, format } => {
             let services =
                 client.service_list(pb::ServiceListRequest {}).await.map_err(call_error)?.into_inner().services;
-            if quiet {
-                services.iter().for_each(|s| println!("{}", s.id));
-            } else if format == Format::Json {
-                print_json(&Value::Array(services.iter().map(service_json).collect()))?;
-            } else {
-                let now = chrono::Utc::now();
-                let rows: Vec<_> = services
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.id.clone(),
-                            s.name.clone(),
-                            s.secrets.len().to_string(),
-                            s.configs.len().to_string(),
-                            ago(&s.created_at, now),
-                        ]
-                    })
-                    .collect();
-                print_table(&["ID", "NAME", "SECRETS", "CONFIGS", "CREATED"], &rows)?;
-            }
+            let now = chrono::Utc::now();
+            let row = |s: &pb::ServiceSpec| {
+                let (secrets, configs) = (s.secrets.len().to_string(), s.configs.len().to_string());
+                vec![s.id.clone(), s.name.clone(), secrets, configs, ago(&s.created_at, now)]
+            };
+            let header = ["ID", "NAME", "SECRETS", "CONFIGS", "CREATED"];
+            let listing = Listing { id: |s: &pb::ServiceSpec| &s.id, json: &service_json, header: &header, row: &row };
+            print_listing(&services, quiet, format, &listing)?;
         }
         ServiceCommand::Inspect { references } => {
             let mut found = Vec::new();
