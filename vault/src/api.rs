@@ -392,6 +392,7 @@ impl Admin for AdminService {
         let mut live = r.follow.then(|| audit.subscribe());
         let stored = audit.read_lines().map_err(|e| Status::internal(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut stopping = self.vault.stopping();
         tokio::spawn(async move {
             let mut last_seq = 0;
             let wanted = |line: &str| serde_json::from_str::<AuditEntry>(line).is_ok_and(|e| query.matches(&e));
@@ -421,6 +422,8 @@ impl Admin for AdminService {
                         Err(_) => return,
                     },
                     _ = tx.closed() => return,
+                    // Followers must not hold up a shutdown.
+                    _ = stopping.changed() => return,
                 }
             }
         });

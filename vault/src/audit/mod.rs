@@ -62,17 +62,7 @@ impl AuditLog {
         let files = chain::log_files(dir).map_err(io_error(dir))?;
         let (seq, prev, file_bytes) = match files.last() {
             None => (0, GENESIS.to_string(), 0),
-            Some(last) => {
-                let text = std::fs::read_to_string(last).map_err(io_error(last))?;
-                match text.lines().last() {
-                    None => (0, GENESIS.to_string(), 0),
-                    Some(line) => {
-                        let entry: AuditEntry =
-                            serde_json::from_str(line).map_err(|_| AuditError::Corrupt(last.display().to_string()))?;
-                        (entry.seq, sha256_hex(line.as_bytes()), text.len() as u64)
-                    }
-                }
-            }
+            Some(last) => recover_tail(last)?,
         };
         let file = match files.last() {
             Some(last) => Some(OpenOptions::new().append(true).open(last).map_err(io_error(last))?),
@@ -149,6 +139,30 @@ impl AuditLog {
         };
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || chain::verify(&dir, head.as_ref())).await.map_err(|e| e.to_string())?
+    }
+}
+
+/// Where the chain stands at the end of `path`. A line cut short by a crash (never fsynced, so
+/// never acknowledged and not in the recorded head) is removed, so the log continues cleanly.
+fn recover_tail(path: &Path) -> Result<(u64, String, u64), AuditError> {
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    // Entries are written whole, newline last: only bytes after the last newline can be torn.
+    // A complete line that does not parse is not ours to remove: opening fails instead.
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    let last = text[..complete].lines().last();
+    if complete < text.len() {
+        tracing::warn!(path = %path.display(), bytes = text.len() - complete, "audit log: removing a partial last entry left by a crash");
+        let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+        file.set_len(complete as u64).map_err(io_error(path))?;
+        file.sync_all().map_err(io_error(path))?;
+    }
+    match last {
+        None => Ok((0, GENESIS.to_string(), 0)),
+        Some(line) => {
+            let entry: AuditEntry =
+                serde_json::from_str(line).map_err(|_| AuditError::Corrupt(path.display().to_string()))?;
+            Ok((entry.seq, sha256_hex(line.as_bytes()), complete as u64))
+        }
     }
 }
 
@@ -234,6 +248,24 @@ mod tests {
         assert_eq!(second.seq, 2);
         assert_eq!(second.prev, sha256_hex(lines[0].as_bytes()));
         assert_eq!(log.verify().await.unwrap().entries, 10);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<RedbStore> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let audit_dir = dir.path().join("audit");
+        {
+            let log = AuditLog::open(&audit_dir, store.clone()).unwrap();
+            log.record(AuditEntry::now("create")).await;
+        }
+        let file = chain::log_files(&audit_dir).unwrap().pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(b"{\"seq\":2,\"time\":\"2026-").unwrap();
+        drop(f);
+        let log = AuditLog::open(&audit_dir, store.clone()).unwrap();
+        log.record(AuditEntry::now("rm")).await;
+        assert_eq!(log.verify().await.unwrap().entries, 2);
     }
 
     #[tokio::test]
