@@ -3,29 +3,78 @@
 //! agent simply receives the whole current state.
 
 use crate::model::Kind;
-use crate::objects::{Objects, VaultError};
-use crate::services::Services;
-use crate::tasks::Tasks;
+use crate::objects::{self, Objects, VaultError};
+use crate::services::{self, Services};
+use crate::store::Op;
+use crate::tasks::{TaskRecord, Tasks, task_key};
 use hush_proto::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Keys whose change may alter some node's assignment.
-pub fn affects_assignments(key: &str) -> bool {
-    ["task/", "service/", "secret/obj/", "config/obj/", "node/"].iter().any(|p| key.starts_with(p))
+/// One file of a planned task: everything but its value, which is fixed by (object, version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PlannedFile {
+    kind: Kind,
+    name: String,
+    object_id: String,
+    version: u64,
+    target: String,
+    uid: u32,
+    gid: u32,
+    mode: u32,
 }
 
-pub async fn assignment_for(
-    objects: &Arc<Objects>,
-    node_id: &str,
-    revision: u64,
-) -> Result<pb::Assignment, VaultError> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PlannedTask {
+    task_id: String,
+    name: String,
+    service: String,
+    files: Vec<PlannedFile>,
+}
+
+/// A node's assignment without its values, and the store keys it was derived from. Comparing
+/// plans tells whether the agent needs a new assignment without opening (or keeping) any value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    node_id: String,
+    tasks: Vec<PlannedTask>,
+    /// The node's record, its tasks, their services and the objects they reference.
+    depends_on: HashSet<String>,
+}
+
+impl Plan {
+    /// Whether a committed operation may change this plan: it writes a key the plan was read
+    /// from, or starts a new task on this node.
+    pub fn affected_by(&self, op: &Op) -> bool {
+        if self.depends_on.contains(op.key()) {
+            return true;
+        }
+        match op {
+            Op::Put { key, value } if key.starts_with(TASK_PREFIX) => {
+                serde_json::from_slice::<TaskRecord>(value).is_ok_and(|task| task.node_id == self.node_id)
+            }
+            _ => false,
+        }
+    }
+
+    pub fn same_assignment(&self, other: &Plan) -> bool {
+        self.tasks == other.tasks
+    }
+}
+
+const TASK_PREFIX: &str = "task/";
+
+/// Reads the metadata a node's assignment is made of.
+pub async fn plan_for(objects: &Arc<Objects>, node_id: &str) -> Result<Plan, VaultError> {
     let services = Services::new(objects.clone());
     let mut service_cache = HashMap::new();
+    let mut depends_on = HashSet::from([format!("node/{node_id}")]);
     let mut tasks = Vec::new();
     let mut node_tasks = Tasks::new(objects.store().clone()).of_node(node_id).await?;
     node_tasks.sort_by(|a, b| a.id.cmp(&b.id));
     for task in node_tasks {
+        depends_on.insert(task_key(&task.id));
+        depends_on.insert(services::obj_key(&task.service_id));
         if !service_cache.contains_key(&task.service_id) {
             let service = services
                 .get(&task.service_id)
@@ -38,29 +87,100 @@ pub async fn assignment_for(
         let mut files = Vec::new();
         for kind in [Kind::Secret, Kind::Config] {
             for bound in service.references(kind) {
+                depends_on.insert(objects::obj_key(kind, &bound.object_id));
                 // An object removed after the service was written cannot be served; `rm` refuses
                 // objects in use, so this only happens if the store was edited by hand.
                 let Some(found) = objects.get_by_id(kind, &bound.object_id).await? else { continue };
-                let version = found.record.current_version();
-                let data = objects.open_version(kind, &found.record, version).await?;
                 let r = &bound.reference;
-                files.push(pb::AssignedFile {
-                    kind: match kind {
-                        Kind::Secret => pb::Kind::Secret as i32,
-                        Kind::Config => pb::Kind::Config as i32,
-                    },
+                files.push(PlannedFile {
+                    kind,
                     name: found.record.name.clone(),
                     object_id: found.record.id.clone(),
-                    version,
+                    version: found.record.current_version(),
                     target: r.absolute_target(),
                     uid: r.uid,
                     gid: r.gid,
                     mode: r.mode,
-                    data: data.expose_secret().to_vec(),
                 });
             }
         }
-        tasks.push(pb::AssignedTask { task_id: task.id, name: task.name, service: service.name.clone(), files });
+        tasks.push(PlannedTask { task_id: task.id, name: task.name, service: service.name.clone(), files });
+    }
+    Ok(Plan { node_id: node_id.to_string(), tasks, depends_on })
+}
+
+/// The assignment a plan describes, with each value opened (and checked against tampering).
+pub async fn assignment(objects: &Objects, plan: &Plan, revision: u64) -> Result<pb::Assignment, VaultError> {
+    let mut tasks = Vec::with_capacity(plan.tasks.len());
+    for task in &plan.tasks {
+        let mut files = Vec::with_capacity(task.files.len());
+        for file in &task.files {
+            let Some(found) = objects.get_by_id(file.kind, &file.object_id).await? else { continue };
+            let data = objects.open_version(file.kind, &found.record, file.version).await?;
+            files.push(pb::AssignedFile {
+                kind: match file.kind {
+                    Kind::Secret => pb::Kind::Secret as i32,
+                    Kind::Config => pb::Kind::Config as i32,
+                },
+                name: file.name.clone(),
+                object_id: file.object_id.clone(),
+                version: file.version,
+                target: file.target.clone(),
+                uid: file.uid,
+                gid: file.gid,
+                mode: file.mode,
+                data: data.expose_secret().to_vec(),
+            });
+        }
+        tasks.push(pb::AssignedTask {
+            task_id: task.task_id.clone(),
+            name: task.name.clone(),
+            service: task.service.clone(),
+            files,
+        });
     }
     Ok(pb::Assignment { revision, tasks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Key;
+    use crate::secret::SecretBytes;
+    use crate::store::redb::RedbStore;
+    use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn a_plan_depends_on_exactly_what_it_was_read_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let objects = Arc::new(Objects::new(store.clone(), Key::random()));
+        let used =
+            objects.create(Kind::Secret, "used", BTreeMap::new(), SecretBytes::new(b"v".to_vec())).await.unwrap();
+        let other =
+            objects.create(Kind::Secret, "other", BTreeMap::new(), SecretBytes::new(b"v".to_vec())).await.unwrap();
+        let service =
+            Services::new(objects.clone()).create("web", &["used".into()], &[], BTreeMap::new()).await.unwrap();
+        let task = Tasks::new(store.clone()).start("n1", &service.id, "web", "").await.unwrap();
+
+        let plan = plan_for(&objects, "n1").await.unwrap();
+        let put = |key: String, value: Vec<u8>| Op::Put { key, value };
+        assert!(plan.affected_by(&put(objects::obj_key(Kind::Secret, &used.id), vec![])));
+        assert!(plan.affected_by(&Op::Delete { key: task_key(&task.id) }));
+        assert!(plan.affected_by(&put(services::obj_key(&service.id), vec![])));
+        assert!(plan.affected_by(&Op::Delete { key: "node/n1".into() }));
+        assert!(!plan.affected_by(&put(objects::obj_key(Kind::Secret, &other.id), vec![])));
+        // New tasks count only on this node.
+        let mine = TaskRecord { id: "t2".into(), node_id: "n1".into(), ..task.clone() };
+        let theirs = TaskRecord { id: "t3".into(), node_id: "n2".into(), ..task };
+        assert!(plan.affected_by(&put(task_key("t2"), serde_json::to_vec(&mine).unwrap())));
+        assert!(!plan.affected_by(&put(task_key("t3"), serde_json::to_vec(&theirs).unwrap())));
+
+        // The values are opened only when the assignment is built.
+        let built = assignment(&objects, &plan, 7).await.unwrap();
+        assert_eq!(built.tasks[0].files[0].data, b"v");
+        assert!(plan.same_assignment(&plan_for(&objects, "n1").await.unwrap()));
+        objects.rotate(Kind::Secret, "used", SecretBytes::new(b"w".to_vec())).await.unwrap();
+        assert!(!plan.same_assignment(&plan_for(&objects, "n1").await.unwrap()));
+    }
 }

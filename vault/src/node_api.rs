@@ -1,7 +1,7 @@
 //! The node gRPC service (agents): join, the assignment stream, task start and end.
 //! Converts proto ⇄ domain and decides nothing beyond "is this a live node".
 
-use crate::assign::{affects_assignments, assignment_for};
+use crate::assign::{Plan, assignment, plan_for};
 use crate::audit::AuditEntry;
 use crate::identity::{Peer, peer_of};
 use crate::nodes::NodeError;
@@ -232,34 +232,41 @@ async fn stream_assignments(
     tx: &mpsc::Sender<Result<pb::Assignment, Status>>,
 ) {
     let mut stopping = vault.stopping();
-    let mut last_sent: Option<Vec<pb::AssignedTask>> = None;
+    // What was last sent, without its values: nothing plaintext is kept between changes.
+    let mut last_sent: Option<Plan> = None;
     let mut revision = 0;
     loop {
         let next = async {
-            let nodes = vault.nodes()?;
-            nodes.get(node_id).await?;
+            vault.nodes()?.get(node_id).await?;
             let objects = vault.objects()?;
-            Ok::<_, Status>(assignment_for(&objects, node_id, revision).await?)
+            let plan = plan_for(&objects, node_id).await?;
+            if last_sent.as_ref().is_some_and(|sent| sent.same_assignment(&plan)) {
+                return Ok::<_, Status>((plan, None));
+            }
+            let assignment = assignment(&objects, &plan, revision).await?;
+            Ok((plan, Some(assignment)))
         };
         match next.await {
-            Ok(assignment) if last_sent.as_ref() != Some(&assignment.tasks) => {
-                last_sent = Some(assignment.tasks.clone());
-                if tx.send(Ok(assignment)).await.is_err() {
+            Ok((plan, assignment)) => {
+                last_sent = Some(plan);
+                if let Some(assignment) = assignment
+                    && tx.send(Ok(assignment)).await.is_err()
+                {
                     return;
                 }
             }
-            Ok(_) => {}
             Err(status) => {
                 tracing::warn!(node = %node_id, error = %status.message(), "assignment stream ended");
                 let _ = tx.send(Err(status)).await;
                 return;
             }
         }
+        let plan = last_sent.as_ref().expect("set above");
         // Wait for a relevant change, or for the agent to leave.
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
-                    Ok(change) if change.ops.iter().any(|op| affects_assignments(op.key())) => {
+                    Ok(change) if change.ops.iter().any(|op| plan.affected_by(op)) => {
                         revision = change.revision;
                         break;
                     }

@@ -92,7 +92,7 @@ pub struct Objects {
     data_key: Key,
 }
 
-fn obj_key(kind: Kind, id: &str) -> String {
+pub(crate) fn obj_key(kind: Kind, id: &str) -> String {
     format!("{kind}/obj/{id}")
 }
 fn name_key(kind: Kind, name: &str) -> String {

@@ -63,7 +63,7 @@ impl ServiceRecord {
     }
 }
 
-fn obj_key(id: &str) -> String {
+pub(crate) fn obj_key(id: &str) -> String {
     format!("service/obj/{id}")
 }
 fn name_key(name: &str) -> String {
