@@ -92,10 +92,6 @@ impl Reconciler {
         std::mem::replace(&mut self.lock().connected, connected)
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.lock().connected
-    }
-
     pub fn task_started(&self, task_id: &str, owner: TaskOwner) {
         let mut state = self.lock();
         state.running.insert(task_id.to_string(), Some(owner));

@@ -237,16 +237,21 @@ mod tests {
         assert!(ProcResolver::new().resolve(0).is_err());
     }
 
-    #[test]
-    fn caches_a_thread_until_it_exits() {
-        let resolver = ProcResolver::new();
+    /// A thread of this process that waits until told to exit: (its id, the release, its handle).
+    fn parked_thread() -> (u32, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let h = std::thread::spawn(move || {
             tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32).expect("send tid");
             let _ = done_rx.recv();
         });
-        let tid = rx.recv().expect("tid");
+        (rx.recv().expect("tid"), done_tx, h)
+    }
+
+    #[test]
+    fn caches_a_thread_until_it_exits() {
+        let resolver = ProcResolver::new();
+        let (tid, done_tx, h) = parked_thread();
         let first = resolver.identity(tid).expect("resolve thread");
         let again = resolver.identity(tid).expect("resolve thread again");
         assert!(Arc::ptr_eq(&first, &again), "a live thread is served from the cache");
@@ -300,13 +305,7 @@ mod tests {
 
     #[test]
     fn resolves_a_live_thread_to_its_process() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let h = std::thread::spawn(move || {
-            tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32).expect("send tid");
-            let _ = done_rx.recv();
-        });
-        let tid = rx.recv().expect("tid");
+        let (tid, done_tx, h) = parked_thread();
         let caller = ProcResolver::new().resolve(tid).expect("resolve thread");
         done_tx.send(()).expect("release thread");
         h.join().expect("thread");

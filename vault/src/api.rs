@@ -332,14 +332,17 @@ impl Admin for AdminService {
             .list()
             .await?
             .into_iter()
-            .map(|n| pb::NodeInfo {
-                ready: nodes.is_connected(&n.id),
-                tasks: tasks.iter().filter(|t| t.node_id == n.id).count() as u32,
-                // A connected node is seen now; the stored time is when its stream last changed.
-                last_seen: rfc3339(&if nodes.is_connected(&n.id) { chrono::Utc::now() } else { n.last_seen }),
-                joined_at: rfc3339(&n.joined_at),
-                id: n.id,
-                name: n.name,
+            .map(|n| {
+                let ready = nodes.is_connected(&n.id);
+                pb::NodeInfo {
+                    ready,
+                    tasks: tasks.iter().filter(|t| t.node_id == n.id).count() as u32,
+                    // A connected node is seen now; the stored time is when its stream last changed.
+                    last_seen: rfc3339(&if ready { chrono::Utc::now() } else { n.last_seen }),
+                    joined_at: rfc3339(&n.joined_at),
+                    id: n.id,
+                    name: n.name,
+                }
             })
             .collect();
         Ok(Response::new(pb::NodeListResponse { nodes: infos }))
@@ -395,12 +398,14 @@ impl Admin for AdminService {
         let mut stopping = self.vault.stopping();
         tokio::spawn(async move {
             let mut last_seq = 0;
-            let wanted = |line: &str| serde_json::from_str::<AuditEntry>(line).is_ok_and(|e| query.matches(&e));
+            // Each line parsed once: its sequence number, and whether the query wants it.
+            let read = |line: &str| {
+                serde_json::from_str::<AuditEntry>(line).map_or((0, false), |e| (e.seq, query.matches(&e)))
+            };
             for line in stored {
-                if let Ok(entry) = serde_json::from_str::<AuditEntry>(&line) {
-                    last_seq = entry.seq;
-                }
-                if wanted(&line) && tx.send(Ok(pb::AuditLine { json: line })).await.is_err() {
+                let (seq, wanted) = read(&line);
+                last_seq = last_seq.max(seq);
+                if wanted && tx.send(Ok(pb::AuditLine { json: line })).await.is_err() {
                     return;
                 }
             }
@@ -409,8 +414,8 @@ impl Admin for AdminService {
                 tokio::select! {
                     line = live.recv() => match line {
                         Ok(line) => {
-                            let seq = serde_json::from_str::<AuditEntry>(&line).map(|e| e.seq).unwrap_or(0);
-                            if seq > last_seq && wanted(&line) && tx.send(Ok(pb::AuditLine { json: line })).await.is_err() {
+                            let (seq, wanted) = read(&line);
+                            if seq > last_seq && wanted && tx.send(Ok(pb::AuditLine { json: line })).await.is_err() {
                                 return;
                             }
                             last_seq = last_seq.max(seq);

@@ -116,10 +116,6 @@ impl AuditLog {
         self.lines.subscribe()
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Every stored line, in order.
     pub fn read_lines(&self) -> Result<Vec<String>, AuditError> {
         let mut lines = Vec::new();
