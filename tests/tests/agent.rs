@@ -60,39 +60,12 @@ fn task_reads_its_secrets_and_configs_with_their_modes() {
     assert_eq!(run.status.code(), Some(7));
 
     // Non-root users in the task are held to the file modes by the kernel.
-    let run = agent.run(
-        &vault,
-        &[
-            "--service",
-            "web",
-            "--",
-            "setpriv",
-            "--reuid",
-            "1234",
-            "--regid",
-            "1234",
-            "--clear-groups",
-            "cat",
-            "/run/secrets/server.key",
-        ],
-    );
-    assert!(!run.status.success(), "uid 1234 read a 0400 file of uid 65534");
-    let run = agent.run(
-        &vault,
-        &[
-            "--service",
-            "web",
-            "--",
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "cat",
-            "/run/secrets/server.key",
-        ],
-    );
+    let cat_as = |uid: &str| {
+        let args = ["--reuid", uid, "--regid", uid, "--clear-groups", "cat", "/run/secrets/server.key"];
+        agent.run(&vault, &[&["--service", "web", "--", "setpriv"][..], &args].concat())
+    };
+    assert!(!cat_as("1234").status.success(), "uid 1234 read a 0400 file of uid 65534");
+    let run = cat_as("65534");
     assert_eq!(run.ok(), value);
 }
 

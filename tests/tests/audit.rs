@@ -80,6 +80,18 @@ fn reads_are_attributed_to_task_service_process_and_user() {
     assert!(vault.hush(&["audit", "verify"]).ok().contains("hash chain verified"));
 }
 
+/// One read of `/run/secrets/s` ("value"), then `reads` more while the vault is down; the vault
+/// comes back on its address.
+fn read_during_an_outage(vault: &mut TestVault, task: &mut hush_tests::TaskSession, reads: usize) {
+    assert_eq!(task.ask(), "value");
+    let addr = vault.addr.clone();
+    vault.kill9();
+    for _ in 0..reads {
+        assert_eq!(task.ask(), "value");
+    }
+    vault.start_on(&addr);
+}
+
 #[test]
 fn reads_during_a_vault_outage_arrive_after_it_returns() {
     let mut vault = TestVault::start_new();
@@ -87,14 +99,7 @@ fn reads_during_a_vault_outage_arrive_after_it_returns() {
     vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
     vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
     let mut task = agent.session(&vault, "web", "cat /run/secrets/s");
-    let mut read = || task.ask();
-    read();
-    let addr = vault.addr.clone();
-    vault.kill9();
-    for _ in 0..5 {
-        assert_eq!(read().trim(), "value");
-    }
-    vault.start_on(&addr);
+    read_during_an_outage(&mut vault, &mut task, 5);
     // 1 read before the outage + 5 during it, each an open of its own `cat`.
     wait_for_entries(&vault, &["--secret", "s"], "reads made while the vault was down", |e| {
         e.iter().filter(|x| x["op"] == "open").count() >= 6
@@ -199,14 +204,7 @@ fn overflow_is_counted_never_silent_and_events_can_go_to_a_local_log() {
     vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
     vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
     let mut task = agent.session(&vault, "web", "cat /run/secrets/s");
-    let mut read = || task.ask();
-    read();
-    let addr = vault.addr.clone();
-    vault.kill9();
-    for _ in 0..20 {
-        read();
-    }
-    vault.start_on(&addr);
+    read_during_an_outage(&mut vault, &mut task, 20);
     let entries = wait_for_entries(&vault, &[], "a dropped entry", |e| e.iter().any(|x| x["op"] == "dropped"));
     let dropped: u64 = entries.iter().filter(|x| x["op"] == "dropped").map(|x| x["count"].as_u64().unwrap()).sum();
     let kept = entries.iter().filter(|x| x["op"] == "open" || x["op"] == "read").count() as u64;
