@@ -72,7 +72,7 @@ pub async fn fetch_pinned_ca(addr: &str, fingerprint: &str) -> Result<String, Pi
         .await
         .map_err(|e| unreachable(&e))?
         .map_err(|e| unreachable(&e))?;
-    let name = ServerName::try_from(crate::vault_link::host_of(addr).to_string()).map_err(|e| unreachable(&e))?;
+    let name = ServerName::try_from(hush_proto::addr::host_of(addr).to_string()).map_err(|e| unreachable(&e))?;
     let tls =
         tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| unreachable(&e))?;
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();

@@ -4,6 +4,7 @@
 use crate::pin;
 use crate::reconcile::Reconciler;
 use crate::state::{NodeIdentity, NodeInfo, StateDir};
+use hush_proto::addr::host_of;
 use hush_proto::v1 as pb;
 use hush_proto::v1::node_client::NodeClient;
 use std::sync::Arc;
@@ -25,14 +26,6 @@ pub enum JoinError {
     Key(String),
     #[error("cannot save the node identity in the state dir: {0}")]
     Save(std::io::Error),
-}
-
-/// `host:port`, `[v6]:port` → host.
-pub fn host_of(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
 }
 
 fn endpoint(addr: &str, tls: ClientTlsConfig) -> Result<Endpoint, String> {

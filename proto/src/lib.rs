@@ -1,6 +1,7 @@
 //! Wire types and tonic services shared by the vault, the agent and the CLI.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 mod redact;
 pub mod token;
 

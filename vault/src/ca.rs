@@ -4,6 +4,7 @@
 use crate::crypto::sha256_hex;
 use crate::fsutil::{create_private_dir, write_private_atomic};
 use crate::layout::DataDir;
+use hush_proto::addr::host_of;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -139,17 +140,6 @@ impl CertificateAuthority {
     }
 }
 
-/// `host:port`, `[v6]:port` or a bare host → the host.
-pub fn host_of(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => host,
-        _ => addr,
-    }
-}
-
 /// SHA-256 of the first certificate's DER in a PEM text, hex.
 pub fn fingerprint_pem(pem: &str) -> Result<String, CaError> {
     let (_, parsed) =
@@ -160,14 +150,6 @@ pub fn fingerprint_pem(pem: &str) -> Result<String, CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_of_handles_ports_and_ipv6() {
-        assert_eq!(host_of("vault.example:7443"), "vault.example");
-        assert_eq!(host_of("10.0.0.1"), "10.0.0.1");
-        assert_eq!(host_of("[::1]:7443"), "::1");
-        assert_eq!(host_of("::1"), "::1");
-    }
 
     #[test]
     fn ca_round_trips_and_signs() {

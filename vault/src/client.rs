@@ -1,7 +1,7 @@
 //! Connecting to a vault as an admin: mutual TLS from a bundle directory (ca.pem, cert.pem,
 //! key.pem), and turning transport failures into one clear line.
 
-use crate::ca::host_of;
+use hush_proto::addr::host_of;
 use hush_proto::v1::admin_client::AdminClient;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
