@@ -1,6 +1,7 @@
 //! `SecretBytes`: plaintext of a secret or config, zeroed on drop and never printed.
 
 use std::fmt;
+use std::io::Read;
 use zeroize::Zeroizing;
 
 /// Plaintext bytes. The only way to the bytes is [`SecretBytes::expose_secret`], so every place
@@ -24,6 +25,25 @@ impl SecretBytes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+impl SecretBytes {
+    /// Reads at most `limit` bytes straight into a zeroizing buffer: a caller that sets the
+    /// limit one past what it accepts can refuse a huge input without holding all of it.
+    pub fn read_at_most(reader: impl Read, limit: u64) -> std::io::Result<Self> {
+        let mut buffer = Zeroizing::new(Vec::new());
+        reader.take(limit).read_to_end(&mut buffer)?;
+        Ok(Self::new(std::mem::take(&mut *buffer)))
+    }
+}
+
+/// Opens a file to read a value from; a directory is refused ("it is a directory").
+pub fn open_value_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "it is a directory"));
+    }
+    Ok(file)
 }
 
 impl From<Vec<u8>> for SecretBytes {

@@ -10,11 +10,10 @@ use super::model::{FileModel, ObjectDef, ReferenceDef};
 use super::parse::io_reason;
 use super::{ComposeError, Environment, Origin, PROJECT_LABEL};
 use crate::model::{self, Kind};
-use crate::secret::SecretBytes;
+use crate::secret::{SecretBytes, open_value_file};
 use crate::spec::{self, Reference};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Where an object's value comes from.
@@ -322,14 +321,9 @@ fn object(
 
 /// Reads a value file, at most one byte past the kind's limit.
 fn read_limited(kind: Kind, path: &Path) -> Result<SecretBytes, String> {
-    let cannot = |e: &std::io::Error| format!("cannot read {}: {}", path.display(), io_reason(e));
-    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
-        return Err(format!("cannot read {}: it is a directory", path.display()));
-    }
-    let mut buffer = zeroize::Zeroizing::new(Vec::new());
-    file.take(kind.max_size() as u64 + 1).read_to_end(&mut buffer).map_err(|e| cannot(&e))?;
-    Ok(SecretBytes::new(std::mem::take(&mut *buffer)))
+    open_value_file(path)
+        .and_then(|file| SecretBytes::read_at_most(file, kind.max_size() as u64 + 1))
+        .map_err(|e| format!("cannot read {}: {}", path.display(), io_reason(&e)))
 }
 
 fn reference(kind: Kind, def: &ReferenceDef, project: &Project) -> Result<ReferenceSpec, ComposeError> {
