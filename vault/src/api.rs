@@ -1,7 +1,7 @@
 //! The admin gRPC service: converts proto ⇄ domain types and errors, nothing more.
 
 use crate::audit::AuditEntry;
-use crate::identity::{Peer, require_admin};
+use crate::identity::{Peer, actor_of, require_admin};
 use crate::model::{Kind, ObjectRecord};
 use crate::objects::{Filters, VaultError};
 use crate::secret::SecretBytes;
@@ -25,10 +25,7 @@ impl AdminService {
         match require_admin(request) {
             Ok(peer) => Ok(peer),
             Err(status) => {
-                let actor =
-                    crate::identity::peer_of(request).map(|p| p.actor()).unwrap_or_else(|_| "unauthenticated".into());
-                let entry = AuditEntry::now("denied").actor(actor);
-                self.record(AuditEntry { reason: Some(status.message().to_string()), ..entry }).await;
+                self.record(AuditEntry::denied(actor_of(request), status.message())).await;
                 Err(status)
             }
         }
@@ -220,8 +217,7 @@ impl Admin for AdminService {
             }
             Err(e) => {
                 tracing::warn!(actor = %peer.actor(), error = %e, "unlock refused");
-                let entry = AuditEntry::now("denied").actor(peer.actor());
-                self.record(AuditEntry { reason: Some(format!("unlock: {e}")), ..entry }).await;
+                self.record(AuditEntry::denied(peer.actor(), format!("unlock: {e}"))).await;
                 Err(e.into())
             }
         }

@@ -27,6 +27,11 @@ pub fn peer_of<T>(request: &Request<T>) -> Result<Peer, Status> {
     peer_from_der(der).ok_or_else(|| Status::permission_denied("client certificate names no Hush role"))
 }
 
+/// The actor to record for a request, even one without a usable certificate.
+pub fn actor_of<T>(request: &Request<T>) -> String {
+    peer_of(request).map(|p| p.actor()).unwrap_or_else(|_| "unauthenticated".into())
+}
+
 fn peer_from_der(der: &[u8]) -> Option<Peer> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();

@@ -3,7 +3,7 @@
 
 use crate::assign::{Plan, assignment, plan_for};
 use crate::audit::AuditEntry;
-use crate::identity::{Peer, peer_of};
+use crate::identity::{Peer, actor_of, peer_of};
 use crate::nodes::NodeError;
 use crate::services::ServiceError;
 use crate::vault::Vault;
@@ -38,9 +38,7 @@ impl NodeService {
         match checked.await {
             Ok(id) => Ok(id),
             Err(status) => {
-                let actor = peer_of(request).map(|p| p.actor()).unwrap_or_else(|_| "unauthenticated".into());
-                let entry = AuditEntry::now("denied").actor(actor);
-                self.vault.audit().record(AuditEntry { reason: Some(status.message().to_string()), ..entry }).await;
+                self.vault.audit().record(AuditEntry::denied(actor_of(request), status.message())).await;
                 Err(status)
             }
         }
@@ -115,8 +113,10 @@ impl Node for NodeService {
             Ok(joined) => joined,
             Err(e) => {
                 tracing::warn!(error = %e, hostname, "join refused");
-                let entry = AuditEntry::now("denied").actor(format!("joining:{hostname}"));
-                self.vault.audit().record(AuditEntry { reason: Some(format!("join: {e}")), ..entry }).await;
+                self.vault
+                    .audit()
+                    .record(AuditEntry::denied(format!("joining:{hostname}"), format!("join: {e}")))
+                    .await;
                 return Err(e.into());
             }
         };

@@ -59,6 +59,11 @@ impl AuditEntry {
         }
     }
 
+    /// A refusal: who asked, and why they were refused.
+    pub fn denied(actor: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { reason: Some(reason.into()), ..Self::now("denied").actor(actor) }
+    }
+
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = Some(actor.into());
         self
