@@ -11,6 +11,12 @@ need unshare util-linux     # namespaces in the FUSE and task tests
 need setpriv util-linux     # running test readers as other users
 need mount mount
 need ps procps              # a task's /proc is checked with ps
+need dockerd docker.io      # container tests run real Docker (tests/src/docker.rs starts dockerd if needed)
+need docker docker.io
+need podman podman
+need docker-compose docker-compose
+# a static busybox is the whole test image (docker import of a rootfs, no registry)
+dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
 if ((${#packages[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

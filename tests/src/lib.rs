@@ -1,6 +1,8 @@
 //! Test harness: builds the real binaries, starts vaults on loopback ports chosen by the
 //! kernel, runs the `hush` CLI against them, and cleans up on drop.
 
+pub mod docker;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
