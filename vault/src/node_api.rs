@@ -4,6 +4,7 @@
 use crate::assign::{Plan, assignment, plan_for};
 use crate::audit::AuditEntry;
 use crate::identity::{Peer, actor_of, peer_of};
+use crate::join_gate::JoinGate;
 use crate::nodes::NodeError;
 use crate::services::ServiceError;
 use crate::vault::Vault;
@@ -18,11 +19,16 @@ use tonic::{Request, Response, Status};
 
 pub struct NodeService {
     vault: Arc<Vault>,
+    /// Refused joins per peer address (join_gate.rs).
+    join_gate: Arc<JoinGate>,
 }
 
 impl NodeService {
+    /// Needs a tokio runtime: it starts the task that records throttled joins.
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+        let join_gate = Arc::new(JoinGate::default());
+        join_gate.spawn_flusher(vault.clone());
+        Self { vault, join_gate }
     }
 
     /// The calling node's ID, if its certificate is a node's and the node has not been removed.
@@ -107,15 +113,20 @@ type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
+        self.join_gate.admit(peer)?;
         let pb::JoinRequest { token, csr_pem, hostname } = request.into_inner();
         let nodes = self.vault.nodes()?;
         let (node, cert_pem) = match nodes.join(self.vault.ca(), &token, &csr_pem, &hostname).await {
             Ok(joined) => joined,
             Err(e) => {
-                tracing::warn!(error = %e, hostname, "join refused");
+                self.join_gate.refused(peer);
+                let from = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+                let hostname = crate::audit::entry::truncated(&hostname, 64);
+                tracing::warn!(error = %e, ?hostname, peer = %from, "join refused");
                 self.vault
                     .audit()
-                    .record(AuditEntry::denied(format!("joining:{hostname}"), format!("join: {e}")))
+                    .record(AuditEntry::denied(format!("joining:{hostname}"), format!("join from {from}: {e}")))
                     .await;
                 return Err(e.into());
             }

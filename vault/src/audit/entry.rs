@@ -1,7 +1,38 @@
 //! One audit entry: a flat JSON object, keys as DESIGN.md §3 names them, absent where they do
 //! not apply. Never a value: entries name secrets and versions, not their contents.
+//!
+//! # Security
+//! Every text field is capped ([`AuditEntry::bounded`], applied by the log to every entry it
+//! writes): a caller that controls a field (a joining host's name, a task's command name) can
+//! make an entry a few hundred bytes long, never megabytes.
 
 use serde::{Deserialize, Serialize};
+
+/// Longest text field kept whole, in bytes (names are at most 64, IDs 25, comm 15).
+pub const MAX_FIELD: usize = 256;
+/// `reason` and `path` carry more (an error message, a path inside a task).
+pub const MAX_LONG_FIELD: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary) with a marker saying how much
+/// was cut: `…[+N bytes]`. The marker itself is not counted in `max`.
+pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…[+{} bytes]", &text[..end], text.len() - end))
+}
+
+fn cap(field: &mut Option<String>, max: usize) {
+    if let Some(text) = field
+        && text.len() > max
+    {
+        *text = truncated(text, max).into_owned();
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -59,6 +90,30 @@ impl AuditEntry {
         }
     }
 
+    /// The entry with every text field capped ([`MAX_FIELD`], [`MAX_LONG_FIELD`]).
+    pub fn bounded(mut self) -> Self {
+        if self.op.len() > MAX_FIELD {
+            self.op = truncated(&self.op, MAX_FIELD).into_owned();
+        }
+        if self.time.len() > MAX_FIELD {
+            self.time = truncated(&self.time, MAX_FIELD).into_owned();
+        }
+        for field in [
+            &mut self.actor,
+            &mut self.node,
+            &mut self.service,
+            &mut self.task,
+            &mut self.secret,
+            &mut self.config,
+            &mut self.command,
+        ] {
+            cap(field, MAX_FIELD);
+        }
+        cap(&mut self.reason, MAX_LONG_FIELD);
+        cap(&mut self.path, MAX_LONG_FIELD);
+        self
+    }
+
     /// A refusal: who asked, and why they were refused.
     pub fn denied(actor: impl Into<String>, reason: impl Into<String>) -> Self {
         Self { reason: Some(reason.into()), ..Self::now("denied").actor(actor) }
@@ -76,5 +131,23 @@ impl AuditEntry {
             crate::model::Kind::Config => self.config = Some(name.to_string()),
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_fields_are_cut_with_a_marker() {
+        let huge = "h".repeat(3 << 20);
+        let entry = AuditEntry::denied(format!("joining:{huge}"), format!("join: {huge}")).bounded();
+        let json = serde_json::to_string(&entry).unwrap();
+        assert!(json.len() < 2 * MAX_LONG_FIELD, "{}", json.len());
+        assert!(entry.actor.unwrap().ends_with(&format!("…[+{} bytes]", 8 + huge.len() - MAX_FIELD)));
+        assert!(entry.reason.unwrap().contains("…[+"));
+        // Short fields are untouched; cuts fall on character boundaries.
+        assert_eq!(AuditEntry::now("read").actor("node:n1").bounded().actor.as_deref(), Some("node:n1"));
+        assert_eq!(truncated("ééé", 3), "é…[+4 bytes]");
     }
 }

@@ -87,10 +87,10 @@ impl AuditLog {
         Ok(Self { dir: dir.to_path_buf(), queue, lines, store })
     }
 
-    /// Appends `entry`; resolves once it is on disk.
+    /// Appends `entry` (its fields capped: [`AuditEntry::bounded`]); resolves once it is on disk.
     pub async fn record(&self, entry: AuditEntry) {
         let (done, written) = oneshot::channel();
-        if self.queue.send((entry, Some(done))).is_ok() {
+        if self.queue.send((entry.bounded(), Some(done))).is_ok() {
             let _ = written.await;
         }
     }
@@ -101,7 +101,7 @@ impl AuditLog {
         let mut last = None;
         for (i, entry) in entries.into_iter().enumerate() {
             let (done, written) = oneshot::channel();
-            let _ = self.queue.send((entry, Some(done)));
+            let _ = self.queue.send((entry.bounded(), Some(done)));
             if i + 1 == count {
                 last = Some(written);
             }
