@@ -76,6 +76,9 @@ pub struct TestVault {
     pub log: PathBuf,
     child: Option<Child>,
     pub init_stdout: String,
+    /// The admin bundle: `DATA_DIR/admin`, or beside the data dir when autolocked (init refuses
+    /// an autolocked vault's bundle inside its data dir).
+    admin_dir: PathBuf,
     /// Extra environment for the vault process (e.g. a small audit file size).
     pub env: Vec<(String, String)>,
 }
@@ -85,12 +88,17 @@ impl TestVault {
     pub fn init(init_args: &[&str]) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
+        let autolock = init_args.contains(&"--autolock");
+        let admin_dir = if autolock { temp.path().join("admin") } else { data_dir.join("admin") };
         let mut args = vec!["vault", "init", "--data-dir", data_dir.to_str().expect("utf-8 path")];
+        if autolock {
+            args.extend(["--admin-dir", admin_dir.to_str().expect("utf-8 path")]);
+        }
         args.extend_from_slice(init_args);
         let init = Run::from(Command::new(bin("hush")).args(&args).output().expect("hush runs"));
         let init_stdout = init.ok().to_string();
         let log = temp.path().join("vault.log");
-        Self { temp, data_dir, addr: String::new(), log, child: None, init_stdout, env: Vec::new() }
+        Self { temp, data_dir, addr: String::new(), log, child: None, init_stdout, admin_dir, env: Vec::new() }
     }
 
     /// Initialised and serving.
@@ -101,7 +109,7 @@ impl TestVault {
     }
 
     pub fn admin_dir(&self) -> PathBuf {
-        self.data_dir.join("admin")
+        self.admin_dir.clone()
     }
 
     /// Starts `hush vault serve` on a free loopback port; returns once it listens.

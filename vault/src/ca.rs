@@ -1,8 +1,13 @@
 //! The vault's certificate authority: the CA itself, the server certificate, and client
 //! certificates whose Organizational Unit names their role (admin or node).
+//!
+//! # Security
+//! The CA's private key is stored sealed under the data key (`ca/ca.key.sealed`): a vault that
+//! is locked, or a copy of its data dir without the unlock key, cannot sign anything.
 
-use crate::crypto::sha256_hex;
+use crate::crypto::{Key, sha256_hex};
 use crate::fsutil::{create_private_dir, write_private_atomic};
+use crate::keyring::{read_sealed, write_sealed};
 use crate::layout::DataDir;
 use hush_proto::addr::host_of;
 use rcgen::{
@@ -17,6 +22,10 @@ pub const ADMIN_OU: &str = "hush-admin";
 /// OU of node client certificates.
 pub const NODE_OU: &str = "hush-node";
 
+/// Purposes bound into the sealed key files (see `keyring::write_sealed`).
+pub const CA_KEY_PURPOSE: &str = "ca-key";
+pub const SERVER_KEY_PURPOSE: &str = "server-key";
+
 const CA_VALIDITY: Duration = Duration::days(3650);
 const LEAF_VALIDITY: Duration = Duration::days(1825);
 
@@ -28,16 +37,18 @@ pub enum CaError {
     Io { path: String, error: std::io::Error },
     #[error("invalid PEM in {0}")]
     Pem(String),
+    #[error("{0} does not open with this vault's data key (altered, or from another vault)")]
+    Sealed(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     move |error| CaError::Io { path: path.display().to_string(), error }
 }
 
-/// A PEM certificate and its PEM private key.
+/// A PEM certificate and its PEM private key (zeroed on drop).
 pub struct CertifiedKey {
     pub cert_pem: String,
-    pub key_pem: String,
+    pub key_pem: zeroize::Zeroizing<String>,
 }
 
 fn validity(params: &mut CertificateParams, length: Duration) {
@@ -67,18 +78,23 @@ impl CertificateAuthority {
         Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
 
-    pub fn load(dir: &DataDir) -> Result<Self, CaError> {
+    /// Opens the CA's sealed key with the data key.
+    pub fn load(dir: &DataDir, data_key: &Key) -> Result<Self, CaError> {
         let cert_pem = fs::read_to_string(dir.ca_cert()).map_err(io_err(&dir.ca_cert()))?;
-        let key_pem = fs::read_to_string(dir.ca_key()).map_err(io_err(&dir.ca_key()))?;
-        let key = KeyPair::from_pem(&key_pem)?;
+        let key_pem = read_sealed(&dir.ca_key(), data_key, CA_KEY_PURPOSE)
+            .map_err(io_err(&dir.ca_key()))?
+            .ok_or_else(|| CaError::Sealed(dir.ca_key().display().to_string()))?;
+        let key_pem = std::str::from_utf8(key_pem.expose_secret()).map_err(|_| CaError::Pem("CA key".into()))?;
+        let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
         Ok(Self { issuer, cert_pem })
     }
 
-    pub fn save(&self, dir: &DataDir) -> Result<(), CaError> {
+    /// Writes the certificate in the clear and the key sealed under the data key.
+    pub fn save(&self, dir: &DataDir, data_key: &Key) -> Result<(), CaError> {
         create_private_dir(&dir.ca_dir()).map_err(io_err(&dir.ca_dir()))?;
-        write_private_atomic(&dir.ca_key(), self.issuer.key().serialize_pem().as_bytes())
-            .map_err(io_err(&dir.ca_key()))?;
+        let key_pem = zeroize::Zeroizing::new(self.issuer.key().serialize_pem());
+        write_sealed(&dir.ca_key(), data_key, CA_KEY_PURPOSE, key_pem.as_bytes()).map_err(io_err(&dir.ca_key()))?;
         write_private_atomic(&dir.ca_cert(), self.cert_pem.as_bytes()).map_err(io_err(&dir.ca_cert()))
     }
 
@@ -102,6 +118,15 @@ impl CertificateAuthority {
         }
         let mut params = CertificateParams::new(names)?;
         params.distinguished_name.push(DnType::CommonName, "hush-vault");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// The unlock-only server certificate: valid for [`crate::tls::UNLOCK_NAME`] alone, so no
+    /// client accepts it for anything but `hush vault unlock` (see tls.rs).
+    pub fn issue_unlock_only(&self) -> Result<CertifiedKey, CaError> {
+        let mut params = CertificateParams::new(vec![crate::tls::UNLOCK_NAME.to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, "hush-vault-unlock-only");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(params)
     }
@@ -136,7 +161,7 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: zeroize::Zeroizing::new(key.serialize_pem()) })
     }
 }
 
@@ -156,8 +181,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path());
         let ca = CertificateAuthority::generate().unwrap();
-        ca.save(&dir).unwrap();
-        let loaded = CertificateAuthority::load(&dir).unwrap();
+        let data_key = Key::random();
+        ca.save(&dir, &data_key).unwrap();
+        assert!(!fs::read_to_string(dir.ca_key()).unwrap_or_default().contains("PRIVATE KEY"), "CA key sealed");
+        assert!(matches!(CertificateAuthority::load(&dir, &Key::random()), Err(CaError::Sealed(_))));
+        let loaded = CertificateAuthority::load(&dir, &data_key).unwrap();
         assert_eq!(loaded.fingerprint().unwrap(), ca.fingerprint().unwrap());
         let client = loaded.issue_client("admin", ADMIN_OU).unwrap();
         assert!(client.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));

@@ -90,6 +90,17 @@ impl Keyring {
     /// Makes a new data key and its wrapping. Returns the unlock key when `autolock`.
     pub fn create(dir: &DataDir, autolock: bool) -> Result<(Self, Key, Option<UnlockKey>), KeyringError> {
         let data_key = Key::random();
+        let (keyring, unlock) = Self::create_for(dir, &data_key, autolock)?;
+        Ok((keyring, data_key, unlock))
+    }
+
+    /// Wraps an existing data key (init seals the CA's keys under it before the keyring, which
+    /// marks the dir initialised, is written). Returns the unlock key when `autolock`.
+    pub fn create_for(
+        dir: &DataDir,
+        data_key: &Key,
+        autolock: bool,
+    ) -> Result<(Self, Option<UnlockKey>), KeyringError> {
         let mut keyring = Self {
             dir: dir.clone(),
             file: KeyringFile {
@@ -98,8 +109,8 @@ impl Keyring {
                 wrapped_data_key: String::new(),
             },
         };
-        let unlock = keyring.wrap_with_new_kek(&data_key, autolock)?;
-        Ok((keyring, data_key, unlock))
+        let unlock = keyring.wrap_with_new_kek(data_key, autolock)?;
+        Ok((keyring, unlock))
     }
 
     pub fn load(dir: &DataDir) -> Result<Self, KeyringError> {
@@ -187,6 +198,28 @@ impl Keyring {
     }
 }
 
+/// AAD of a file sealed under the data key: `hush/v1/file/PURPOSE`.
+fn file_aad(purpose: &str) -> Vec<u8> {
+    format!("hush/v1/file/{purpose}").into_bytes()
+}
+
+/// Writes `plaintext` sealed under the data key (0600, atomically). `purpose` is bound in as
+/// associated data, so a sealed file renamed to another purpose does not open.
+pub fn write_sealed(path: &std::path::Path, data_key: &Key, purpose: &str, plaintext: &[u8]) -> io::Result<()> {
+    write_private_atomic(path, &crypto::seal(data_key, &file_aad(purpose), plaintext))
+}
+
+/// Reads a file written by [`write_sealed`]. `None`: it does not open with this key and
+/// purpose (altered, moved, or another vault's).
+pub fn read_sealed(
+    path: &std::path::Path,
+    data_key: &Key,
+    purpose: &str,
+) -> io::Result<Option<crate::secret::SecretBytes>> {
+    let sealed = fs::read(path)?;
+    Ok(crypto::open(data_key, &file_aad(purpose), &sealed).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +267,18 @@ mod tests {
         assert!(reloaded.open_with_unlock_key(unlock.expose_secret()).is_err());
         assert!(reloaded.open_with_unlock_key(new_unlock.expose_secret()).is_ok());
         assert!(!fs::read_to_string(dir.keyring()).unwrap().contains(new_unlock.expose_secret()));
+    }
+
+    #[test]
+    fn sealed_files_open_only_with_their_key_and_purpose() {
+        let (_tmp, dir) = dir();
+        let key = Key::random();
+        let path = dir.root().join("f");
+        write_sealed(&path, &key, "ca-key", b"PRIVATE").unwrap();
+        assert!(!fs::read(&path).unwrap().windows(7).any(|w| w == b"PRIVATE"));
+        assert_eq!(read_sealed(&path, &key, "ca-key").unwrap().unwrap().expose_secret(), b"PRIVATE");
+        assert!(read_sealed(&path, &key, "server-key").unwrap().is_none());
+        assert!(read_sealed(&path, &Key::random(), "ca-key").unwrap().is_none());
     }
 
     #[test]

@@ -33,16 +33,28 @@ impl DataDir {
     pub fn ca_cert(&self) -> PathBuf {
         self.ca_dir().join("ca.pem")
     }
+    /// The CA's private key, sealed under the data key.
     pub fn ca_key(&self) -> PathBuf {
-        self.ca_dir().join("ca.key")
+        self.ca_dir().join("ca.key.sealed")
     }
+    /// The server certificate chain (leaf, then CA).
     pub fn server_cert(&self) -> PathBuf {
         self.ca_dir().join("server.pem")
     }
+    /// The server's private key, sealed under the data key.
     pub fn server_key(&self) -> PathBuf {
-        self.ca_dir().join("server.key")
+        self.ca_dir().join("server.key.sealed")
     }
-    /// The admin client bundle: ca.pem, cert.pem, key.pem (what `HUSH_TLS_DIR` points at).
+    /// The unlock-only identity (valid for `tls::UNLOCK_NAME` only), what a locked vault
+    /// presents: chain and key, in the clear (see tls.rs).
+    pub fn unlock_cert(&self) -> PathBuf {
+        self.ca_dir().join("unlock.pem")
+    }
+    pub fn unlock_key(&self) -> PathBuf {
+        self.ca_dir().join("unlock.key")
+    }
+    /// The admin client bundle of a vault without autolock: ca.pem, cert.pem, key.pem (what
+    /// `HUSH_TLS_DIR` points at). An autolocked vault's bundle goes to `init --admin-dir`.
     pub fn admin_dir(&self) -> PathBuf {
         self.root.join("admin")
     }

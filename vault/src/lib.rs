@@ -28,4 +28,5 @@ pub mod services;
 pub mod spec;
 pub mod store;
 pub mod tasks;
+pub mod tls;
 pub mod vault;

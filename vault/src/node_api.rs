@@ -117,7 +117,7 @@ impl Node for NodeService {
         self.join_gate.admit(peer)?;
         let pb::JoinRequest { token, csr_pem, hostname } = request.into_inner();
         let nodes = self.vault.nodes()?;
-        let (node, cert_pem) = match nodes.join(self.vault.ca(), &token, &csr_pem, &hostname).await {
+        let (node, cert_pem) = match nodes.join(&*self.vault.ca()?, &token, &csr_pem, &hostname).await {
             Ok(joined) => joined,
             Err(e) => {
                 self.join_gate.refused(peer);
@@ -134,11 +134,7 @@ impl Node for NodeService {
         tracing::info!(node = %node.id, name = %node.name, "node joined");
         let entry = AuditEntry::now("node_join").actor(format!("node:{}", node.id));
         self.vault.audit().record(AuditEntry { node: Some(node.id.clone()), ..entry }).await;
-        Ok(Response::new(pb::JoinResponse {
-            node_id: node.id,
-            cert_pem,
-            ca_pem: self.vault.ca().cert_pem().to_string(),
-        }))
+        Ok(Response::new(pb::JoinResponse { node_id: node.id, cert_pem, ca_pem: self.vault.ca_cert_pem().to_string() }))
     }
 
     type AssignmentsStream = AssignmentStream;

@@ -1,5 +1,5 @@
-//! Serving a vault: mutual TLS (TLS 1.3, client certificates signed by the vault's CA) on an
-//! already bound listener, until a shutdown future completes. The server presents its
+//! Serving a vault: mutual TLS (TLS 1.3 only, client certificates signed by the vault's CA; see
+//! tls.rs) on an already bound listener, until a shutdown future completes. The server presents its
 //! certificate followed by the CA's, so a joining agent can pin the CA by fingerprint.
 
 use crate::api::AdminService;
@@ -11,8 +11,7 @@ use hush_proto::v1::node_server::NodeServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -20,8 +19,8 @@ pub enum ServeError {
     Vault(#[from] VaultStateError),
     #[error("reading TLS material {path}: {error}")]
     TlsFile { path: String, error: std::io::Error },
-    #[error("TLS configuration: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -50,21 +49,14 @@ pub async fn serve_vault(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&dir.server_cert())?, read(&dir.server_key())?))
-        .client_ca_root(Certificate::from_pem(read(&dir.ca_cert())?))
-        // Optional only so that `Join` (authenticated by its token) can be called before a node
-        // has a certificate; every other call checks for one (identity.rs).
-        .client_auth_optional(true);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let config = crate::tls::server_config(vault.tls_identities(), &read(&dir.ca_cert())?)?;
+    let incoming = crate::tls::incoming(listener, Arc::new(config));
     let stopping = vault.clone();
     let shutdown = async move {
         shutdown.await;
         stopping.begin_shutdown();
     };
     Server::builder()
-        .tls_config(tls)
-        .map_err(|e| ServeError::Tls(e.to_string()))?
         .add_service(AdminServer::new(AdminService::new(vault.clone())))
         .add_service(NodeServer::new(NodeService::new(vault)))
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -1,10 +1,11 @@
 //! One vault's runtime state: its store, its key hierarchy and whether it is locked.
 //!
-//! When each operation is allowed: `objects()` only while unlocked; `unlock` only while
-//! locked (a vault without autolock is unlocked from the start); `rotate_key` while unlocked.
+//! When each operation is allowed: `objects()` and `ca()` only while unlocked; `unlock` only
+//! while locked (a vault without autolock is unlocked from the start); `rotate_key` while
+//! unlocked. Unlocking opens the sealed CA and server keys and switches the TLS identity.
 
 use crate::audit::AuditLog;
-use crate::ca::CertificateAuthority;
+use crate::ca::{CertificateAuthority, SERVER_KEY_PURPOSE};
 use crate::crypto::Key;
 use crate::keyring::{Keyring, KeyringError, UnlockKey};
 use crate::layout::DataDir;
@@ -14,6 +15,7 @@ use crate::services::Services;
 use crate::store::Store;
 use crate::store::redb::RedbStore;
 use crate::tasks::Tasks;
+use crate::tls::{Identities, certified_key};
 use std::sync::{Arc, RwLock};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,7 @@ pub enum VaultStateError {
 struct Unlocked {
     objects: Arc<Objects>,
     data_key: Key,
+    ca: Arc<CertificateAuthority>,
 }
 
 pub struct Vault {
@@ -38,7 +41,9 @@ pub struct Vault {
     /// Set when the server begins to stop: long-lived streams end so shutdown can complete.
     stopping: tokio::sync::watch::Sender<bool>,
     store: Arc<dyn Store>,
-    ca: CertificateAuthority,
+    dir: DataDir,
+    ca_cert_pem: String,
+    tls: Arc<Identities>,
     presence: Arc<Presence>,
     keyring: tokio::sync::Mutex<Keyring>,
     unlocked: RwLock<Option<Unlocked>>,
@@ -50,31 +55,61 @@ impl Vault {
     /// Opens an initialised data dir. Unlocks at once unless the vault is autolocked.
     pub fn open(dir: &DataDir) -> Result<Self, VaultStateError> {
         let keyring = Keyring::load(dir)?;
-        let ca = CertificateAuthority::load(dir).map_err(|e| VaultStateError::Open(e.to_string()))?;
-        let ca_fingerprint = ca.fingerprint().map_err(|e| VaultStateError::Open(e.to_string()))?;
+        let open_err = |e: &dyn std::fmt::Display| VaultStateError::Open(e.to_string());
+        let read = |path: std::path::PathBuf| {
+            std::fs::read(&path).map_err(|e| VaultStateError::Open(format!("{}: {e}", path.display())))
+        };
+        let ca_cert_pem = String::from_utf8(read(dir.ca_cert())?).map_err(|e| open_err(&e))?;
+        let ca_fingerprint = crate::ca::fingerprint_pem(&ca_cert_pem).map_err(|e| open_err(&e))?;
+        let unlock_key_pem = zeroize::Zeroizing::new(read(dir.unlock_key())?);
+        let tls = Arc::new(Identities::new(
+            certified_key(&read(dir.unlock_cert())?, &unlock_key_pem).map_err(|e| open_err(&e))?,
+        ));
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::open(&dir.store()).map_err(|e| VaultStateError::Open(e.to_string()))?);
         let audit = Arc::new(
             AuditLog::open(&dir.audit_dir(), store.clone()).map_err(|e| VaultStateError::Open(e.to_string()))?,
         );
         let autolock = keyring.is_autolock();
-        let unlocked = if autolock {
-            None
-        } else {
-            let data_key = keyring.open_with_key_file()?;
-            Some(Unlocked { objects: Arc::new(Objects::new(store.clone(), data_key.clone())), data_key })
-        };
-        Ok(Self {
+        let data_key = if autolock { None } else { Some(keyring.open_with_key_file()?) };
+        let vault = Self {
             audit,
             stopping: tokio::sync::watch::Sender::new(false),
             store,
-            ca,
+            dir: dir.clone(),
+            ca_cert_pem,
+            tls,
             presence: Arc::default(),
             keyring: tokio::sync::Mutex::new(keyring),
-            unlocked: RwLock::new(unlocked),
+            unlocked: RwLock::new(None),
             autolock,
             ca_fingerprint,
-        })
+        };
+        if let Some(data_key) = data_key {
+            vault.open_with(data_key)?;
+        }
+        Ok(vault)
+    }
+
+    /// With the data key: opens the sealed CA and server keys, then serves as unlocked.
+    fn open_with(&self, data_key: Key) -> Result<(), VaultStateError> {
+        let open_err = |e: &dyn std::fmt::Display| VaultStateError::Open(e.to_string());
+        let ca = CertificateAuthority::load(&self.dir, &data_key).map_err(|e| open_err(&e))?;
+        let server_key = crate::keyring::read_sealed(&self.dir.server_key(), &data_key, SERVER_KEY_PURPOSE)
+            .map_err(|e| open_err(&e))?
+            .ok_or_else(|| {
+                VaultStateError::Open(format!(
+                    "{} does not open with this vault's data key",
+                    self.dir.server_key().display()
+                ))
+            })?;
+        let chain = std::fs::read(self.dir.server_cert()).map_err(|e| open_err(&e))?;
+        let server = certified_key(&chain, server_key.expose_secret()).map_err(|e| open_err(&e))?;
+        let objects = Arc::new(Objects::new(self.store.clone(), data_key.clone()));
+        *self.unlocked.write().expect("lock poisoned only by a panic") =
+            Some(Unlocked { objects, data_key, ca: Arc::new(ca) });
+        self.tls.set_server(server);
+        Ok(())
     }
 
     pub fn objects(&self) -> Result<Arc<Objects>, VaultStateError> {
@@ -107,8 +142,19 @@ impl Vault {
         &self.audit
     }
 
-    pub fn ca(&self) -> &CertificateAuthority {
-        &self.ca
+    /// The CA, to sign with: only while unlocked (its key is sealed under the data key).
+    pub fn ca(&self) -> Result<Arc<CertificateAuthority>, VaultStateError> {
+        let guard = self.unlocked.read().expect("lock poisoned only by a panic");
+        guard.as_ref().map(|u| u.ca.clone()).ok_or(VaultStateError::Locked)
+    }
+
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.ca_cert_pem
+    }
+
+    /// The TLS identities the server presents (unlock-only until unlocked).
+    pub fn tls_identities(&self) -> Arc<Identities> {
+        self.tls.clone()
     }
 
     pub fn is_locked(&self) -> bool {
@@ -133,9 +179,7 @@ impl Vault {
         let data_key = tokio::task::spawn_blocking(move || keyring.open_with_unlock_key(&unlock_key))
             .await
             .map_err(|e| VaultStateError::Open(e.to_string()))??;
-        let objects = Arc::new(Objects::new(self.store.clone(), data_key.clone()));
-        *self.unlocked.write().expect("lock poisoned only by a panic") = Some(Unlocked { objects, data_key });
-        Ok(())
+        self.open_with(data_key)
     }
 
     /// New key-encryption key (and unlock key when autolocked); the data key is re-wrapped.

@@ -1,7 +1,7 @@
 //! `hush vault init|serve|unlock|rotate-key`.
 
 use super::{Connection, call_error};
-use crate::client::connect_admin;
+use crate::client::{connect_admin, connect_admin_for_unlock};
 use crate::hardening::disable_core_dumps;
 use crate::init::{InitOptions, init};
 use crate::layout::DataDir;
@@ -21,9 +21,13 @@ pub enum VaultCommand {
     Init {
         #[arg(long, env = "HUSH_DATA_DIR", default_value = "/var/lib/hush")]
         data_dir: PathBuf,
-        /// Derive the key-encryption key from an unlock key (printed once) instead of a key file
+        /// Derive the key-encryption key from an unlock key (printed once) instead of a key file;
+        /// needs --admin-dir outside the data dir
         #[arg(long)]
         autolock: bool,
+        /// Where to write the admin client bundle (default DATA_DIR/admin; required with --autolock)
+        #[arg(long, value_name = "DIR")]
+        admin_dir: Option<PathBuf>,
         /// Address or name clients use to reach this vault (repeatable); added to its certificate
         #[arg(long = "advertise-addr", value_name = "HOST[:PORT]")]
         advertise: Vec<String>,
@@ -49,15 +53,15 @@ pub enum VaultCommand {
 
 pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
     match command {
-        VaultCommand::Init { data_dir, autolock, advertise } => {
+        VaultCommand::Init { data_dir, autolock, advertise, admin_dir } => {
             let dir = DataDir::new(&data_dir);
-            let done = init(&dir, &InitOptions { autolock, advertise })?;
+            let done = init(&dir, &InitOptions { autolock, advertise, admin_dir })?;
             println!("Vault initialised in {}", data_dir.display());
             println!("CA fingerprint: sha256:{}", done.ca_fingerprint);
-            println!("Admin TLS bundle: {}", dir.admin_dir().display());
+            println!("Admin TLS bundle: {}", done.admin_dir.display());
             println!();
             println!("Start it with:  hush vault serve --data-dir {}", data_dir.display());
-            println!("Use it with:    export HUSH_VAULT=127.0.0.1:7443 HUSH_TLS_DIR={}", dir.admin_dir().display());
+            println!("Use it with:    export HUSH_VAULT=127.0.0.1:7443 HUSH_TLS_DIR={}", done.admin_dir.display());
             if let Some(key) = done.unlock_key {
                 print_unlock_key(key.expose_secret());
             }
@@ -81,7 +85,8 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
             }
             let mut key = zeroize::Zeroizing::new(String::new());
             std::io::stdin().lock().read_line(&mut key).context("cannot read the unlock key from standard input")?;
-            let mut client = connect_admin(&connection.target()).await?;
+            // A locked vault can only present its unlock-only identity: ask for that one.
+            let mut client = connect_admin_for_unlock(&connection.target()).await?;
             client.unlock(pb::UnlockRequest { unlock_key: key.trim().to_string() }).await.map_err(call_error)?;
             println!("Vault unlocked");
         }

@@ -1,0 +1,161 @@
+//! Keys and transport, attacked for real: a stolen copy of an autolocked vault's data dir
+//! yields nothing that can sign for the vault; the server speaks TLS 1.3 only.
+
+use hush_proto::v1 as pb;
+use hush_proto::v1::admin_client::AdminClient;
+use hush_tests::TestVault;
+use hush_vault::client::{TlsBundle, connect_channel};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+use std::path::{Path, PathBuf};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(files(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+/// Whether an admin call succeeds with this bundle.
+async fn admin_call_works(addr: &str, bundle: &TlsBundle) -> bool {
+    let Ok(channel) = connect_channel(addr, bundle).await else { return false };
+    let request = pb::ListRequest { kind: pb::Kind::Secret as i32, filters: vec![] };
+    AdminClient::new(channel).list(request).await.is_ok()
+}
+
+/// The attack of issue 8 item 3: copy DATA_DIR of a running, unlocked, autolocked vault (no
+/// unlock key), then try every private key found in it — as the CA to mint an admin
+/// certificate, and with every certificate found beside it — against the live vault.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stolen_autolocked_data_dir_cannot_sign_for_the_vault() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut vault = TestVault::init(&["--autolock"]);
+    let unlock_key =
+        vault.init_stdout.lines().map(str::trim).find(|l| l.starts_with("HUSHKEY-1-")).unwrap().to_string();
+    vault.start();
+    vault.hush_stdin(&["vault", "unlock"], unlock_key.as_bytes()).ok();
+    vault.hush_stdin(&["secret", "create", "db_password", "-"], b"s3cr3t").ok();
+    let real = TlsBundle::read(&vault.admin_dir()).unwrap();
+    assert!(admin_call_works(&vault.addr, &real).await, "the real admin bundle works");
+
+    let stolen = vault.temp.path().join("stolen");
+    copy_dir(&vault.data_dir, &stolen);
+    let ca_pem = std::fs::read_to_string(stolen.join("ca/ca.pem")).expect("the CA certificate is public");
+    let stolen_files = files(&stolen);
+    let keys: Vec<&PathBuf> = stolen_files
+        .iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| PrivateKeyDer::from_pem_slice(&b).is_ok()))
+        .collect();
+    let certs: Vec<&PathBuf> = stolen_files
+        .iter()
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("BEGIN CERTIFICATE")))
+        .collect();
+
+    let mut signs = Vec::new();
+    for key_path in &keys {
+        let key_pem = std::fs::read_to_string(key_path).unwrap();
+        // As the CA: mint an admin certificate.
+        let issuer_key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, issuer_key).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "thief");
+        params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "hush-admin");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let minted = params.signed_by(&leaf_key, &issuer).unwrap();
+        let bundle = TlsBundle {
+            ca: ca_pem.clone().into_bytes(),
+            cert: minted.pem().into_bytes(),
+            key: leaf_key.serialize_pem().into_bytes(),
+        };
+        if admin_call_works(&vault.addr, &bundle).await {
+            signs.push(format!("{} mints admin certificates", key_path.display()));
+        }
+        // As a client key, with each certificate found.
+        for cert_path in &certs {
+            let bundle = TlsBundle {
+                ca: ca_pem.clone().into_bytes(),
+                cert: std::fs::read(cert_path).unwrap(),
+                key: key_pem.clone().into_bytes(),
+            };
+            if admin_call_works(&vault.addr, &bundle).await {
+                signs.push(format!("{} with {} is an admin identity", key_path.display(), cert_path.display()));
+            }
+        }
+    }
+    assert!(signs.is_empty(), "the stolen copy signs for the vault: {signs:#?}");
+    // The only key left in the clear is the unlock-only identity's.
+    let names: Vec<String> = keys.iter().map(|p| p.strip_prefix(&stolen).unwrap().display().to_string()).collect();
+    assert_eq!(names, ["ca/unlock.key"], "private keys in the clear in the data dir");
+    assert!(!stolen.join("admin").exists(), "the admin bundle is kept outside the data dir");
+
+    // The copy served by the thief is locked and serves nothing.
+    let mut copy = TestVault::init(&[]);
+    copy.data_dir = stolen;
+    copy.start();
+    hush_tests::Run::from_command(copy.command().env("HUSH_TLS_DIR", vault.admin_dir()).args(["secret", "ls"]))
+        .fails_with("vault is locked");
+}
+
+/// Whether a TLS handshake with only `version` enabled completes against `addr`.
+async fn handshake_with(
+    addr: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+    ca_pem: &[u8],
+) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    connector.connect(name, tcp).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Issue 8 item 7: tonic enables rustls's `tls12` feature, so only the server's configuration
+/// can keep TLS 1.2 out. A rustls client limited to 1.2 and `openssl s_client -tls1_2` fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vault_speaks_tls_1_3_only() {
+    let vault = TestVault::start_new();
+    let ca = std::fs::read(vault.admin_dir().join("ca.pem")).unwrap();
+    handshake_with(&vault.addr, &rustls::version::TLS13, &ca).await.expect("TLS 1.3 handshake");
+    let refused = handshake_with(&vault.addr, &rustls::version::TLS12, &ca).await;
+    assert!(refused.is_err(), "a TLS 1.2 handshake completed");
+
+    let s_client = |flag: &str| {
+        std::process::Command::new("openssl")
+            .args(["s_client", flag, "-connect", &vault.addr])
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    match s_client("-tls1_2") {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(!out.status.success() && !text.contains("BEGIN CERTIFICATE"), "openssl -tls1_2 connected: {text}");
+            assert!(s_client("-tls1_3").unwrap().status.success(), "openssl -tls1_3 fails");
+        }
+        Err(e) => eprintln!("openssl not installed ({e}): checked with the rustls client only"),
+    }
+}
