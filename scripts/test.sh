@@ -17,6 +17,8 @@ need podman podman
 need docker-compose docker-compose
 # a static busybox is the whole test image (docker import of a rootfs, no registry)
 dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
+need protoc protobuf-compiler  # etcd-client's build script compiles etcd's protos
+need etcd etcd-server       # the HA store's tests run a real etcd cluster on loopback
 if ((${#packages[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

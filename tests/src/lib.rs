@@ -2,6 +2,8 @@
 //! kernel, runs the `hush` CLI against them, and cleans up on drop.
 
 pub mod docker;
+pub mod etcd;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

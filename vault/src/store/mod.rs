@@ -7,6 +7,7 @@
 //! wrote it. A transaction applies all its operations or none: when one of its checks fails,
 //! nothing is written and `StoreError::Conflict` names the key.
 
+pub mod etcd;
 pub mod redb;
 
 use async_trait::async_trait;
@@ -91,6 +92,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store is closed")]
     Closed,
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A consistent listing and the revision it was read at.
@@ -113,4 +116,10 @@ pub trait Store: Send + Sync + 'static {
     /// Changes committed after this call. Pair with `range` for list-then-watch: subscribe
     /// first, then range, then skip changes at or below the snapshot's revision.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
+
+    /// Whether changes are flowing: `Err(why)` while a remote store is unreachable (new agent
+    /// streams are refused then, since they would not hear of changes). Always fine locally.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

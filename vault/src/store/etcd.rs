@@ -1,0 +1,504 @@
+//! The HA store: the same contract as the embedded store, kept in an etcd cluster.
+//!
+//! Every key lives under a prefix (`/hush` by default). A transaction is one etcd txn: each
+//! `Expect::Absent` is `create_revision(key) == 0` (create-only), each `Expect::At(r)` is
+//! `mod_revision(key) == r` (compare-and-swap on the revision read); when a check fails the
+//! txn's else branch reads the checked keys so the conflict can be named. Reads are
+//! linearizable, so any replica sees every write acknowledged before the read began.
+//!
+//! One watch per store feeds [`Store::subscribe`]. It resumes from the revision after the last
+//! one delivered when its stream breaks, drops events at or below that revision (etcd 3.4.23 can repeat
+//! events), and when its start revision has been compacted it re-lists the prefix and sends the
+//! difference from what it last knew as one change (what a subscriber would have seen, folded).
+//! Requested progress notifications are never used (racy before 3.4.25).
+
+use super::{Change, Entry, Expect, Op, Revision, Snapshot, Store, StoreError, Txn};
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Default key prefix in etcd.
+pub const DEFAULT_PREFIX: &str = "/hush";
+/// Keys per page when listing (etcd answers at most ~4 MiB by default; we raise that too).
+const PAGE: i64 = 1000;
+/// Largest message the client decodes: a page of configs near their 1 MB cap stays under it.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Where the store is: endpoints, key prefix and TLS material, parsed from
+/// `etcd://h1:2379,h2:2379[/prefix]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub tls: Option<EtcdTls>,
+}
+
+/// PEM files for TLS to etcd: the CA that signed etcd's certificates, and optionally a client
+/// certificate and key (etcd's `--client-cert-auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdConfig {
+    /// Parses `etcd://h1:2379,h2:2379[/prefix]`.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let bad = |why: &str| StoreError::Config(format!("invalid store URL {url:?}: {why}"));
+        let rest =
+            url.strip_prefix("etcd://").ok_or_else(|| bad("expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"))?;
+        let (hosts, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, DEFAULT_PREFIX),
+        };
+        let prefix = if prefix.is_empty() { DEFAULT_PREFIX } else { prefix };
+        let endpoints: Vec<String> = hosts.split(',').map(str::trim).map(str::to_string).collect();
+        if endpoints.iter().any(|e| e.is_empty() || !e.contains(':') || e.contains('@')) {
+            return Err(bad("every endpoint must be HOST:PORT"));
+        }
+        if prefix.contains(char::is_whitespace) {
+            return Err(bad("the prefix may not contain spaces"));
+        }
+        Ok(Self { endpoints, prefix: prefix.to_string(), tls: None })
+    }
+
+    /// The URL form, without TLS material.
+    pub fn url(&self) -> String {
+        format!("etcd://{}{}", self.endpoints.join(","), self.prefix)
+    }
+}
+
+/// Whether the store's watch is connected; a replica that lost etcd stops taking new streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Connected,
+    /// Why etcd cannot be reached (the last error).
+    Lost(String),
+}
+
+pub struct EtcdStore {
+    client: Client,
+    /// Keys in etcd are `prefix/key`.
+    prefix: String,
+    runtime: tokio::runtime::Handle,
+    changes: broadcast::Sender<Change>,
+    health: watch::Receiver<Health>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Io(format!("etcd: {e}"))
+}
+
+impl EtcdStore {
+    /// Connects and starts the watch from the current revision. Fails if no endpoint answers.
+    pub async fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
+        let client = connect_client(config).await?;
+        let prefix = format!("{}/", config.prefix.trim_end_matches('/'));
+        // The revision the watch starts after: nothing committed before `connect` returns is
+        // news to a subscriber (as with the embedded store, subscribe first, then range).
+        let mut kv = client.kv_client();
+        let start = kv
+            .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .map_err(unavailable)?
+            .header()
+            .map_or(0, |h| h.revision()) as Revision;
+        let (changes, _) = broadcast::channel(4096);
+        let (health_tx, health) = watch::channel(Health::Connected);
+        let watcher = tokio::spawn(watch_loop(client.clone(), prefix.clone(), start, changes.clone(), health_tx));
+        Ok(Self { client, prefix, runtime: tokio::runtime::Handle::current(), changes, health, watcher })
+    }
+
+    /// The watch's state, for readiness and `hush vault members`.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
+    /// A client on the same connection (elections, leases, member status).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Runs `work` on the runtime the client was made on: the store is also called from plain
+    /// threads (the audit writer), where etcd's client cannot run by itself.
+    async fn on_runtime<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.runtime.spawn(work).await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn connect_client(config: &EtcdConfig) -> Result<Client, StoreError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_require_leader(true);
+    let scheme = if let Some(tls) = &config.tls {
+        let mut tls_options = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            tls_options = tls_options.identity(Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls_options);
+        "https"
+    } else {
+        "http"
+    };
+    let endpoints: Vec<String> = config.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();
+    let connect = Client::connect(endpoints, Some(options));
+    let client = tokio::time::timeout(REQUEST_TIMEOUT, connect)
+        .await
+        .map_err(|_| StoreError::Io(format!("etcd: no answer from {} in time", config.endpoints.join(","))))?
+        .map_err(unavailable)?;
+    Ok(client)
+}
+
+fn kv_entry(prefix: &str, kv: &etcd_client::KeyValue) -> Result<Entry, StoreError> {
+    let key = std::str::from_utf8(kv.key())
+        .ok()
+        .and_then(|k| k.strip_prefix(prefix))
+        .ok_or_else(|| StoreError::Corrupt(format!("etcd key {:?} is outside {prefix}", kv.key())))?;
+    Ok(Entry { key: key.to_string(), value: kv.value().to_vec(), mod_revision: kv.mod_revision() as Revision })
+}
+
+/// Lists `prefix + sub` in pages, every page at the revision of the first (a consistent cut).
+async fn list(client: &Client, prefix: &str, sub: &str) -> Result<Snapshot, StoreError> {
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let start = format!("{prefix}{sub}").into_bytes();
+    let end = prefix_end(&start);
+    let mut from = start.clone();
+    let mut revision = 0i64;
+    let mut entries = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let page = kv.get(from.clone(), Some(options)).await.map_err(unavailable)?;
+        if revision == 0 {
+            revision = page.header().map_or(0, |h| h.revision());
+        }
+        for item in page.kvs() {
+            entries.push(kv_entry(prefix, item)?);
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok(Snapshot { entries, revision: revision as Revision })
+}
+
+/// The smallest key greater than every key starting with `start` (etcd's `--prefix` end).
+fn prefix_end(start: &[u8]) -> Vec<u8> {
+    let mut end = start.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let (full, prefix) = (format!("{}{key}", self.prefix), self.prefix.clone());
+        self.on_runtime(async move {
+            let response = kv.get(full, None).await.map_err(unavailable)?;
+            response.kvs().first().map(|item| kv_entry(&prefix, item)).transpose()
+        })
+        .await
+    }
+
+    async fn range(&self, prefix: &str) -> Result<Snapshot, StoreError> {
+        let (client, root, sub) = (self.client.clone(), self.prefix.clone(), prefix.to_string());
+        self.on_runtime(async move { list(&client, &root, &sub).await }).await
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
+        let mut kv = self.client.kv_client();
+        let prefix = self.prefix.clone();
+        self.on_runtime(async move {
+            let full = |key: &str| format!("{prefix}{key}");
+            let compares: Vec<Compare> = txn
+                .checks
+                .iter()
+                .map(|(key, expect)| match expect {
+                    Expect::Absent => Compare::create_revision(full(key), CompareOp::Equal, 0),
+                    Expect::At(revision) => Compare::mod_revision(full(key), CompareOp::Equal, *revision as i64),
+                })
+                .collect();
+            // etcd refuses a key twice in one txn: the last operation on a key decides its end state.
+            let ops: Vec<TxnOp> = txn
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(i, op)| txn.ops[i + 1..].iter().all(|later| later.key() != op.key()))
+                .map(|(_, op)| match op {
+                    Op::Put { key, value } => TxnOp::put(full(key), value.clone(), None),
+                    Op::Delete { key } => TxnOp::delete(full(key), None),
+                })
+                .collect();
+            let reads: Vec<TxnOp> = txn.checks.iter().map(|(key, _)| TxnOp::get(full(key), None)).collect();
+            let request = etcd_client::Txn::new().when(compares).and_then(ops).or_else(reads);
+            let response = kv.txn(request).await.map_err(|e| match e {
+                etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::InvalidArgument => {
+                    StoreError::Io(format!("etcd refused the transaction: {}", status.message()))
+                }
+                e => unavailable(e),
+            })?;
+            if response.succeeded() {
+                return Ok(response.header().map_or(0, |h| h.revision()) as Revision);
+            }
+            // Name the first check that does not hold, from the else branch's reads.
+            for ((key, expect), read) in txn.checks.iter().zip(response.op_responses()) {
+                let current = match read {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision() as Revision),
+                    _ => None,
+                };
+                let holds = match expect {
+                    Expect::Absent => current.is_none(),
+                    Expect::At(revision) => current == Some(*revision),
+                };
+                if !holds {
+                    return Err(StoreError::Conflict { key: key.clone() });
+                }
+            }
+            let key = txn.checks.first().map_or_else(String::new, |(k, _)| k.clone());
+            Err(StoreError::Conflict { key })
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match &*self.health.borrow() {
+            Health::Connected => Ok(()),
+            Health::Lost(why) => Err(why.clone()),
+        }
+    }
+}
+
+/// What the watch knows of the prefix: each key's last revision (no values), to compute what
+/// a compaction hid from it.
+type Index = Arc<Mutex<BTreeMap<String, Revision>>>;
+
+/// Follows the prefix from `after + 1` for the store's life.
+async fn watch_loop(
+    client: Client,
+    prefix: String,
+    after: Revision,
+    changes: broadcast::Sender<Change>,
+    health: watch::Sender<Health>,
+) {
+    let mut last = after;
+    let index: Index = Arc::default();
+    // The index starts from a listing at `after`, so a compaction later can be diffed.
+    let mut indexed = false;
+    let mut backoff = RETRY_MIN;
+    loop {
+        if !indexed {
+            match list(&client, &prefix, "").await {
+                Ok(snapshot) => {
+                    let mut map = index.lock().expect("not poisoned");
+                    map.clear();
+                    map.extend(snapshot.entries.into_iter().map(|e| (e.key, e.mod_revision)));
+                    // Changes between `after` and this listing are delivered by the watch below.
+                    drop(map);
+                    indexed = true;
+                }
+                Err(e) => {
+                    lost(&health, e.to_string());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
+            }
+        }
+        match watch_once(&client, &prefix, &mut last, &index, &changes, &health).await {
+            WatchEnd::Compacted => {
+                tracing::warn!(revision = last + 1, "etcd compacted past the watch: re-listing");
+                match resync(&client, &prefix, &mut last, &index, &changes).await {
+                    Ok(()) => backoff = RETRY_MIN,
+                    Err(e) => lost(&health, e.to_string()),
+                }
+            }
+            WatchEnd::Broken(why) => {
+                lost(&health, why);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+fn lost(health: &watch::Sender<Health>, why: String) {
+    let why = format!("lost etcd: {why}");
+    health.send_if_modified(|h| {
+        if *h == Health::Lost(why.clone()) {
+            return false;
+        }
+        tracing::warn!(error = %why, "store watch");
+        *h = Health::Lost(why.clone());
+        true
+    });
+}
+
+enum WatchEnd {
+    Compacted,
+    Broken(String),
+}
+
+/// One watch stream from `last + 1`, delivering whole revisions in order, each once.
+async fn watch_once(
+    client: &Client,
+    prefix: &str,
+    last: &mut Revision,
+    index: &Index,
+    changes: &broadcast::Sender<Change>,
+    health: &watch::Sender<Health>,
+) -> WatchEnd {
+    let options = WatchOptions::new().with_prefix().with_start_revision(*last as i64 + 1);
+    let mut watch_client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut stream = match watch_client.watch(prefix.as_bytes(), Some(options)).await {
+        Ok(stream) => stream,
+        Err(e) => return WatchEnd::Broken(e.to_string()),
+    };
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return WatchEnd::Broken("watch stream closed".into()),
+            Err(e) => return WatchEnd::Broken(e.to_string()),
+        };
+        if response.compact_revision() > 0 {
+            return WatchEnd::Compacted;
+        }
+        if response.canceled() {
+            return WatchEnd::Broken(format!("watch canceled: {}", response.cancel_reason()));
+        }
+        if response.created() {
+            health.send_if_modified(|h| std::mem::replace(h, Health::Connected) != Health::Connected);
+        }
+        // Events of one revision always arrive in one response (no fragmenting is asked for).
+        let mut by_revision: BTreeMap<Revision, Vec<Op>> = BTreeMap::new();
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let revision = kv.mod_revision() as Revision;
+            if revision <= *last {
+                continue; // a repeat (etcd 3.4.23 can send an event twice)
+            }
+            let Ok(entry) = kv_entry(prefix, kv) else { continue };
+            by_revision.entry(revision).or_default().push(match event.event_type() {
+                EventType::Put => Op::Put { key: entry.key, value: entry.value },
+                EventType::Delete => Op::Delete { key: entry.key },
+            });
+        }
+        for (revision, ops) in by_revision {
+            deliver(index, changes, Change { revision, ops });
+            *last = revision;
+        }
+    }
+}
+
+fn deliver(index: &Index, changes: &broadcast::Sender<Change>, change: Change) {
+    {
+        let mut map = index.lock().expect("not poisoned");
+        for op in &change.ops {
+            match op {
+                Op::Put { key, .. } => map.insert(key.clone(), change.revision),
+                Op::Delete { key } => map.remove(key),
+            };
+        }
+    }
+    // No receivers is fine: nobody watches yet.
+    let _ = changes.send(change);
+}
+
+/// After a compaction: lists the prefix now and sends, as one change at the listing's
+/// revision, every put and delete that turns what the index knew into what is there.
+async fn resync(
+    client: &Client,
+    prefix: &str,
+    last: &mut Revision,
+    index: &Index,
+    changes: &broadcast::Sender<Change>,
+) -> Result<(), StoreError> {
+    let snapshot = list(client, prefix, "").await?;
+    let mut ops = Vec::new();
+    {
+        let known = index.lock().expect("not poisoned");
+        let mut now = std::collections::HashSet::with_capacity(snapshot.entries.len());
+        for entry in snapshot.entries {
+            now.insert(entry.key.clone());
+            if known.get(&entry.key) != Some(&entry.mod_revision) {
+                ops.push(Op::Put { key: entry.key, value: entry.value });
+            }
+        }
+        for key in known.keys() {
+            if !now.contains(key) {
+                ops.push(Op::Delete { key: key.clone() });
+            }
+        }
+    }
+    if !ops.is_empty() && snapshot.revision > *last {
+        deliver(index, changes, Change { revision: snapshot.revision, ops });
+    }
+    *last = (*last).max(snapshot.revision);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let c = EtcdConfig::parse("etcd://h1:2379,h2:2379").unwrap();
+        assert_eq!(
+            (c.endpoints.as_slice(), c.prefix.as_str()),
+            (["h1:2379".to_string(), "h2:2379".into()].as_slice(), "/hush")
+        );
+        assert_eq!(EtcdConfig::parse("etcd://h1:2379/team/a/").unwrap().prefix, "/team/a");
+        assert_eq!(EtcdConfig::parse("etcd://[::1]:2379/p").unwrap().endpoints, ["[::1]:2379"]);
+        for bad in ["redb:/x", "etcd://", "etcd://h1", "etcd://h1:1,,h2:2", "etcd://u@h:1"] {
+            assert!(EtcdConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key() {
+        assert_eq!(prefix_end(b"/hush/"), b"/hush0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+    }
+}
