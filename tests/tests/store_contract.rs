@@ -109,7 +109,7 @@ async fn concurrent_creates_are_isolated(store: Arc<dyn Store>) {
 
 /// The next change, or a panic after a few seconds.
 async fn next(changes: &mut broadcast::Receiver<Change>) -> Change {
-    tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("a change in time").expect("open")
+    tokio::time::timeout(Duration::from_secs(20), changes.recv()).await.expect("a change in time").expect("open")
 }
 
 /// No further change arrives for a little while.
@@ -250,8 +250,8 @@ async fn compaction_is_recovered_by_relisting(cluster: &EtcdCluster) {
     let proxy = Proxy::start(&cluster.endpoints()[0]);
     let watched = etcd_store(&format!("etcd://{}/compact", proxy.addr)).await;
     let writer = etcd_store(&cluster.url("/compact")).await;
-    writer.commit(Txn::new().put("stays", vec![1]).put("goes", vec![1]).put("changes", vec![1])).await.unwrap();
     let mut changes = watched.subscribe();
+    writer.commit(Txn::new().put("stays", vec![1]).put("goes", vec![1]).put("changes", vec![1])).await.unwrap();
     next(&mut changes).await;
 
     proxy.cut();

@@ -106,6 +106,41 @@ fn unavailable(e: etcd_client::Error) -> StoreError {
     StoreError::Io(format!("etcd: {e}"))
 }
 
+/// How long a call keeps trying other members while the one it reached is down.
+const FAILOVER: Duration = Duration::from_secs(4);
+
+/// Whether the request never left this process (no member accepted the connection), so
+/// sending it again cannot apply it twice.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect"))
+}
+
+/// Whether a read may simply be asked again (the member was down or had no leader).
+fn transient(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded))
+        || matches!(e, etcd_client::Error::TransportError(_))
+}
+
+/// Runs `call` again while `retry` says its error allows it, for up to [`FAILOVER`]: the
+/// balanced channel may pick a member that just died before it learns so.
+async fn with_failover<T, F, Fut>(retry: fn(&etcd_client::Error) -> bool, mut call: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    let mut pause = RETRY_MIN;
+    loop {
+        match call().await {
+            Err(e) if retry(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            result => return result,
+        }
+    }
+}
+
 impl EtcdStore {
     /// Connects and starts the watch from the current revision. Fails if no endpoint answers.
     pub async fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
@@ -185,7 +220,7 @@ fn kv_entry(prefix: &str, kv: &etcd_client::KeyValue) -> Result<Entry, StoreErro
 
 /// Lists `prefix + sub` in pages, every page at the revision of the first (a consistent cut).
 async fn list(client: &Client, prefix: &str, sub: &str) -> Result<Snapshot, StoreError> {
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let start = format!("{prefix}{sub}").into_bytes();
     let end = prefix_end(&start);
     let mut from = start.clone();
@@ -196,7 +231,12 @@ async fn list(client: &Client, prefix: &str, sub: &str) -> Result<Snapshot, Stor
         if revision > 0 {
             options = options.with_revision(revision);
         }
-        let page = kv.get(from.clone(), Some(options)).await.map_err(unavailable)?;
+        let page = with_failover(transient, || {
+            let (mut kv, from, options) = (kv.clone(), from.clone(), options.clone());
+            async move { kv.get(from, Some(options)).await }
+        })
+        .await
+        .map_err(unavailable)?;
         if revision == 0 {
             revision = page.header().map_or(0, |h| h.revision());
         }
@@ -229,10 +269,15 @@ fn prefix_end(start: &[u8]) -> Vec<u8> {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
         let (full, prefix) = (format!("{}{key}", self.prefix), self.prefix.clone());
         self.on_runtime(async move {
-            let response = kv.get(full, None).await.map_err(unavailable)?;
+            let response = with_failover(transient, || {
+                let (mut kv, full) = (kv.clone(), full.clone());
+                async move { kv.get(full, None).await }
+            })
+            .await
+            .map_err(unavailable)?;
             response.kvs().first().map(|item| kv_entry(&prefix, item)).transpose()
         })
         .await
@@ -244,7 +289,7 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let prefix = self.prefix.clone();
         self.on_runtime(async move {
             let full = |key: &str| format!("{prefix}{key}");
@@ -269,7 +314,12 @@ impl Store for EtcdStore {
                 .collect();
             let reads: Vec<TxnOp> = txn.checks.iter().map(|(key, _)| TxnOp::get(full(key), None)).collect();
             let request = etcd_client::Txn::new().when(compares).and_then(ops).or_else(reads);
-            let response = kv.txn(request).await.map_err(|e| match e {
+            let response = with_failover(not_sent, || {
+                let (mut kv, request) = (kv.clone(), request.clone());
+                async move { kv.txn(request).await }
+            })
+            .await
+            .map_err(|e| match e {
                 etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::InvalidArgument => {
                     StoreError::Io(format!("etcd refused the transaction: {}", status.message()))
                 }
