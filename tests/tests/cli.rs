@@ -52,7 +52,7 @@ fn secret_walkthrough() {
     let inspected = json(&inspected);
     assert_eq!(inspected[0]["ID"], id.as_str());
     assert_eq!(inspected[0]["Spec"]["Name"], "db_password");
-    assert_eq!(inspected[0]["Version"], 1);
+    assert_eq!(inspected[0]["Version"]["Index"], 1);
     let pretty = vault.hush(&["secret", "inspect", "--pretty", &id[..6]]);
     assert!(pretty.ok().contains("Name:            db_password"));
     assert!(!pretty.stdout.contains("s3cr3t"));
@@ -60,7 +60,7 @@ fn secret_walkthrough() {
     // Rotate adds a version.
     vault.hush_stdin(&["secret", "rotate", "db_password", "-"], b"n3w").ok();
     let inspected = json(&vault.hush(&["secret", "inspect", "db_password"]));
-    assert_eq!(inspected[0]["Version"], 2);
+    assert_eq!(inspected[0]["Version"]["Index"], 2);
     assert_eq!(inspected[0]["Versions"].as_array().unwrap().len(), 2);
 
     // rm by name and by ID.
@@ -142,4 +142,138 @@ fn missing_connection_settings_are_named() {
     run.fails_with("set HUSH_TLS_DIR");
     let run = Run::from_command(vault.command().env("HUSH_VAULT", "127.0.0.1:1").args(["secret", "ls"]));
     run.fails_with("cannot reach the vault at 127.0.0.1:1");
+}
+
+/// A secret created with `value`; returns its ID.
+fn create(vault: &TestVault, kind: &str, args: &[&str], value: &[u8]) -> String {
+    let mut all = vec![kind, "create"];
+    all.extend_from_slice(args);
+    all.push("-");
+    vault.hush_stdin(&all, value).ok().trim().to_string()
+}
+
+#[test]
+fn docker_lookup_listing_and_inspect_shape() {
+    let vault = TestVault::start_new();
+    let ddx = create(&vault, "secret", &["--label", "env=prod", "ddx"], b"v");
+    for name in ["item10", "item2", "item1"] {
+        create(&vault, "secret", &["--label", "env=", name], b"v");
+    }
+
+    // Names are unique regardless of case, and found in any case.
+    vault.hush_stdin(&["secret", "create", "DDX", "-"], b"v").fails_with("secret DDX already exists");
+    assert_eq!(json(&vault.hush(&["secret", "inspect", "DDX"]))[0]["ID"], ddx.as_str());
+    // Natural order; filters as Docker's.
+    let names = |args: &[&str]| {
+        let mut all = vec!["secret", "ls", "--format", "{{.Name}}"];
+        all.extend_from_slice(args);
+        vault.hush(&all).ok().lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&[]), ["ddx", "item1", "item2", "item10"]);
+    assert_eq!(names(&["--filter", "name=ITEM1"]), ["item1", "item10"]);
+    assert_eq!(names(&["--filter", "names=ITEM1"]), ["item1"]);
+    assert_eq!(names(&["--filter", "label=env="]), ["ddx", "item1", "item2", "item10"]);
+    assert_eq!(names(&["--filter", "label=env=prod"]), ["ddx"]);
+
+    // Go templates on ls and inspect.
+    let row = vault.hush(&[
+        "secret",
+        "ls",
+        "--filter",
+        "names=ddx",
+        "--format",
+        r#"{{.ID}} {{.Label "env"}} {{.Labels}} {{.Version}}"#,
+    ]);
+    assert_eq!(row.ok(), format!("{ddx} prod env=prod 1\n"));
+    let table = vault.hush(&["secret", "ls", "--filter", "names=ddx", "--format", r"table {{.Name}}\t{{.Labels}}"]);
+    assert_eq!(table.ok(), "NAME      LABELS\nddx       env=prod\n");
+    let line = vault.hush(&["secret", "ls", "--filter", "names=ddx", "--format", "{{json .}}"]);
+    let line: Value = serde_json::from_str(line.ok().trim()).unwrap();
+    assert_eq!(
+        (line["Name"].as_str(), line["Labels"].as_str(), line["Driver"].as_str()),
+        (Some("ddx"), Some("env=prod"), Some(""))
+    );
+    let inspected = vault.hush(&[
+        "secret",
+        "inspect",
+        "-f",
+        r#"{{.Spec.Name}} {{.Version.Index}} {{index .Spec.Labels "env"}}"#,
+        "ddx",
+    ]);
+    assert_eq!(inspected.ok(), "ddx 1 prod\n");
+    vault.hush(&["secret", "ls", "--format", "{{.Nope}}"]).fails_with("invalid format template");
+    vault.hush(&["secret", "ls", "--format", "{{.Name"]).fails_with("invalid format template");
+
+    // Missing objects: `[]` and exit 1; the found ones still print; --pretty prints nothing.
+    let missing = vault.hush(&["secret", "inspect", "nope"]);
+    assert_eq!((missing.status.code(), missing.stdout.as_str()), (Some(1), "[]\n"));
+    assert_eq!(missing.stderr, "error: secret nope not found\n");
+    let some = vault.hush(&["secret", "inspect", "ddx", "nope"]);
+    assert_eq!(some.status.code(), Some(1));
+    assert_eq!(serde_json::from_str::<Value>(&some.stdout).unwrap().as_array().unwrap().len(), 1);
+    let pretty = vault.hush(&["secret", "inspect", "--pretty", "ddx", "nope"]);
+    assert_eq!((pretty.status.code(), pretty.stdout.as_str()), (Some(1), ""));
+    let templated = vault.hush(&["secret", "inspect", "-f", "{{.ID}}", "nope"]);
+    assert_eq!((templated.status.code(), templated.stdout.as_str()), (Some(1), "\n"));
+
+    // rotate --if-changed adds a version only for a new value; --pretty lists versions.
+    vault.hush_stdin(&["secret", "rotate", "--if-changed", "ddx", "-"], b"v").ok();
+    assert_eq!(vault.hush(&["secret", "inspect", "-f", "{{.Version.Index}}", "ddx"]).ok(), "1\n");
+    vault.hush_stdin(&["secret", "rotate", "--if-changed", "ddx", "-"], b"w").ok();
+    vault.hush_stdin(&["secret", "rotate", "ddx", "-"], b"w").ok();
+    assert_eq!(vault.hush(&["secret", "inspect", "-f", "{{.Version.Index}}", "ddx"]).ok(), "3\n");
+    let pretty = vault.hush(&["secret", "inspect", "--pretty", "ddx"]);
+    let versions: Vec<&str> = pretty.ok().lines().skip_while(|l| *l != "Versions:").skip(1).collect();
+    assert_eq!(versions.len(), 3, "{pretty:?}");
+    assert!(versions[2].starts_with(" - 3   ") && versions[2].ends_with("   1 byte"), "{versions:?}");
+}
+
+#[test]
+fn service_references_name_objects_exactly() {
+    let vault = TestVault::start_new();
+    let id = create(&vault, "secret", &["ddx"], b"v");
+    create(&vault, "config", &["conf"], b"c");
+    let before = vault.hush(&["service", "ls", "-q"]).ok().to_string();
+    vault
+        .hush(&["service", "create", "web", "--secret", &format!("source={}", &id[..8])])
+        .fails_with(&format!("{} is the ID of ddx", &id[..8]));
+    vault.hush(&["service", "create", "web", "--secret", &id]).fails_with("is the ID of ddx");
+    vault.hush(&["service", "create", "web", "--secret", "DDX"]).fails_with("did you mean ddx?");
+    assert_eq!(vault.hush(&["service", "ls", "-q"]).ok(), before);
+    // A relative config target is relative to /, as Docker's.
+    vault
+        .hush(&[
+            "service",
+            "create",
+            "web",
+            "--secret",
+            "source=ddx,target=rel/s",
+            "--config",
+            "source=conf,target=rel/c",
+        ])
+        .ok();
+    let service = json(&vault.hush(&["service", "inspect", "web"]));
+    assert_eq!(service[0]["Configs"][0]["Target"], "/rel/c");
+    assert_eq!(service[0]["Secrets"][0]["Target"], "rel/s");
+}
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let vault = TestVault::start_new();
+    for i in 0..3 {
+        create(&vault, "secret", &[&format!("s{i}")], b"v");
+    }
+    for args in [
+        &["secret", "ls"][..],
+        &["secret", "ls", "--format", "{{.Name}}"],
+        &["secret", "inspect", "--pretty", "s1"],
+        &["audit"],
+    ] {
+        // The reader is gone before hush writes anything: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = vault.command().args(args).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{args:?}");
+    }
 }

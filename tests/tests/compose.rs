@@ -29,7 +29,7 @@ fn state(vault: &TestVault) -> String {
 
 fn version(vault: &TestVault, secret: &str) -> u64 {
     let json: serde_json::Value = serde_json::from_str(vault.hush(&["secret", "inspect", secret]).ok()).unwrap();
-    json[0]["Version"].as_u64().unwrap()
+    json[0]["Version"]["Index"].as_u64().unwrap()
 }
 
 #[test]

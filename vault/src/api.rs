@@ -46,7 +46,7 @@ impl From<VaultError> for Status {
         match e {
             VaultError::Invalid(_) | VaultError::Filter(_) => Status::invalid_argument(message),
             VaultError::NameTaken { .. } => Status::already_exists(message),
-            VaultError::NotFound { .. } => Status::not_found(message),
+            VaultError::NotFound { .. } | VaultError::NotAName { .. } => Status::not_found(message),
             VaultError::Ambiguous { .. } | VaultError::InUse { .. } => Status::failed_precondition(message),
             VaultError::Tampered { .. } | VaultError::Corrupt { .. } => Status::data_loss(message),
             VaultError::Contended => Status::aborted(message),

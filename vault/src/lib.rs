@@ -28,5 +28,6 @@ pub mod services;
 pub mod spec;
 pub mod store;
 pub mod tasks;
+pub mod template;
 pub mod tls;
 pub mod vault;

@@ -11,6 +11,9 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     match runtime.block_on(hush_vault::cli::run(cli)) {
         Ok(code) => code,
+        // A reader that stopped reading (`hush secret ls | head -1`) is not an error: exit
+        // quietly, as other command-line tools do.
+        Err(e) if hush_vault::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -101,6 +101,46 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Validati
     }
 }
 
+/// Docker's `ls` order (`sortorder.NaturalLess`): runs of digits compare as numbers (`item2`
+/// before `item10`; with equal values fewer leading zeros first), everything else byte by byte;
+/// digits sort before other bytes.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (da, db) = (a[i].is_ascii_digit(), b[j].is_ascii_digit());
+        if da != db {
+            return if da { Ordering::Less } else { Ordering::Greater };
+        }
+        if !da {
+            if a[i] != b[j] {
+                return a[i].cmp(&b[j]);
+            }
+            i += 1;
+            j += 1;
+            continue;
+        }
+        let digits = |s: &[u8], mut k: usize| {
+            while k < s.len() && s[k] == b'0' {
+                k += 1;
+            }
+            let start = k;
+            while k < s.len() && s[k].is_ascii_digit() {
+                k += 1;
+            }
+            (start, k)
+        };
+        let ((sa, ea), (sb, eb)) = (digits(a, i), digits(b, j));
+        let order = (ea - sa).cmp(&(eb - sb)).then_with(|| a[sa..ea].cmp(&b[sb..eb])).then_with(|| sa.cmp(&sb));
+        if order != Ordering::Equal {
+            return order;
+        }
+        (i, j) = (ea, eb);
+    }
+    (a.len() - i).cmp(&(b.len() - j))
+}
+
 /// One sealed version of an object's value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionRecord {
@@ -149,6 +189,14 @@ mod tests {
         for bad in ["", "-a", "a-", "_a", "a_", "a b", "a/b", "é", &"x".repeat(65), ".a"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn natural_order_is_dockers() {
+        let mut names = vec!["item10", "item2", "item1", "Item3", "item02", "a", "a0", "1b", "item", "b"];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(names, ["1b", "Item3", "a", "a0", "b", "item", "item1", "item2", "item02", "item10"]);
+        assert_eq!(natural_cmp("x", "x"), std::cmp::Ordering::Equal);
     }
 
     #[test]

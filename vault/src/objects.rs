@@ -2,7 +2,8 @@
 //! versions, and their layout in the store. Knows nothing of gRPC.
 //!
 //! Store layout per kind (`secret` or `config`):
-//! `KIND/obj/ID` → [`ObjectRecord`] (JSON), `KIND/name/NAME` → ID,
+//! `KIND/obj/ID` → [`ObjectRecord`] (JSON), `KIND/name/LOWERCASE_NAME` → ID (names are unique
+//! regardless of case, as Docker's),
 //! `KIND/data/ID/VERSION` → sealed value (version zero-padded so keys sort by version).
 
 use crate::crypto::{self, Key};
@@ -21,11 +22,13 @@ pub enum VaultError {
     NameTaken { kind: Kind, name: String },
     #[error("{kind} {reference} not found")]
     NotFound { kind: Kind, reference: String },
+    #[error("{kind} {reference} not found: a service references a {kind} by its exact name ({hint})")]
+    NotAName { kind: Kind, reference: String, hint: String },
     #[error("{kind} {reference} is ambiguous ({count} matches found)")]
     Ambiguous { kind: Kind, reference: String, count: usize },
     #[error("{kind} {name} version {version} failed its integrity check: the sealed record was altered or moved")]
     Tampered { kind: Kind, name: String, version: u64 },
-    #[error("invalid filter {0:?}: expected name=NAME, id=ID or label=KEY[=VALUE]")]
+    #[error("invalid filter {0:?}: expected name=PREFIX, names=NAME, id=PREFIX or label=KEY[=VALUE]")]
     Filter(String),
     #[error("record {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
@@ -40,8 +43,12 @@ pub enum VaultError {
 /// `--filter` terms: same keys ORed, different keys ANDed, as Docker.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
+    /// `name=`: name prefixes, any case.
     names: Vec<String>,
+    /// `names=`: exact names, any case.
+    exact_names: Vec<String>,
     ids: Vec<String>,
+    /// `label=KEY` and `label=KEY=` (any value), `label=KEY=VALUE`.
     labels: Vec<(String, Option<String>)>,
 }
 
@@ -50,9 +57,11 @@ impl Filters {
         let mut filters = Self::default();
         for (key, value) in terms {
             match key {
-                "name" => filters.names.push(value.to_string()),
+                "name" => filters.names.push(value.to_lowercase()),
+                "names" => filters.exact_names.push(value.to_lowercase()),
                 "id" => filters.ids.push(value.to_string()),
                 "label" => filters.labels.push(match value.split_once('=') {
+                    Some((k, "")) => (k.to_string(), None),
                     Some((k, v)) => (k.to_string(), Some(v.to_string())),
                     None => (value.to_string(), None),
                 }),
@@ -62,11 +71,14 @@ impl Filters {
         Ok(filters)
     }
 
-    /// Name and ID terms match a prefix (as Docker's); each label term must hold.
+    /// `name` and `id` terms match a prefix, `names` a whole name, names in any case (as
+    /// Docker's); each label term must hold.
     fn matches(&self, record: &ObjectRecord) -> bool {
         let any_prefix =
             |terms: &[String], s: &str| terms.is_empty() || terms.iter().any(|t| s.starts_with(t.as_str()));
-        any_prefix(&self.names, &record.name)
+        let name = record.name.to_lowercase();
+        any_prefix(&self.names, &name)
+            && (self.exact_names.is_empty() || self.exact_names.contains(&name))
             && any_prefix(&self.ids, &record.id)
             && self.labels.iter().all(|(k, v)| match (record.labels.get(k), v) {
                 (Some(_), None) => true,
@@ -95,7 +107,12 @@ pub struct Objects {
 pub(crate) fn obj_key(kind: Kind, id: &str) -> String {
     format!("{kind}/obj/{id}")
 }
+/// The name index is case-insensitive: `DB` is refused while `db` exists, and finds it.
 fn name_key(kind: Kind, name: &str) -> String {
+    format!("{kind}/name/{}", name.to_lowercase())
+}
+/// Where stores written before names were case-insensitive keep a mixed-case name.
+fn legacy_name_key(kind: Kind, name: &str) -> String {
     format!("{kind}/name/{name}")
 }
 fn data_prefix(kind: Kind, id: &str) -> String {
@@ -142,6 +159,7 @@ impl Objects {
         let sealed = crypto::seal(&self.data_key, &aad(kind, &id, 1), data.expose_secret());
         let txn = Txn::new()
             .check(name_key(kind, name), Expect::Absent)
+            .check(legacy_name_key(kind, name), Expect::Absent)
             .check(obj_key(kind, &id), Expect::Absent)
             .put(name_key(kind, name), id.clone().into_bytes())
             .put(obj_key(kind, &id), serde_json::to_vec(&record).expect("record serialises"))
@@ -153,7 +171,8 @@ impl Objects {
         }
     }
 
-    /// Objects matching `filters`, sorted by name.
+    /// Objects matching `filters`, sorted by name as Docker sorts them (naturally: `item2`
+    /// before `item10`).
     pub async fn list(&self, kind: Kind, filters: &Filters) -> Result<Vec<ObjectRecord>, VaultError> {
         let snapshot = self.store.range(&format!("{kind}/obj/")).await?;
         let mut records = Vec::with_capacity(snapshot.entries.len());
@@ -163,11 +182,11 @@ impl Objects {
                 records.push(record);
             }
         }
-        records.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        records.sort_by(|a, b| model::natural_cmp(&a.name, &b.name).then_with(|| a.id.cmp(&b.id)));
         Ok(records)
     }
 
-    /// Docker's lookup order: full ID, then exact name, then unique ID prefix.
+    /// Docker's lookup order: full ID, then name (in any case), then unique ID prefix.
     pub async fn find(&self, kind: Kind, reference: &str) -> Result<Found, VaultError> {
         let not_found = || VaultError::NotFound { kind, reference: reference.to_string() };
         if reference.len() == model::ID_LEN
@@ -175,11 +194,8 @@ impl Objects {
         {
             return Ok(found);
         }
-        if model::validate_name(reference).is_ok()
-            && let Some(entry) = self.store.get(&name_key(kind, reference)).await?
-        {
-            let id = String::from_utf8_lossy(&entry.value).into_owned();
-            return self.get_by_id(kind, &id).await?.ok_or_else(not_found);
+        if let Some(found) = self.find_name(kind, reference).await? {
+            return Ok(found);
         }
         if !model::is_id_prefix(reference) {
             return Err(not_found());
@@ -190,6 +206,38 @@ impl Objects {
             [entry] => Ok(Found { record: decode(entry)?, revision: entry.mod_revision }),
             many => Err(VaultError::Ambiguous { kind, reference: reference.to_string(), count: many.len() }),
         }
+    }
+
+    /// The object named `name`, in any case.
+    async fn find_name(&self, kind: Kind, name: &str) -> Result<Option<Found>, VaultError> {
+        if model::validate_name(name).is_err() {
+            return Ok(None);
+        }
+        let mut entry = self.store.get(&name_key(kind, name)).await?;
+        if entry.is_none() && name_key(kind, name) != legacy_name_key(kind, name) {
+            entry = self.store.get(&legacy_name_key(kind, name)).await?;
+        }
+        match entry {
+            Some(entry) => self.get_by_id(kind, &String::from_utf8_lossy(&entry.value)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The object a service reference's `source` names: its exact name only, as Docker's CLI
+    /// resolves `--secret source=...` (an ID, ID prefix or a name in another case is refused,
+    /// with a hint, rather than stored as the reference's name).
+    pub async fn find_by_name(&self, kind: Kind, name: &str) -> Result<Found, VaultError> {
+        if let Some(found) = self.find_name(kind, name).await?
+            && found.record.name == name
+        {
+            return Ok(found);
+        }
+        let hint = match self.find(kind, name).await {
+            Ok(found) if found.record.id.starts_with(name) => format!("{name} is the ID of {}", found.record.name),
+            Ok(found) => format!("did you mean {}?", found.record.name),
+            Err(_) => return Err(VaultError::NotFound { kind, reference: name.to_string() }),
+        };
+        Err(VaultError::NotAName { kind, reference: name.to_string(), hint })
     }
 
     pub async fn get_by_id(&self, kind: Kind, id: &str) -> Result<Option<Found>, VaultError> {
@@ -293,6 +341,9 @@ impl Objects {
                 .check(obj_key(kind, &record.id), Expect::At(revision))
                 .delete(obj_key(kind, &record.id))
                 .delete(name_key(kind, &record.name));
+            if legacy_name_key(kind, &record.name) != name_key(kind, &record.name) {
+                txn = txn.delete(legacy_name_key(kind, &record.name));
+            }
             for entry in self.store.range(&data_prefix(kind, &record.id)).await?.entries {
                 txn = txn.delete(entry.key);
             }
@@ -350,6 +401,62 @@ mod tests {
         let err = objects.create(Kind::Secret, "x", BTreeMap::new(), data("b")).await.unwrap_err();
         assert_eq!(err.to_string(), "secret x already exists");
         objects.create(Kind::Config, "x", BTreeMap::new(), data("b")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn names_are_unique_and_found_in_any_case() {
+        let (_d, _s, objects) = objects().await;
+        let created = objects.create(Kind::Secret, "ddx", BTreeMap::new(), data("a")).await.unwrap();
+        let err = objects.create(Kind::Secret, "DDX", BTreeMap::new(), data("b")).await.unwrap_err();
+        assert_eq!(err.to_string(), "secret DDX already exists");
+        assert_eq!(objects.find(Kind::Secret, "DDX").await.unwrap().record.id, created.id);
+        assert_eq!(objects.find(Kind::Secret, "dDx").await.unwrap().record.name, "ddx");
+        // Service references take the exact name only.
+        assert_eq!(objects.find_by_name(Kind::Secret, "ddx").await.unwrap().record.id, created.id);
+        let err = objects.find_by_name(Kind::Secret, "DDX").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "secret DDX not found: a service references a secret by its exact name (did you mean ddx?)"
+        );
+        let prefix = &created.id[..6];
+        let err = objects.find_by_name(Kind::Secret, prefix).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "secret {prefix} not found: a service references a secret by its exact name ({prefix} is the ID of ddx)"
+            )
+        );
+        let err = objects.find_by_name(Kind::Secret, &created.id).await.unwrap_err();
+        assert!(err.to_string().contains("is the ID of ddx"), "{err}");
+        assert!(matches!(objects.find_by_name(Kind::Secret, "nope").await, Err(VaultError::NotFound { .. })));
+        // Removal frees the name in every case.
+        objects
+            .remove(Kind::Secret, "DDX", |_| async { Ok((vec![], ("unused".to_string(), Expect::Absent))) })
+            .await
+            .unwrap();
+        objects.create(Kind::Secret, "DDX", BTreeMap::new(), data("a")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stores_with_mixed_case_name_keys_still_work() {
+        let (_d, store, objects) = objects().await;
+        let created = objects.create(Kind::Secret, "Old", BTreeMap::new(), data("a")).await.unwrap();
+        // As an older vault wrote it: the name key in its own case.
+        store
+            .commit(
+                Txn::new()
+                    .delete(name_key(Kind::Secret, "Old"))
+                    .put(legacy_name_key(Kind::Secret, "Old"), created.id.clone().into_bytes()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(objects.find(Kind::Secret, "Old").await.unwrap().record.id, created.id);
+        assert!(objects.create(Kind::Secret, "Old", BTreeMap::new(), data("b")).await.is_err());
+        objects
+            .remove(Kind::Secret, "Old", |_| async { Ok((vec![], ("unused".to_string(), Expect::Absent))) })
+            .await
+            .unwrap();
+        assert!(store.range("secret/name/").await.unwrap().entries.is_empty());
     }
 
     #[tokio::test]
@@ -413,6 +520,22 @@ mod tests {
         assert_eq!(list(&[("label", "env")]).await, ["web_cert", "web_key"]);
         assert_eq!(list(&[("label", "env=prod")]).await, ["web_key"]);
         assert_eq!(list(&[("name", "db"), ("name", "web_k")]).await, ["db", "web_key"]);
+        assert_eq!(list(&[("name", "WEB_C")]).await, ["web_cert"]);
+        assert_eq!(list(&[("names", "web")]).await, Vec::<String>::new());
+        assert_eq!(list(&[("names", "WEB_KEY"), ("names", "db")]).await, ["db", "web_key"]);
+        // `label=env=` is `label=env`: any value.
+        assert_eq!(list(&[("label", "env=")]).await, ["web_cert", "web_key"]);
         assert!(Filters::parse([("driver", "x")]).is_err());
+    }
+
+    #[tokio::test]
+    async fn ls_sorts_naturally() {
+        let (_d, _s, objects) = objects().await;
+        for name in ["item10", "item2", "Item3", "item1"] {
+            objects.create(Kind::Secret, name, BTreeMap::new(), data("a")).await.unwrap();
+        }
+        let names: Vec<_> =
+            objects.list(Kind::Secret, &Filters::default()).await.unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["Item3", "item1", "item2", "item10"]);
     }
 }

@@ -86,12 +86,13 @@ impl Services {
         Self { store: objects.store().clone(), objects }
     }
 
-    /// Parses SPECs and resolves each source by name or ID; fails if any is missing.
+    /// Parses SPECs and resolves each source by its exact name (as Docker's CLI: never an ID);
+    /// fails if any is missing.
     async fn bind(&self, kind: Kind, specs: &[String]) -> Result<Vec<BoundReference>, ServiceError> {
         let mut bound = Vec::with_capacity(specs.len());
         for text in specs {
             let reference = spec::parse_reference(kind, text)?;
-            let object = self.objects.find(kind, &reference.source).await?.record;
+            let object = self.objects.find_by_name(kind, &reference.source).await?.record;
             bound.push(BoundReference { reference, object_id: object.id });
         }
         Ok(bound)

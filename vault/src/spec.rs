@@ -29,7 +29,8 @@ pub enum SpecError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reference {
     pub source: String,
-    /// As given (relative or absolute); see [`Reference::absolute_target`].
+    /// Secrets: as given (relative to `/run/secrets` or absolute); configs: always absolute (a
+    /// relative config target is made absolute under `/` when parsed, as Docker places it).
     pub target: String,
     pub uid: u32,
     pub gid: u32,
@@ -84,10 +85,14 @@ pub fn parse_reference(kind: Kind, spec: &str) -> Result<Reference, SpecError> {
         }
     }
     let source = source.filter(|s| !s.is_empty()).ok_or_else(|| invalid("source is required"))?;
-    let target = target.filter(|t| !t.is_empty()).unwrap_or_else(|| match kind {
-        Kind::Secret => source.clone(),
-        Kind::Config => format!("/{source}"),
-    });
+    // As Docker: a relative secret target is under /run/secrets, a relative config target under /.
+    let target = match (kind, target.filter(|t| !t.is_empty())) {
+        (Kind::Secret, Some(target)) => target,
+        (Kind::Secret, None) => source.clone(),
+        (Kind::Config, Some(target)) if target.starts_with('/') => target,
+        (Kind::Config, Some(target)) => format!("/{target}"),
+        (Kind::Config, None) => format!("/{source}"),
+    };
     let reference = Reference { source, target, uid, gid, mode };
     validate_target(&reference.target)?;
     Ok(reference)
@@ -132,6 +137,11 @@ mod tests {
         assert_eq!(secret.absolute_target(), "/run/secrets/db_password");
         let config = parse_reference(Kind::Config, "nginx_conf").unwrap();
         assert_eq!(config.absolute_target(), "/nginx_conf");
+        // A relative target is relative to / for a config (to /run/secrets for a secret), as Docker's.
+        let config = parse_reference(Kind::Config, "source=c,target=rel/c").unwrap();
+        assert_eq!(config.absolute_target(), "/rel/c");
+        let secret = parse_reference(Kind::Secret, "source=s,target=rel/s").unwrap();
+        assert_eq!(secret.absolute_target(), "/run/secrets/rel/s");
     }
 
     #[test]

@@ -81,6 +81,13 @@ impl Connection {
     }
 }
 
+/// Whether `error` comes from writing to a pipe whose reader has gone.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 /// Failure of one call, already worded for the user.
 fn call_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(client::explain(&status))

@@ -4,12 +4,14 @@ use super::output::{Format, Listing, ago, print_json, print_listing};
 use super::{Connection, call_error, input::read_value};
 use crate::client::connect_admin;
 use crate::model::Kind;
+use crate::template::{self, Format as TemplateFormat, Template};
 use anyhow::{Context, bail};
 use base64::Engine;
 use clap::{Args, Subcommand};
 use hush_proto::v1 as pb;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
@@ -27,42 +29,54 @@ enum ObjectCommand {
         /// Label KEY=VALUE (repeatable)
         #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        /// Name: 1 to 64 of [a-zA-Z0-9-_.], unique regardless of case
         name: String,
         /// File to read, or - for standard input
         file: String,
     },
-    /// List, sorted by name
+    /// List, sorted by name (naturally: item2 before item10)
     #[command(alias = "list")]
     Ls {
         /// Only IDs
         #[arg(short, long)]
         quiet: bool,
-        /// name=PREFIX, id=PREFIX, label=KEY or label=KEY=VALUE (repeatable)
+        /// name=PREFIX, names=NAME, id=PREFIX, label=KEY or label=KEY=VALUE (repeatable)
         #[arg(short, long = "filter", value_name = "KEY=VALUE")]
         filters: Vec<String>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        /// table, json, or a Go template: '{{.Name}}', 'table {{.ID}}\t{{.Name}}', '{{json .}}'
+        #[arg(long, default_value = "table", value_name = "FORMAT")]
+        format: String,
     },
-    /// Show metadata (for configs also the data; never a secret's value)
+    /// Show metadata and versions (for configs also the data; never a secret's value)
     Inspect {
+        /// Full ID, name (any case) or unique ID prefix
         #[arg(required = true, value_name = "NAME|ID")]
         references: Vec<String>,
         /// Human-readable instead of JSON
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         pretty: bool,
+        /// A Go template run on each object's JSON: '{{.Version.Index}}', '{{json .Spec}}'
+        #[arg(short, long, value_name = "TEMPLATE")]
+        format: Option<String>,
     },
     /// Remove with all versions
     #[command(alias = "remove")]
     Rm {
+        /// Full ID, name (any case) or unique ID prefix
         #[arg(required = true, value_name = "NAME|ID")]
         references: Vec<String>,
     },
     /// Store a new version; running tasks switch to it
     Rotate {
+        /// Full ID, name (any case) or unique ID prefix
         #[arg(value_name = "NAME|ID")]
         reference: String,
         /// File to read, or - for standard input
         file: String,
+        /// Add a version only if the value differs from the current one (compared in the vault);
+        /// without it every rotate adds a version
+        #[arg(long)]
+        if_changed: bool,
     },
 }
 
@@ -112,18 +126,23 @@ pub async fn run(kind: Kind, args: ObjectArgs) -> anyhow::Result<ExitCode> {
             let response = client.create(request).await.map_err(call_error)?.into_inner();
             println!("{}", response.id);
         }
-        ObjectCommand::Rotate { reference, .. } => {
+        ObjectCommand::Rotate { reference, if_changed, .. } => {
             let data = value.expect("read above").expose_secret().to_vec();
-            let request = pb::RotateRequest { kind: pb_kind(kind), reference, data, only_if_changed: false };
+            let request = pb::RotateRequest { kind: pb_kind(kind), reference, data, only_if_changed: if_changed };
             let response = client.rotate(request).await.map_err(call_error)?.into_inner();
+            if !response.changed {
+                eprintln!("{kind} unchanged: still version {}", response.version);
+            }
             println!("{}", response.id);
         }
         ObjectCommand::Ls { quiet, filters, format } => {
+            let format = TemplateFormat::parse(&format)?;
             let request = pb::ListRequest { kind: pb_kind(kind), filters: parse_filters(&filters)? };
             let objects = client.list(request).await.map_err(call_error)?.into_inner().objects;
-            print_list(&objects, quiet, format)?;
+            print_list(kind, &objects, quiet, format)?;
         }
-        ObjectCommand::Inspect { references, pretty } => {
+        ObjectCommand::Inspect { references, pretty, format } => {
+            let template = format.as_deref().map(Template::parse).transpose()?;
             let mut found = Vec::new();
             let mut failed = false;
             for reference in references {
@@ -135,11 +154,7 @@ pub async fn run(kind: Kind, args: ObjectArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            if pretty {
-                print_pretty(kind, &found);
-            } else if !found.is_empty() || !failed {
-                print_json(&Value::Array(found.iter().map(|o| inspect_json(kind, o)).collect()))?;
-            }
+            print_inspected(kind, &found, failed, pretty, template.as_ref())?;
             return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         ObjectCommand::Rm { references } => {
@@ -154,8 +169,19 @@ pub async fn run(kind: Kind, args: ObjectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_list(objects: &[pb::ObjectMeta], quiet: bool, format: Format) -> anyhow::Result<()> {
+fn print_list(kind: Kind, objects: &[pb::ObjectMeta], quiet: bool, format: TemplateFormat) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
+    let format = match format {
+        TemplateFormat::Table => Format::Table,
+        TemplateFormat::Json => Format::Json,
+        TemplateFormat::Template(template) if !quiet => {
+            let rows: Vec<_> = objects.iter().map(|o| template_row(kind, o, now)).collect();
+            let text = template.render_lines(&template::header(LS_TITLES), &rows)?;
+            let mut out = std::io::stdout().lock();
+            return out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("writing output");
+        }
+        TemplateFormat::Template(_) => Format::Table,
+    };
     let row = |o: &pb::ObjectMeta| {
         vec![o.id.clone(), o.name.clone(), o.version.to_string(), ago(&o.created_at, now), ago(&o.updated_at, now)]
     };
@@ -166,6 +192,37 @@ fn print_list(objects: &[pb::ObjectMeta], quiet: bool, format: Format) -> anyhow
         row: &row,
     };
     print_listing(objects, quiet, format, &listing).context("writing output")
+}
+
+/// Column titles of `ls --format 'table ...'`, by field (Docker's, plus VERSION).
+const LS_TITLES: &[(&str, &str)] = &[
+    ("ID", "ID"),
+    ("Name", "NAME"),
+    ("Driver", "DRIVER"),
+    ("Version", "VERSION"),
+    ("CreatedAt", "CREATED"),
+    ("UpdatedAt", "UPDATED"),
+    ("Labels", "LABELS"),
+];
+
+/// What an `ls` template sees of one object: Docker's fields (times as "2 hours ago", labels as
+/// `k=v,k=v`, `Label "KEY"`), plus `Version`.
+fn template_row(kind: Kind, o: &pb::ObjectMeta, now: chrono::DateTime<chrono::Utc>) -> gotmpl::Value {
+    let labels: BTreeMap<String, String> = o.labels.clone().into_iter().collect();
+    let joined = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let mut fields = vec![
+        ("ID", o.id.as_str().into()),
+        ("Name", o.name.as_str().into()),
+        ("Version", gotmpl::Value::Uint(o.version)),
+        ("CreatedAt", ago(&o.created_at, now).into()),
+        ("UpdatedAt", ago(&o.updated_at, now).into()),
+        ("Labels", joined.into()),
+    ];
+    if kind == Kind::Secret {
+        // Hush has no secret drivers; the field is there so Docker scripts that print it work.
+        fields.push(("Driver", "".into()));
+    }
+    template::row(fields, &labels)
 }
 
 /// `ls --format json`: one object per row, keys stable.
@@ -180,8 +237,9 @@ fn list_json(o: &pb::ObjectMeta) -> Value {
     })
 }
 
-/// `inspect`: Docker's shape (ID, Version, CreatedAt, UpdatedAt, Spec{Name, Labels, Data}) plus
-/// the version history. A config's Data is base64, as Docker's.
+/// `inspect`: Docker's shape (ID, Version.Index, CreatedAt, UpdatedAt, Spec{Name, Labels, Data})
+/// plus Hush's version history. `Version.Index` is the current version (Docker's is its store's
+/// raft index; both only grow). A config's Data is base64, as Docker's.
 fn inspect_json(kind: Kind, response: &pb::InspectResponse) -> Value {
     let meta = response.meta.clone().unwrap_or_default();
     let mut spec = json!({ "Name": meta.name, "Labels": meta.labels.iter().collect::<BTreeMap<_, _>>() });
@@ -190,7 +248,7 @@ fn inspect_json(kind: Kind, response: &pb::InspectResponse) -> Value {
     }
     json!({
         "ID": meta.id,
-        "Version": meta.version,
+        "Version": { "Index": meta.version },
         "CreatedAt": meta.created_at,
         "UpdatedAt": meta.updated_at,
         "Spec": spec,
@@ -198,26 +256,67 @@ fn inspect_json(kind: Kind, response: &pb::InspectResponse) -> Value {
     })
 }
 
-fn print_pretty(kind: Kind, found: &[pb::InspectResponse]) {
+/// As Docker's `inspect`: JSON prints `[]` when nothing was found; a template prints a line per
+/// object (an empty line when none); `--pretty` prints nothing if any reference was missing.
+fn print_inspected(
+    kind: Kind,
+    found: &[pb::InspectResponse],
+    failed: bool,
+    pretty: bool,
+    template: Option<&Template>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if pretty {
+        if !failed {
+            print_pretty(&mut out, kind, found)?;
+        }
+    } else if let Some(template) = template {
+        if found.is_empty() {
+            writeln!(out)?;
+        }
+        for response in found {
+            let text = template.render(&template::from_json(&inspect_json(kind, response)))?;
+            writeln!(out, "{text}")?;
+        }
+    } else {
+        drop(out);
+        return Ok(print_json(&Value::Array(found.iter().map(|o| inspect_json(kind, o)).collect()))?);
+    }
+    Ok(out.flush()?)
+}
+
+fn print_pretty(out: &mut impl Write, kind: Kind, found: &[pb::InspectResponse]) -> std::io::Result<()> {
     for (i, response) in found.iter().enumerate() {
         if i > 0 {
-            println!();
+            writeln!(out)?;
         }
         let meta = response.meta.clone().unwrap_or_default();
-        println!("ID:              {}", meta.id);
-        println!("Name:            {}", meta.name);
+        writeln!(out, "ID:              {}", meta.id)?;
+        writeln!(out, "Name:            {}", meta.name)?;
         if !meta.labels.is_empty() {
-            println!("Labels:");
+            writeln!(out, "Labels:")?;
             for (k, v) in meta.labels.iter().collect::<BTreeMap<_, _>>() {
-                println!(" - {k}={v}");
+                writeln!(out, " - {k}={v}")?;
             }
         }
-        println!("Version:         {}", meta.version);
-        println!("Created at:      {}", meta.created_at);
-        println!("Updated at:      {}", meta.updated_at);
+        writeln!(out, "Version:         {}", meta.version)?;
+        writeln!(out, "Created at:      {}", meta.created_at)?;
+        writeln!(out, "Updated at:      {}", meta.updated_at)?;
+        writeln!(out, "Versions:")?;
+        for v in &meta.versions {
+            writeln!(
+                out,
+                " - {}   {}   {} byte{}",
+                v.version,
+                v.created_at,
+                v.size,
+                if v.size == 1 { "" } else { "s" }
+            )?;
+        }
         if kind == Kind::Config {
-            println!("Data:");
-            println!("{}", String::from_utf8_lossy(&response.data));
+            writeln!(out, "Data:")?;
+            writeln!(out, "{}", String::from_utf8_lossy(&response.data))?;
         }
     }
+    Ok(())
 }
