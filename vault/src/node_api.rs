@@ -188,16 +188,21 @@ impl Node for NodeService {
     async fn end_task(&self, request: Request<pb::EndTaskRequest>) -> Result<Response<pb::EndTaskResponse>, Status> {
         let node_id = self.live_node(&request).await?;
         let task_id = request.into_inner().task_id;
-        self.vault
-            .tasks()
-            .end_where(&node_id, |t| t.id == task_id)
+        let tasks = self.vault.tasks();
+        // Its service, so that `hush audit --service S` shows the task's end with its start.
+        let service = tasks
+            .of_node(&node_id)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .into_iter()
+            .find(|t| t.id == task_id)
+            .map(|t| t.service_name);
+        tasks.end_where(&node_id, |t| t.id == task_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(node = %node_id, task = %task_id, "task ended");
         let entry = AuditEntry::now("task_end").actor(format!("node:{node_id}"));
         self.vault
             .audit()
-            .record(AuditEntry { node: Some(node_id.clone()), task: Some(task_id.clone()), ..entry })
+            .record(AuditEntry { node: Some(node_id.clone()), service, task: Some(task_id.clone()), ..entry })
             .await;
         Ok(Response::new(pb::EndTaskResponse {}))
     }

@@ -95,13 +95,14 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     if f.follow {
         // Streaming: JSON lines, or one table row per entry as it comes.
         let mut out = std::io::stdout().lock();
+        let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
         if f.format == Format::Table {
-            writeln!(out, "{}", HEADER.join("   "))?;
+            writeln!(out, "{}", fixed_columns(&header))?;
         }
         while let Some(line) = lines.message().await.map_err(call_error)? {
             match f.format {
                 Format::Json => writeln!(out, "{}", line.json)?,
-                Format::Table => writeln!(out, "{}", row(&serde_json::from_str(&line.json)?).join("   "))?,
+                Format::Table => writeln!(out, "{}", fixed_columns(&row(&serde_json::from_str(&line.json)?)))?,
             }
             out.flush()?;
         }
@@ -113,12 +114,37 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     match f.format {
         Format::Json => print_json(&Value::Array(entries))?,
-        Format::Table => print_table(&HEADER, &entries.iter().map(row).collect::<Vec<_>>())?,
+        Format::Table => {
+            // The log holds entries in arrival order: a task's reads, shipped by its agent, can
+            // arrive after the vault recorded the task's end. People read a table by time.
+            let time = |e: &Value| {
+                e.get("time").and_then(Value::as_str).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            };
+            entries.sort_by_key(time);
+            print_table(&HEADER, &entries.iter().map(row).collect::<Vec<_>>())?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 const HEADER: [&str; 9] = ["TIME", "OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COMMAND"];
+
+/// Column widths of `--follow` tables, which cannot wait for every row to size their columns:
+/// wide enough for a time, the longest op, a node actor, a task ID as shown; a longer cell
+/// pushes the rest of its row only.
+const FOLLOW_WIDTHS: [usize; 8] = [19, 17, 30, 28, 7, 16, 12, 7];
+
+/// One `--follow` row: cells padded to [`FOLLOW_WIDTHS`], three spaces apart, no trailing blanks.
+fn fixed_columns(cells: &[String]) -> String {
+    let mut line = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        line.push_str(cell);
+        if let Some(width) = FOLLOW_WIDTHS.get(i) {
+            line.push_str(&" ".repeat(width.saturating_sub(cell.chars().count()) + 3));
+        }
+    }
+    line.trim_end().to_string()
+}
 
 fn row(entry: &Value) -> Vec<String> {
     let text = |key: &str| {
@@ -142,4 +168,27 @@ fn row(entry: &Value) -> Vec<String> {
         text("pid"),
         text("command"),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_rows_line_up_with_their_header() {
+        let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
+        let entry = serde_json::json!({"time": "2026-12-01T10:00:00.123456Z", "op": "read", "actor": "node:1hgizbsympjrnmocu4x72hhnh",
+            "secret": "db_password", "version": 2, "service": "web", "task": "2mdhpbkc3epwxyz", "pid": 32651, "command": "cat"});
+        let short = serde_json::json!({"time": "2026-12-01T10:00:01Z", "op": "create", "actor": "admin:admin", "secret": "x", "version": 1});
+        let (header, full, short) = (fixed_columns(&header), fixed_columns(&row(&entry)), fixed_columns(&row(&short)));
+        for column in ["OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COMMAND"] {
+            let at = header.find(column).unwrap();
+            assert_eq!(full.as_bytes()[at - 1], b' ', "{column}: {full}");
+            assert_ne!(full.as_bytes()[at], b' ', "{column}: {full}");
+        }
+        assert_eq!(full.find("cat"), header.find("COMMAND"));
+        assert!(short[header.find("VERSION").unwrap()..].starts_with("1"), "{short}");
+        assert_eq!(short.find("secret/x"), header.find("OBJECT"));
+        assert!(!short.ends_with(' '));
+    }
 }
