@@ -46,7 +46,7 @@ fn to_wire(event: AccessEvent, service: String) -> pb::AccessEvent {
     let (op, reason) = match event.op {
         AccessOp::Open => ("open", String::new()),
         AccessOp::Read => ("read", String::new()),
-        AccessOp::Denied(reason) => ("denied", format!("{reason:?}")),
+        AccessOp::Denied(reason) => ("denied", reason.name().to_string()),
     };
     let (kind, name, version) = match &event.meta {
         Some(meta) => {
@@ -69,7 +69,7 @@ fn to_wire(event: AccessEvent, service: String) -> pb::AccessEvent {
         pid: event.pid,
         uid: event.uid,
         gid: event.gid,
-        command: event.command,
+        command: event.command.to_string(),
         bytes: event.bytes,
         count: u64::from(op == "read"),
         reason,

@@ -3,7 +3,7 @@
 //! kernel's peer credentials, not from anything the caller claims).
 
 use crate::reconcile::{Reconciler, SECRETS_DIR};
-use hush_fuse::TaskOwner;
+use hush_fuse::{MountNamespaceOwner, TaskOwner};
 use hush_proto::v1 as pb;
 use hush_proto::v1::agent_control_server::AgentControl;
 use hush_proto::v1::node_client::NodeClient;
@@ -49,10 +49,11 @@ impl AgentControl for ControlService {
             .and_then(|info| info.peer_cred)
             .and_then(|cred| cred.pid())
             .ok_or_else(|| Status::permission_denied("cannot identify the calling process"))?;
-        let namespace = hush_fuse::mount_namespace_of(pid as u32)
+        // Held open for as long as the task lives: its inode number cannot be reused meanwhile.
+        let namespace = MountNamespaceOwner::of_process(pid as u32)
             .map_err(|e| Status::internal(format!("reading the caller's namespace: {e}")))?;
         let own = hush_fuse::mount_namespace_of(std::process::id()).map_err(|e| Status::internal(e.to_string()))?;
-        if namespace == own {
+        if namespace.inode() == own {
             // The host's namespace would make every host process an owner of the task's files.
             return Err(Status::failed_precondition("the caller must run in its own mount namespace (use `hush run`)"));
         }
@@ -65,7 +66,8 @@ impl AgentControl for ControlService {
             .into_inner();
         let task_id = started.task_id;
         let mut applied = self.reconciler.watch_applied();
-        self.reconciler.task_started(&task_id, TaskOwner::MountNamespace(namespace));
+        tracing::debug!(task = %task_id, owner = ?namespace, "task owner");
+        self.reconciler.task_started(&task_id, TaskOwner::new(namespace));
         let ready = tokio::time::timeout(READY_TIMEOUT, applied.wait_for(|tasks| tasks.contains(&task_id)))
             .await
             .is_ok_and(|r| r.is_ok());

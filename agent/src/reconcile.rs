@@ -150,7 +150,7 @@ impl Reconciler {
             state.applied.remove(&id);
         }
         for (id, files) in wanted {
-            let owner = state.running.get(&id).copied().flatten();
+            let owner = state.running.get(&id).cloned().flatten();
             match state.applied.get(&id) {
                 Some(current) if same_layout(current, &files) => {
                     for (path, file) in &files {

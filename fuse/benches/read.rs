@@ -21,8 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hush_fuse::{
-    Caller, CallerResolver, FileKind, FileMeta, FileSpec, MountConfig, MountGuard, Plaintext, ProcResolver, SecretFs,
-    TaskOwner, mount_namespace_of, mount_with_config,
+    Caller, CallerResolver, FileKind, FileMeta, FileSpec, MountConfig, MountGuard, MountNamespaceOwner, Plaintext,
+    ProcResolver, RequestInfo, SecretFs, TaskOwner, ThreadProbe, mount_namespace_of, mount_with_config,
 };
 
 const SIZE: usize = 1024;
@@ -51,8 +51,17 @@ fn process_cpu() -> Duration {
 struct Fixed(Caller);
 
 impl CallerResolver for Fixed {
-    fn resolve(&self, _tid: u32) -> io::Result<Caller> {
+    fn resolve(&self, _req: &RequestInfo) -> io::Result<Caller> {
         Ok(self.0.clone())
+    }
+}
+
+/// A namespace known in advance.
+struct FixedNs(u64);
+
+impl ThreadProbe for FixedNs {
+    fn mount_namespace(&self) -> io::Result<u64> {
+        Ok(self.0)
     }
 }
 
@@ -61,8 +70,8 @@ impl CallerResolver for Fixed {
 struct Uncached;
 
 impl CallerResolver for Uncached {
-    fn resolve(&self, tid: u32) -> io::Result<Caller> {
-        ProcResolver::new().resolve(tid)
+    fn resolve(&self, req: &RequestInfo) -> io::Result<Caller> {
+        ProcResolver::new().resolve(req)
     }
 }
 
@@ -128,10 +137,10 @@ impl Variant {
             fs = fs.with_resolver(r);
         }
         let fs = Arc::new(fs);
-        let ns = mount_namespace_of(std::process::id()).expect("own namespace");
+        let owner = MountNamespaceOwner::of_process(std::process::id()).expect("own namespace");
         fs.add_task(
             "bench",
-            Some(TaskOwner::MountNamespace(ns)),
+            Some(TaskOwner::new(owner)),
             vec![FileSpec {
                 path: "secret".into(),
                 uid: 0,
@@ -187,9 +196,12 @@ fn main() {
     let shm = tempfile::tempdir_in("/dev/shm").expect("tmpfs at /dev/shm");
     let me = std::process::id();
     let fixed: Arc<dyn CallerResolver> = Arc::new(Fixed(Caller {
+        tid: me,
         pid: me,
-        mnt_ns: mount_namespace_of(me).expect("own namespace"),
+        uid: 0,
+        gid: 0,
         command: "bench".into(),
+        probe: Arc::new(FixedNs(mount_namespace_of(me).expect("own namespace"))),
     }));
     let mut variants = vec![
         Variant::tmpfs(shm.path()),
@@ -220,13 +232,15 @@ fn main() {
     let start = Instant::now();
     let n = 20_000;
     for _ in 0..n {
-        black_box(resolver.resolve(me).expect("resolve self"));
+        let caller = resolver.resolve(&RequestInfo { tid: me, uid: 0, gid: 0 }).expect("resolve self");
+        black_box(caller.mount_namespace().expect("namespace"));
     }
     let resolve_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
     let start = Instant::now();
     let n = 2_000;
     for _ in 0..n {
-        black_box(ProcResolver::new().resolve(me).expect("resolve self"));
+        let caller = ProcResolver::new().resolve(&RequestInfo { tid: me, uid: 0, gid: 0 }).expect("resolve self");
+        black_box(caller.mount_namespace().expect("namespace"));
     }
     let first_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
 

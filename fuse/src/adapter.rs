@@ -15,7 +15,8 @@ use fuser::{
     ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
 };
 
-use crate::fs::{Attr, FsError, Invalidation, Invalidator, NodeKind, RequestInfo, SecretFs};
+use crate::caller::RequestInfo;
+use crate::fs::{Attr, FsError, Invalidation, Invalidator, NodeKind, SecretFs};
 
 /// How long the kernel may cache attributes and names. Short: correctness after rotation and
 /// removal relies on invalidation, and this bounds the damage if a notification is lost.

@@ -1,31 +1,24 @@
-//! The filesystem core, free of fuser: the inode table of tasks and their files, owner checks on
-//! open, reads from in-memory plaintext, and access events. `adapter` only translates.
+//! The filesystem core, free of fuser: the operations the kernel and the agent ask for, on the
+//! inode table ([`crate::tree`]), with an owner check ([`crate::owner`]) on every open and an
+//! access event ([`crate::event`]) for every outcome. `adapter` only translates.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
-use crate::caller::{Caller, CallerResolver, ProcResolver};
-use crate::event::{AccessEvent, AccessOp, DenyReason};
+use crate::caller::{CallerResolver, ProcResolver, RequestInfo};
+use crate::event::{AccessEvent, AccessOp, DenyReason, EventSink};
+use crate::owner::{Caller, Decision, Identity, TaskOwner};
 use crate::secret::Plaintext;
+use crate::tree::{Body, Node, Task, Tree, attr_of, find_file, insert_file, new_dir, validate_files, validate_task_id};
 
 /// Inode number of the mount root.
 pub const ROOT_INO: u64 = 1;
-
-/// Longest task id or path component (the kernel's `NAME_MAX`).
-const NAME_MAX: usize = 255;
-
-/// Who may open a task's files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TaskOwner {
-    /// Processes whose mount namespace has this inode (`stat -L /proc/<pid>/ns/mnt`, or
-    /// [`crate::mount_namespace_of`]). Host root is not in it, so host root is refused too.
-    MountNamespace(u64),
-}
 
 /// Whether a file is a secret or a config (for the audit trail).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,17 +97,6 @@ pub struct DirEntry {
     pub kind: NodeKind,
     /// Entry name.
     pub name: Arc<str>,
-}
-
-/// The caller of a request as the kernel describes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestInfo {
-    /// Calling **thread** id (`fuser::Request::pid()`).
-    pub tid: u32,
-    /// Caller's fs uid.
-    pub uid: u32,
-    /// Caller's fs gid.
-    pub gid: u32,
 }
 
 /// Bytes answered to a read: a range of a shared [`Plaintext`], so no extra copy is made.
@@ -248,57 +230,6 @@ pub trait Invalidator: Send + Sync {
     fn invalidate(&self, what: &Invalidation);
 }
 
-struct FileNode {
-    uid: u32,
-    gid: u32,
-    mode: u16,
-    content: Arc<Plaintext>,
-    meta: FileMeta,
-    mtime: SystemTime,
-}
-
-enum Body {
-    Dir { children: BTreeMap<Arc<str>, u64>, mtime: SystemTime },
-    File(FileNode),
-}
-
-struct Node {
-    parent: u64,
-    /// Owning task; `None` only for the root.
-    task: Option<Arc<str>>,
-    /// Path relative to the task directory, for events.
-    rel: Arc<str>,
-    body: Body,
-}
-
-struct Task {
-    dir: u64,
-    owner: Option<TaskOwner>,
-    /// Every inode of the task, its directory included.
-    inodes: Vec<u64>,
-}
-
-struct Tree {
-    nodes: HashMap<u64, Node>,
-    tasks: HashMap<Arc<str>, Task>,
-    next_ino: u64,
-}
-
-impl Tree {
-    fn alloc(&mut self) -> u64 {
-        let ino = self.next_ino;
-        self.next_ino += 1;
-        ino
-    }
-
-    fn children_mut(&mut self, dir: u64) -> &mut BTreeMap<Arc<str>, u64> {
-        match self.nodes.get_mut(&dir).map(|n| &mut n.body) {
-            Some(Body::Dir { children, .. }) => children,
-            _ => unreachable!("inode {dir} is a directory we created"),
-        }
-    }
-}
-
 /// State of an open file: the content as of `open` (a reader never sees two versions mixed),
 /// `None` once the task is removed.
 #[derive(Clone)]
@@ -309,7 +240,7 @@ struct Handle {
     meta: FileMeta,
     content: Option<Arc<Plaintext>>,
     opener_tid: u32,
-    opener: Caller,
+    opener: Identity,
 }
 
 /// The in-memory secrets filesystem. All methods take `&self`; share it as `Arc<SecretFs>`
@@ -319,8 +250,9 @@ struct Handle {
 /// Everything is read-only; directories are `0o555` root:root.
 ///
 /// # Security
-/// Only processes in the task owner's mount namespace can open a task's files, whatever their
-/// uid (host root included); the kernel also checks uid/gid/mode (`default_permissions`).
+/// Only callers the task's [`TaskOwner`] accepts can open a task's files (for a
+/// [`crate::MountNamespaceOwner`]: processes in its mount namespace, whatever their uid, host
+/// root included); the kernel also checks uid/gid/mode (`default_permissions`).
 /// Names and sizes are visible to anyone who can reach the mount: the kernel's dentry cache
 /// is shared between namespaces, so lookups cannot be reliably restricted.
 pub struct SecretFs {
@@ -328,8 +260,7 @@ pub struct SecretFs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     resolver: Arc<dyn CallerResolver>,
-    events: Option<SyncSender<AccessEvent>>,
-    dropped: AtomicU64,
+    events: EventSink,
     invalidator: RwLock<Option<Arc<dyn Invalidator>>>,
 }
 
@@ -367,8 +298,7 @@ impl SecretFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             resolver: Arc::new(ProcResolver::new()),
-            events: None,
-            dropped: AtomicU64::new(0),
+            events: EventSink::default(),
             invalidator: RwLock::new(None),
         }
     }
@@ -386,7 +316,7 @@ impl SecretFs {
     /// in `recv`: a receiver blocked on the channel is woken for every event, which costs more
     /// CPU per open than the event itself. Size the channel for the burst between drains.
     pub fn with_event_sink(mut self, sink: SyncSender<AccessEvent>) -> Self {
-        self.events = Some(sink);
+        self.events = EventSink::new(sink);
         self
     }
 
@@ -398,7 +328,7 @@ impl SecretFs {
 
     /// Events lost because the sink was full or closed.
     pub fn dropped_events(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.events.dropped()
     }
 
     /// Ids of the tasks being served, sorted.
@@ -616,55 +546,58 @@ impl SecretFs {
         if ino == ROOT_INO {
             return Ok(());
         }
-        let caller = self.resolver.resolve(req.tid);
+        let caller = self.resolver.resolve(req);
         let tree = self.read_tree();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
         if !matches!(node.body, Body::Dir { .. }) {
             return Err(FsError::NotADirectory);
         }
         let task = node.task.clone().expect("non-root nodes belong to a task");
-        let owner = tree.tasks.get(&task).and_then(|t| t.owner);
+        let owner = tree.tasks.get(&task).and_then(|t| t.owner.clone());
         let rel = node.rel.clone();
         drop(tree);
-        match check_access(owner, &caller, false) {
+        let decision = decide(req, owner.as_ref(), &caller, false);
+        match decision.verdict {
             Ok(()) => Ok(()),
             Err(reason) => {
-                self.emit(event(req, &caller, task, rel, None, AccessOp::Denied(reason), 0));
+                self.events.emit(AccessEvent::new(decision.identity, task, rel, None, AccessOp::Denied(reason), 0));
                 Err(FsError::PermissionDenied)
             }
         }
     }
 
-    /// Open file `ino` for reading and return a file handle. Refused unless the caller is in
-    /// the owner's mount namespace and asks for read-only access. Every outcome is an event.
+    /// Open file `ino` for reading and return a file handle. Refused unless the task's owner
+    /// accepts the caller and read-only access is asked for. Every outcome is an event.
     pub fn open(&self, req: &RequestInfo, ino: u64, write: bool) -> Result<u64, FsError> {
         // Identify the caller before taking any lock: it reads /proc.
-        let caller = self.resolver.resolve(req.tid);
+        let caller = self.resolver.resolve(req);
         let tree = self.read_tree();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
         let Body::File(file) = &node.body else {
             return Err(FsError::IsADirectory);
         };
         let task = node.task.clone().expect("files belong to a task");
-        let owner = tree.tasks.get(&task).and_then(|t| t.owner);
+        let owner = tree.tasks.get(&task).and_then(|t| t.owner.clone());
         let (path, meta, content) = (node.rel.clone(), file.meta.clone(), file.content.clone());
         drop(tree);
 
-        let caller = match check_access(owner, &caller, write) {
-            Ok(()) => caller.expect("check_access refuses unknown callers"),
-            Err(reason) => {
-                self.emit(event(req, &caller, task, path, Some(meta), AccessOp::Denied(reason), 0));
-                return Err(match reason {
-                    DenyReason::WriteAccess => FsError::ReadOnly,
-                    _ => FsError::PermissionDenied,
-                });
-            }
-        };
+        // The owner check runs with no lock held: it may read /proc or a cache of its own.
+        let Decision { verdict, identity } = decide(req, owner.as_ref(), &caller, write);
+        if let Err(reason) = verdict {
+            self.events.emit(AccessEvent::new(identity, task, path, Some(meta), AccessOp::Denied(reason), 0));
+            return Err(match reason {
+                DenyReason::WriteAccess => FsError::ReadOnly,
+                _ => FsError::PermissionDenied,
+            });
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let opened = event(req, &Ok(caller.clone()), task.clone(), path.clone(), Some(meta.clone()), AccessOp::Open, 0);
-        self.lock_handles()
-            .insert(fh, Handle { ino, task, path, meta, content: Some(content), opener_tid: req.tid, opener: caller });
-        self.emit(opened);
+        let opened =
+            AccessEvent::new(identity.clone(), task.clone(), path.clone(), Some(meta.clone()), AccessOp::Open, 0);
+        self.lock_handles().insert(
+            fh,
+            Handle { ino, task, path, meta, content: Some(content), opener_tid: req.tid, opener: identity },
+        );
+        self.events.emit(opened);
         Ok(fh)
     }
 
@@ -680,12 +613,18 @@ impl SecretFs {
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
         let slice = ReadSlice { content, start, end };
-        if !slice.is_empty() {
+        if !slice.is_empty() && self.events.is_enabled() {
             // Usually the opener reads; otherwise (an fd passed on, another thread) look again.
-            let caller = if req.tid == handle.opener_tid { Ok(handle.opener) } else { self.resolver.resolve(req.tid) };
-            self.emit(event(
-                req,
-                &caller,
+            let who = if req.tid == handle.opener_tid {
+                handle.opener
+            } else {
+                match self.resolver.resolve(req) {
+                    Ok(caller) => caller.identity(),
+                    Err(_) => unknown(req),
+                }
+            };
+            self.events.emit(AccessEvent::new(
+                who,
                 handle.task,
                 handle.path,
                 Some(handle.meta),
@@ -722,200 +661,31 @@ impl SecretFs {
             inv.invalidate(what);
         }
     }
-
-    fn emit(&self, ev: AccessEvent) {
-        let Some(sink) = &self.events else { return };
-        match sink.try_send(ev) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
 }
 
-/// Adds one file under a task's directory, creating intermediate directories; records every
-/// new inode in `inodes`.
-fn insert_file(tree: &mut Tree, dir: u64, task: &Arc<str>, spec: FileSpec, now: SystemTime, inodes: &mut Vec<u64>) {
-    let rel: Arc<str> = Arc::from(spec.path.as_str());
-    let components: Vec<&str> = rel.split('/').collect();
-    let (file_name, dirs) = components.split_last().expect("paths are not empty");
-    let mut parent = dir;
-    for (depth, name) in dirs.iter().enumerate() {
-        let existing = tree.children_mut(parent).get(*name).copied();
-        parent = match existing {
-            Some(ino) => ino,
-            None => {
-                let ino = tree.alloc();
-                let rel = components[..=depth].join("/");
-                tree.nodes.insert(ino, new_dir(parent, task, &rel, now));
-                tree.children_mut(parent).insert(Arc::from(*name), ino);
-                inodes.push(ino);
-                ino
-            }
-        };
-    }
-    let ino = tree.alloc();
-    let body = Body::File(FileNode {
-        uid: spec.uid,
-        gid: spec.gid,
-        mode: spec.mode as u16,
-        content: spec.content,
-        meta: spec.meta,
-        mtime: now,
-    });
-    tree.nodes.insert(ino, Node { parent, task: Some(task.clone()), rel: rel.clone(), body });
-    tree.children_mut(parent).insert(Arc::from(*file_name), ino);
-    inodes.push(ino);
-}
-
-fn new_dir(parent: u64, task: &Arc<str>, rel: &str, now: SystemTime) -> Node {
-    Node {
-        parent,
-        task: Some(task.clone()),
-        rel: Arc::from(rel),
-        body: Body::Dir { children: BTreeMap::new(), mtime: now },
-    }
-}
-
-fn attr_of(tree: &Tree, ino: u64) -> Attr {
-    let node = &tree.nodes[&ino];
-    match &node.body {
-        Body::Dir { children, mtime } => {
-            let subdirs = children
-                .values()
-                .filter(|c| matches!(tree.nodes.get(c).map(|n| &n.body), Some(Body::Dir { .. })))
-                .count();
-            Attr {
-                ino,
-                kind: NodeKind::Directory,
-                size: 0,
-                perm: 0o555,
-                nlink: 2 + subdirs as u32,
-                uid: 0,
-                gid: 0,
-                mtime: *mtime,
-            }
-        }
-        Body::File(f) => Attr {
-            ino,
-            kind: NodeKind::File,
-            size: f.content.len() as u64,
-            perm: f.mode,
-            nlink: 1,
-            uid: f.uid,
-            gid: f.gid,
-            mtime: f.mtime,
-        },
-    }
-}
-
-fn find_file(tree: &Tree, task_id: &str, path: &str) -> Result<u64, TaskError> {
-    let no_file = || TaskError::NoSuchFile { task_id: task_id.to_string(), path: path.to_string() };
-    let task = tree.tasks.get(task_id).ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
-    let mut ino = task.dir;
-    for name in path.split('/') {
-        ino = match tree.nodes.get(&ino).map(|n| &n.body) {
-            Some(Body::Dir { children, .. }) => *children.get(name).ok_or_else(no_file)?,
-            _ => return Err(no_file()),
-        };
-    }
-    match tree.nodes.get(&ino).map(|n| &n.body) {
-        Some(Body::File(_)) => Ok(ino),
-        _ => Err(no_file()),
-    }
-}
-
-/// The access rule: read-only, an owner set, and the caller in the owner's mount namespace.
-fn check_access(owner: Option<TaskOwner>, caller: &std::io::Result<Caller>, write: bool) -> Result<(), DenyReason> {
-    if write {
-        return Err(DenyReason::WriteAccess);
-    }
+/// The access rule: read-only, an owner set, a known caller, and the owner's yes.
+fn decide(req: &RequestInfo, owner: Option<&TaskOwner>, caller: &io::Result<Caller>, write: bool) -> Decision {
     let Ok(caller) = caller else {
-        return Err(DenyReason::UnknownCaller);
+        return Decision::deny(DenyReason::UnknownCaller, unknown(req));
     };
+    if write {
+        return Decision::deny(DenyReason::WriteAccess, caller.identity());
+    }
     match owner {
-        None => Err(DenyReason::NoOwner),
-        Some(TaskOwner::MountNamespace(ns)) if ns == caller.mnt_ns => Ok(()),
-        Some(TaskOwner::MountNamespace(_)) => Err(DenyReason::NotOwner),
+        None => Decision::deny(DenyReason::NoOwner, caller.identity()),
+        Some(owner) => owner.check(caller),
     }
 }
 
-fn event(
-    req: &RequestInfo,
-    caller: &std::io::Result<Caller>,
-    task_id: Arc<str>,
-    path: Arc<str>,
-    meta: Option<FileMeta>,
-    op: AccessOp,
-    bytes: u64,
-) -> AccessEvent {
-    // An unidentified caller is still reported, by its thread id.
-    let (pid, command) = match caller {
-        Ok(c) => (c.pid, c.command.clone()),
-        Err(_) => (req.tid, String::new()),
-    };
-    AccessEvent { time: SystemTime::now(), task_id, path, meta, op, pid, uid: req.uid, gid: req.gid, command, bytes }
-}
-
-fn validate_task_id(id: &str) -> Result<(), TaskError> {
-    let ok = !id.is_empty()
-        && id.len() <= NAME_MAX
-        && id != "."
-        && id != ".."
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if ok { Ok(()) } else { Err(TaskError::InvalidTaskId(id.to_string())) }
-}
-
-/// Checks every path and mode, and that no two files collide.
-fn validate_files(files: &[FileSpec]) -> Result<(), TaskError> {
-    let invalid = |path: &str, reason| TaskError::InvalidPath { path: path.to_string(), reason };
-    let mut file_paths = HashSet::new();
-    let mut dir_paths = HashSet::new();
-    for spec in files {
-        let path = spec.path.as_str();
-        if spec.mode & !0o777 != 0 {
-            return Err(TaskError::InvalidMode { path: path.to_string(), mode: spec.mode });
-        }
-        let components = split_path(path).map_err(|reason| invalid(path, reason))?;
-        if !file_paths.insert(path) {
-            return Err(invalid(path, "duplicate path"));
-        }
-        for i in 1..components.len() {
-            let end: usize = components[..i].iter().map(|c| c.len() + 1).sum::<usize>() - 1;
-            dir_paths.insert(&path[..end]);
-        }
-    }
-    if let Some(clash) = file_paths.intersection(&dir_paths).next() {
-        return Err(invalid(clash, "is both a file and a directory"));
-    }
-    Ok(())
-}
-
-fn split_path(path: &str) -> Result<Vec<&str>, &'static str> {
-    if path.is_empty() {
-        return Err("empty path");
-    }
-    if path.starts_with('/') {
-        return Err("absolute path");
-    }
-    let components: Vec<&str> = path.split('/').collect();
-    for c in &components {
-        match *c {
-            "" => return Err("empty component"),
-            "." | ".." => return Err("`.` or `..` component"),
-            c if c.contains('\0') => return Err("NUL byte"),
-            c if c.len() > NAME_MAX => return Err("component longer than 255 bytes"),
-            _ => {}
-        }
-    }
-    Ok(components)
+/// An unidentified caller is still reported, by its thread id.
+fn unknown(req: &RequestInfo) -> Identity {
+    Identity { pid: req.tid, uid: req.uid, gid: req.gid, command: Arc::from(""), tags: None }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io;
+    use crate::owner::{OwnerCheck, ThreadProbe};
     use std::sync::mpsc::{Receiver, sync_channel};
 
     const OWNER_NS: u64 = 4026532001;
@@ -924,15 +694,44 @@ mod tests {
     /// process 10), 200 (another namespace), anything else is unknown.
     struct FakeResolver;
 
+    struct FixedNs(u64);
+
+    impl ThreadProbe for FixedNs {
+        fn mount_namespace(&self) -> io::Result<u64> {
+            Ok(self.0)
+        }
+    }
+
     impl CallerResolver for FakeResolver {
-        fn resolve(&self, tid: u32) -> io::Result<Caller> {
-            let (pid, mnt_ns, command) = match tid {
+        fn resolve(&self, req: &RequestInfo) -> io::Result<Caller> {
+            let (pid, mnt_ns, command) = match req.tid {
                 100 | 101 => (10, OWNER_NS, "app"),
                 200 => (20, OTHER_NS, "intruder"),
                 _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
             };
-            Ok(Caller { pid, mnt_ns, command: command.to_string() })
+            let probe = Arc::new(FixedNs(mnt_ns));
+            Ok(Caller { tid: req.tid, pid, uid: req.uid, gid: req.gid, command: Arc::from(command), probe })
         }
+    }
+
+    /// An owner by namespace inode alone (what the filesystem sees of a [`crate::MountNamespaceOwner`]).
+    struct NsOwner(u64);
+
+    impl OwnerCheck for NsOwner {
+        fn check(&self, caller: &Caller) -> Decision {
+            match caller.mount_namespace() {
+                Ok(ns) if ns == self.0 => Decision::allow(caller.identity()),
+                _ => Decision::deny(DenyReason::NotOwner, caller.identity()),
+            }
+        }
+
+        fn describe(&self) -> String {
+            format!("ns {}", self.0)
+        }
+    }
+
+    fn ns_owner(ns: u64) -> TaskOwner {
+        TaskOwner::new(NsOwner(ns))
     }
 
     #[derive(Default)]
@@ -971,7 +770,7 @@ mod tests {
         let (fs, rx) = fs_with_events(64);
         fs.add_task(
             "web.1",
-            Some(TaskOwner::MountNamespace(OWNER_NS)),
+            Some(ns_owner(OWNER_NS)),
             vec![spec("secrets/db_password", b"hunter2"), spec("configs/0", b"listen: 80\n")],
         )
         .unwrap();
@@ -1107,12 +906,12 @@ mod tests {
         fs.add_task("t", None, vec![spec("s", b"x")]).unwrap();
         let file = ino(&fs, "t/s");
         assert_eq!(fs.open(&OWNER, file, false), Err(FsError::PermissionDenied));
-        fs.set_owner("t", TaskOwner::MountNamespace(OWNER_NS)).unwrap();
+        fs.set_owner("t", ns_owner(OWNER_NS)).unwrap();
         fs.open(&OWNER, file, false).unwrap();
-        fs.set_owner("t", TaskOwner::MountNamespace(OTHER_NS)).unwrap();
+        fs.set_owner("t", ns_owner(OTHER_NS)).unwrap();
         assert_eq!(fs.open(&OWNER, file, false), Err(FsError::PermissionDenied));
         fs.open(&INTRUDER, file, false).unwrap();
-        assert_eq!(fs.set_owner("nope", TaskOwner::MountNamespace(1)), Err(TaskError::NoSuchTask("nope".into())));
+        assert_eq!(fs.set_owner("nope", ns_owner(1)), Err(TaskError::NoSuchTask("nope".into())));
     }
 
     #[test]
@@ -1222,7 +1021,7 @@ mod tests {
         fs.opendir(&INTRUDER, ino(&fs, "web.1")).unwrap_err();
 
         let evs: Vec<AccessEvent> = rx.try_iter().collect();
-        let summary: Vec<_> = evs.iter().map(|e| (e.op, e.pid, e.uid, e.command.as_str(), e.bytes)).collect();
+        let summary: Vec<_> = evs.iter().map(|e| (e.op, e.pid, e.uid, &*e.command, e.bytes)).collect();
         assert_eq!(
             summary,
             [
@@ -1249,7 +1048,7 @@ mod tests {
     #[test]
     fn full_sink_drops_and_counts() {
         let (fs, rx) = fs_with_events(1);
-        fs.add_task("t", Some(TaskOwner::MountNamespace(OWNER_NS)), vec![spec("s", b"x")]).unwrap();
+        fs.add_task("t", Some(ns_owner(OWNER_NS)), vec![spec("s", b"x")]).unwrap();
         let file = ino(&fs, "t/s");
         fs.open(&OWNER, file, false).unwrap();
         fs.open(&OWNER, file, false).unwrap();

@@ -10,19 +10,30 @@
 //! [`SecretFs::remove_task`]. Access events flow to the channel given to
 //! [`SecretFs::with_event_sink`].
 //!
-//! Layers: [`fs`] is the testable core and knows nothing of fuser; `adapter` is the only
-//! module using fuser's API; [`mod@mount`] manages the mount's lifetime.
-#![forbid(unsafe_code)]
+//! Who may open a task's files is a [`TaskOwner`]: any [`OwnerCheck`] the agent brings, called
+//! on every open. [`MountNamespaceOwner`] (processes in one mount namespace, held open) is the
+//! one this crate provides.
+//!
+//! Layers: [`fs`] is the testable core and knows nothing of fuser, on the inode table (`tree`),
+//! [`owner`] checks and [`event`]s; [`caller`] identifies the process behind a request;
+//! `adapter` is the only module using fuser's API; [`mod@mount`] manages the mount's lifetime.
+// Only `mnt_ns` needs `unsafe` (one ioctl), and says why there.
+#![deny(unsafe_code)]
 
 mod adapter;
 pub mod caller;
 pub mod event;
 pub mod fs;
+pub mod mnt_ns;
 pub mod mount;
+pub mod owner;
 pub mod secret;
+mod tree;
 
-pub use caller::{Caller, CallerResolver, ProcResolver, mount_namespace_of};
-pub use event::{AccessEvent, AccessOp, DenyReason};
-pub use fs::{FileKind, FileMeta, FileSpec, FsError, Invalidation, Invalidator, SecretFs, TaskError, TaskOwner};
+pub use caller::{CallerResolver, ProcResolver, RequestInfo, mount_namespace_of};
+pub use event::{AccessEvent, AccessOp, DenyReason, EventSink};
+pub use fs::{FileKind, FileMeta, FileSpec, FsError, Invalidation, Invalidator, SecretFs, TaskError};
+pub use mnt_ns::MountNamespaceOwner;
 pub use mount::{MountConfig, MountError, MountGuard, clean_stale_mount, mount, mount_with_config};
+pub use owner::{Caller, Decision, Identity, OwnerCheck, Tags, TaskOwner, ThreadProbe};
 pub use secret::Plaintext;

@@ -10,8 +10,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
 use hush_fuse::{
-    AccessEvent, AccessOp, DenyReason, FileKind, FileMeta, FileSpec, MountGuard, Plaintext, SecretFs, TaskOwner,
-    clean_stale_mount, mount, mount_namespace_of,
+    AccessEvent, AccessOp, DenyReason, FileKind, FileMeta, FileSpec, MountGuard, MountNamespaceOwner, Plaintext,
+    SecretFs, TaskOwner, clean_stale_mount, mount, mount_namespace_of,
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -106,8 +106,9 @@ impl NsShell {
         mount_namespace_of(self.child.id()).expect("shell's namespace")
     }
 
+    /// The shell's namespace, held: what the agent registers as the task's owner.
     fn owner(&self) -> TaskOwner {
-        TaskOwner::MountNamespace(self.mnt_ns())
+        TaskOwner::new(MountNamespaceOwner::of_process(self.child.id()).expect("shell's namespace"))
     }
 
     /// Run `cmd`; returns its output (stdout and stderr, trimmed) and exit status.
@@ -365,7 +366,7 @@ fn events_name_the_process() {
     let cat_pid: u32 = pid_line.strip_prefix("pid=").unwrap().parse().unwrap();
 
     let evs = fx.drain();
-    let summary: Vec<_> = evs.iter().map(|e| (e.op, e.pid, e.uid, e.gid, e.command.as_str(), e.bytes)).collect();
+    let summary: Vec<_> = evs.iter().map(|e| (e.op, e.pid, e.uid, e.gid, &*e.command, e.bytes)).collect();
     assert_eq!(summary, [(AccessOp::Open, cat_pid, 0, 0, "cat", 0), (AccessOp::Read, cat_pid, 0, 0, "cat", 10),]);
     assert_eq!((&*evs[0].task_id, &*evs[0].path), ("db.1", "secrets/pw"));
     assert_eq!(evs[0].meta.as_ref().unwrap().name, "pw");
@@ -389,7 +390,7 @@ fn own_namespace_as_owner_from_threads() {
     fx.fs
         .add_task(
             "self.1",
-            Some(TaskOwner::MountNamespace(mount_namespace_of(me).unwrap())),
+            Some(TaskOwner::new(MountNamespaceOwner::of_process(me).unwrap())),
             vec![file("k", 0, 0o400, "abc")],
         )
         .unwrap();
@@ -400,7 +401,55 @@ fn own_namespace_as_owner_from_threads() {
     let evs = fx.drain();
     assert!(evs.len() >= 2, "{evs:?}");
     for e in &evs {
-        assert_eq!((e.pid, e.command.as_str()), (me, comm.trim_end()));
+        assert_eq!((e.pid, &*e.command), (me, comm.trim_end()));
     }
     assert_eq!(evs[1].bytes, 3);
+}
+
+/// A new mount namespace made by `unshare -m`, which prints its inode number and then tries to
+/// read `file`: (inode, cat's output, cat's exit status).
+fn fresh_namespace_reads(file: &Path) -> (u64, String, i32) {
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "unchanged", "sh", "-c"])
+        .arg(r#"readlink /proc/self/ns/mnt; cat "$1" 2>&1"#)
+        .arg("sh")
+        .arg(file)
+        .output()
+        .expect("unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (link, rest) = text.split_once('\n').expect("namespace link");
+    let ino = link.trim_start_matches("mnt:[").trim_end_matches(']').parse().expect("inode");
+    (ino, rest.trim_end().to_string(), out.status.code().unwrap_or(-1))
+}
+
+#[test]
+fn reused_namespace_number_is_refused() {
+    // The kernel gives a freed namespace's inode number to the next namespace at once.
+    let reused = (0..10).any(|_| fresh_namespace_reads(Path::new("/")).0 == fresh_namespace_reads(Path::new("/")).0);
+    assert!(reused, "this kernel reuses mount namespace numbers: the attack below is real");
+
+    let fx = Fixture::new();
+    let mut task = NsShell::spawn();
+    let number = task.mnt_ns();
+    fx.fs.add_task("leak.1", Some(task.owner()), vec![file("s", 0, 0o400, "leaked-secret")]).unwrap();
+    let secret = fx.path("leak.1/s");
+    assert_eq!(task.run(&format!("cat {}", secret.display())), ("leaked-secret".to_string(), 0));
+    // The task's last process is gone, but its directory is still served (a leaked task).
+    drop(task);
+
+    // Namespaces made now cannot get the task's number (the owner holds the namespace), so
+    // none of them is taken for the owner.
+    for _ in 0..10 {
+        let (ino, out, rc) = fresh_namespace_reads(&secret);
+        assert_ne!(ino, number, "a new namespace got the number of one still held");
+        assert_ne!(rc, 0, "{out}");
+        assert!(out.contains("Permission denied") && !out.contains("leaked-secret"), "{out}");
+    }
+    let denied = fx.drain().iter().filter(|e| e.op == AccessOp::Denied(DenyReason::NotOwner)).count();
+    assert_eq!(denied, 10);
+
+    // Once the task is removed (its owner dropped), the number is free to be reused again.
+    fx.fs.remove_task("leak.1").unwrap();
+    let back = (0..20).any(|_| fresh_namespace_reads(Path::new("/")).0 == number);
+    assert!(back, "the namespace was released with its task");
 }

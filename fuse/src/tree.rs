@@ -1,0 +1,218 @@
+//! The inode table: tasks, their directories and files, looked up by inode number or path.
+//! Inode numbers are never reused while the filesystem lives. No locking here: [`crate::SecretFs`]
+//! holds the table behind one `RwLock`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::fs::{Attr, FileMeta, FileSpec, NodeKind, TaskError};
+use crate::owner::TaskOwner;
+use crate::secret::Plaintext;
+
+/// Longest task id or path component (the kernel's `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+pub(crate) struct FileNode {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mode: u16,
+    pub(crate) content: Arc<Plaintext>,
+    pub(crate) meta: FileMeta,
+    pub(crate) mtime: SystemTime,
+}
+
+pub(crate) enum Body {
+    Dir { children: BTreeMap<Arc<str>, u64>, mtime: SystemTime },
+    File(FileNode),
+}
+
+pub(crate) struct Node {
+    pub(crate) parent: u64,
+    /// Owning task; `None` only for the root.
+    pub(crate) task: Option<Arc<str>>,
+    /// Path relative to the task directory, for events.
+    pub(crate) rel: Arc<str>,
+    pub(crate) body: Body,
+}
+
+pub(crate) struct Task {
+    pub(crate) dir: u64,
+    pub(crate) owner: Option<TaskOwner>,
+    /// Every inode of the task, its directory included.
+    pub(crate) inodes: Vec<u64>,
+}
+
+pub(crate) struct Tree {
+    pub(crate) nodes: HashMap<u64, Node>,
+    pub(crate) tasks: HashMap<Arc<str>, Task>,
+    pub(crate) next_ino: u64,
+}
+
+impl Tree {
+    pub(crate) fn alloc(&mut self) -> u64 {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        ino
+    }
+
+    pub(crate) fn children_mut(&mut self, dir: u64) -> &mut BTreeMap<Arc<str>, u64> {
+        match self.nodes.get_mut(&dir).map(|n| &mut n.body) {
+            Some(Body::Dir { children, .. }) => children,
+            _ => unreachable!("inode {dir} is a directory we created"),
+        }
+    }
+}
+
+/// Adds one file under a task's directory, creating intermediate directories; records every
+/// new inode in `inodes`.
+pub(crate) fn insert_file(
+    tree: &mut Tree,
+    dir: u64,
+    task: &Arc<str>,
+    spec: FileSpec,
+    now: SystemTime,
+    inodes: &mut Vec<u64>,
+) {
+    let rel: Arc<str> = Arc::from(spec.path.as_str());
+    let components: Vec<&str> = rel.split('/').collect();
+    let (file_name, dirs) = components.split_last().expect("paths are not empty");
+    let mut parent = dir;
+    for (depth, name) in dirs.iter().enumerate() {
+        let existing = tree.children_mut(parent).get(*name).copied();
+        parent = match existing {
+            Some(ino) => ino,
+            None => {
+                let ino = tree.alloc();
+                let rel = components[..=depth].join("/");
+                tree.nodes.insert(ino, new_dir(parent, task, &rel, now));
+                tree.children_mut(parent).insert(Arc::from(*name), ino);
+                inodes.push(ino);
+                ino
+            }
+        };
+    }
+    let ino = tree.alloc();
+    let body = Body::File(FileNode {
+        uid: spec.uid,
+        gid: spec.gid,
+        mode: spec.mode as u16,
+        content: spec.content,
+        meta: spec.meta,
+        mtime: now,
+    });
+    tree.nodes.insert(ino, Node { parent, task: Some(task.clone()), rel: rel.clone(), body });
+    tree.children_mut(parent).insert(Arc::from(*file_name), ino);
+    inodes.push(ino);
+}
+
+pub(crate) fn new_dir(parent: u64, task: &Arc<str>, rel: &str, now: SystemTime) -> Node {
+    Node {
+        parent,
+        task: Some(task.clone()),
+        rel: Arc::from(rel),
+        body: Body::Dir { children: BTreeMap::new(), mtime: now },
+    }
+}
+
+pub(crate) fn attr_of(tree: &Tree, ino: u64) -> Attr {
+    let node = &tree.nodes[&ino];
+    match &node.body {
+        Body::Dir { children, mtime } => {
+            let subdirs = children
+                .values()
+                .filter(|c| matches!(tree.nodes.get(c).map(|n| &n.body), Some(Body::Dir { .. })))
+                .count();
+            Attr {
+                ino,
+                kind: NodeKind::Directory,
+                size: 0,
+                perm: 0o555,
+                nlink: 2 + subdirs as u32,
+                uid: 0,
+                gid: 0,
+                mtime: *mtime,
+            }
+        }
+        Body::File(f) => Attr {
+            ino,
+            kind: NodeKind::File,
+            size: f.content.len() as u64,
+            perm: f.mode,
+            nlink: 1,
+            uid: f.uid,
+            gid: f.gid,
+            mtime: f.mtime,
+        },
+    }
+}
+
+pub(crate) fn find_file(tree: &Tree, task_id: &str, path: &str) -> Result<u64, TaskError> {
+    let no_file = || TaskError::NoSuchFile { task_id: task_id.to_string(), path: path.to_string() };
+    let task = tree.tasks.get(task_id).ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+    let mut ino = task.dir;
+    for name in path.split('/') {
+        ino = match tree.nodes.get(&ino).map(|n| &n.body) {
+            Some(Body::Dir { children, .. }) => *children.get(name).ok_or_else(no_file)?,
+            _ => return Err(no_file()),
+        };
+    }
+    match tree.nodes.get(&ino).map(|n| &n.body) {
+        Some(Body::File(_)) => Ok(ino),
+        _ => Err(no_file()),
+    }
+}
+
+pub(crate) fn validate_task_id(id: &str) -> Result<(), TaskError> {
+    let ok = !id.is_empty()
+        && id.len() <= NAME_MAX
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok { Ok(()) } else { Err(TaskError::InvalidTaskId(id.to_string())) }
+}
+
+/// Checks every path and mode, and that no two files collide.
+pub(crate) fn validate_files(files: &[FileSpec]) -> Result<(), TaskError> {
+    let invalid = |path: &str, reason| TaskError::InvalidPath { path: path.to_string(), reason };
+    let mut file_paths = HashSet::new();
+    let mut dir_paths = HashSet::new();
+    for spec in files {
+        let path = spec.path.as_str();
+        if spec.mode & !0o777 != 0 {
+            return Err(TaskError::InvalidMode { path: path.to_string(), mode: spec.mode });
+        }
+        let components = split_path(path).map_err(|reason| invalid(path, reason))?;
+        if !file_paths.insert(path) {
+            return Err(invalid(path, "duplicate path"));
+        }
+        for i in 1..components.len() {
+            let end: usize = components[..i].iter().map(|c| c.len() + 1).sum::<usize>() - 1;
+            dir_paths.insert(&path[..end]);
+        }
+    }
+    if let Some(clash) = file_paths.intersection(&dir_paths).next() {
+        return Err(invalid(clash, "is both a file and a directory"));
+    }
+    Ok(())
+}
+
+pub(crate) fn split_path(path: &str) -> Result<Vec<&str>, &'static str> {
+    if path.is_empty() {
+        return Err("empty path");
+    }
+    if path.starts_with('/') {
+        return Err("absolute path");
+    }
+    let components: Vec<&str> = path.split('/').collect();
+    for c in &components {
+        match *c {
+            "" => return Err("empty component"),
+            "." | ".." => return Err("`.` or `..` component"),
+            c if c.contains('\0') => return Err("NUL byte"),
+            c if c.len() > NAME_MAX => return Err("component longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    Ok(components)
+}
