@@ -153,14 +153,16 @@ fn tamper_lines(vault: &TestVault, tamper: impl FnOnce(&mut Vec<String>)) {
 fn verify_fails(mut vault: TestVault, needle: &str) {
     vault.start();
     let line = vault.hush(&["audit", "verify"]).fails_with("audit log tampered");
-    assert!(line.contains(needle), "{line}");
+    // `entry N (FILE line L): problem`: the file is whichever holds it.
+    let (entry, problem) = needle.split_once(" (FILE): ").unwrap_or((needle, ""));
+    assert!(line.contains(entry) && line.contains(problem), "{line}");
 }
 
 #[test]
 fn verify_detects_edit_delete_insert_reorder_and_truncation() {
     let vault = stopped_vault_with_entries();
     tamper_lines(&vault, |lines| lines[3] = lines[3].replace("\"s3\"", "\"sX\""));
-    verify_fails(vault, "entry 5");
+    verify_fails(vault, "entry 4 (FILE): its MAC does not verify");
 
     let vault = stopped_vault_with_entries();
     tamper_lines(&vault, |lines| {
@@ -190,7 +192,92 @@ fn verify_detects_edit_delete_insert_reorder_and_truncation() {
         let last = lines.len() - 1;
         lines[last] = lines[last].replace("\"s7\"", "\"sY\"");
     });
-    verify_fails(vault, "the last) was altered");
+    verify_fails(vault, "entry 8 (FILE): its MAC does not verify");
+}
+
+/// The attack that worked on the unkeyed chain: edit an entry, recompute every SHA-256 link
+/// after it and the head in the store, offline. Now the vault refuses the log (an unkeyed log
+/// is an earlier Hush's, and there is no way to make keyed lines without the key).
+#[test]
+fn an_offline_forgery_of_the_chain_is_refused() {
+    use hush_vault::store::{Store, Txn};
+    let vault = stopped_vault_with_entries();
+    let sha256 = |line: &str| hush_vault::crypto::sha256_hex(line.as_bytes());
+    let mut forged_head = String::new();
+    tamper_lines(&vault, |lines| {
+        let mut prev = "0".repeat(64);
+        for (i, line) in lines.iter_mut().enumerate() {
+            let mut entry: Value = serde_json::from_str(line).unwrap();
+            let entry = entry.as_object_mut().unwrap();
+            entry.remove("mac");
+            entry.insert("prev".into(), Value::String(prev.clone()));
+            if i == 3 {
+                entry.insert("secret".into(), Value::String("forged".into()));
+            }
+            *line = serde_json::to_string(entry).unwrap();
+            prev = sha256(line);
+        }
+        forged_head = format!(r#"{{"seq":{},"hash":"{prev}"}}"#, lines.len());
+    });
+    let store_path = hush_vault::layout::DataDir::new(&vault.data_dir).store();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = hush_vault::store::redb::RedbStore::open(&store_path).unwrap();
+        store.commit(Txn::new().put(hush_vault::audit::HEAD_KEY, forged_head.into_bytes())).await.unwrap();
+    });
+    let serve = hush_tests::Run::from_command(
+        std::process::Command::new(hush_tests::bin("hush"))
+            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&vault.data_dir),
+    );
+    serve.fails_with("written by an earlier Hush, whose hash chain is not keyed");
+
+    // With keyed lines, a recomputed chain cannot carry valid MACs.
+    let vault = stopped_vault_with_entries();
+    tamper_lines(&vault, |lines| {
+        let mut prev = String::new();
+        for (i, line) in lines.iter_mut().enumerate() {
+            let mut entry: Value = serde_json::from_str(line).unwrap();
+            let entry = entry.as_object_mut().unwrap();
+            if i < 3 {
+                prev = entry["mac"].as_str().unwrap().to_string();
+                continue;
+            }
+            entry.insert("prev".into(), Value::String(prev.clone()));
+            if i == 3 {
+                entry.insert("secret".into(), Value::String("forged".into()));
+            }
+            entry.remove("mac");
+            let body = serde_json::to_string(entry).unwrap();
+            entry.insert("mac".into(), Value::String(sha256(&body)));
+            prev = sha256(&body);
+            *line = serde_json::to_string(entry).unwrap();
+        }
+    });
+    verify_fails(vault, "entry 4 (FILE): its MAC does not verify");
+}
+
+/// Lines appended after the recorded head, shaped like the vault's own, fail on a running vault
+/// (no restart needed) and after a restart.
+#[test]
+fn padding_after_the_recorded_head_fails_verify() {
+    let mut vault = TestVault::start_new();
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"v").ok();
+    let file = log_files(&vault).pop().unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let seq = last["seq"].as_u64().unwrap();
+    let padding = serde_json::json!({
+        "seq": seq + 1, "time": last["time"], "op": "rm", "actor": "admin:admin", "secret": "s",
+        "prev": last["mac"], "mac": "ab".repeat(32),
+    });
+    std::fs::write(&file, format!("{text}{padding}\n")).unwrap();
+    let needle = format!("entry {} (", seq + 1);
+    let line = vault.hush(&["audit", "verify"]).fails_with("its MAC does not verify");
+    assert!(line.contains(&needle), "{line}");
+    vault.stop();
+    vault.start();
+    let line = vault.hush(&["audit", "verify"]).fails_with("its MAC does not verify");
+    assert!(line.contains(&needle), "{line}");
 }
 
 #[test]

@@ -24,7 +24,9 @@ fn entry(i: usize) -> AuditEntry {
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(RedbStore::open(&dir.path().join("store.redb")).expect("store"));
-    let log = Arc::new(AuditLog::open(&dir.path().join("audit"), store).expect("log"));
+    let log = Arc::new(
+        AuditLog::open(&dir.path().join("audit"), store, Some(&hush_vault::crypto::Key::random())).expect("log"),
+    );
 
     let start = Instant::now();
     for i in 0..SEQUENTIAL {

@@ -117,6 +117,30 @@ pub fn derive_key(password: &[u8], salt: &[u8], params: &KdfParams) -> Result<Ke
     Ok(Key(out))
 }
 
+/// key = HKDF-SHA256(salt = none, ikm = `key`, info = `purpose`, L = 32) (RFC 5869): one
+/// independent key per purpose from the data key, so a key used for one job never serves another.
+pub fn derive_subkey(key: &Key, purpose: &[u8]) -> Key {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(key.expose_secret());
+    let info = [purpose];
+    let okm = prk.expand(&info, ring::hkdf::HKDF_SHA256).expect("32 bytes is within HKDF-SHA256's output limit");
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    okm.fill(out.as_mut_slice()).expect("the output length is HKDF_SHA256's");
+    Key(out)
+}
+
+/// tag = HMAC-SHA256(key, data) (RFC 2104), lowercase hex.
+pub fn hmac_hex(key: &Key, data: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose_secret());
+    hex::encode(ring::hmac::sign(&key, data).as_ref())
+}
+
+/// Whether `tag_hex` is HMAC-SHA256(key, data), compared in constant time.
+pub fn hmac_verify(key: &Key, data: &[u8], tag_hex: &str) -> bool {
+    let Ok(tag) = hex::decode(tag_hex) else { return false };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose_secret());
+    ring::hmac::verify(&key, data, &tag).is_ok()
+}
+
 /// Lowercase hex SHA-256 (FIPS 180-4).
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -161,6 +185,21 @@ mod tests {
         let c = derive_key(b"pw", b"othersaltothersa", &params).unwrap();
         assert_eq!(a.expose_secret(), b.expose_secret());
         assert_ne!(a.expose_secret(), c.expose_secret());
+    }
+
+    #[test]
+    fn subkeys_differ_by_purpose_and_hmac_verifies() {
+        let key = Key::random();
+        let a = derive_subkey(&key, b"a");
+        assert_eq!(a.expose_secret(), derive_subkey(&key, b"a").expose_secret());
+        assert_ne!(a.expose_secret(), derive_subkey(&key, b"b").expose_secret());
+        assert_ne!(a.expose_secret(), key.expose_secret());
+        let tag = hmac_hex(&a, b"line");
+        assert_eq!(tag.len(), 64);
+        assert!(hmac_verify(&a, b"line", &tag));
+        assert!(!hmac_verify(&a, b"lime", &tag));
+        assert!(!hmac_verify(&key, b"line", &tag));
+        assert!(!hmac_verify(&a, b"line", "not hex"));
     }
 
     #[test]

@@ -67,11 +67,13 @@ impl Vault {
         ));
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::open(&dir.store()).map_err(|e| VaultStateError::Open(e.to_string()))?);
-        let audit = Arc::new(
-            AuditLog::open(&dir.audit_dir(), store.clone()).map_err(|e| VaultStateError::Open(e.to_string()))?,
-        );
         let autolock = keyring.is_autolock();
         let data_key = if autolock { None } else { Some(keyring.open_with_key_file()?) };
+        // The audit chain is keyed from the data key: a locked vault's log waits for unlock.
+        let audit = Arc::new(
+            AuditLog::open(&dir.audit_dir(), store.clone(), data_key.as_ref())
+                .map_err(|e| VaultStateError::Open(e.to_string()))?,
+        );
         let vault = Self {
             audit,
             stopping: tokio::sync::watch::Sender::new(false),
@@ -179,6 +181,7 @@ impl Vault {
         let data_key = tokio::task::spawn_blocking(move || keyring.open_with_unlock_key(&unlock_key))
             .await
             .map_err(|e| VaultStateError::Open(e.to_string()))??;
+        self.audit.unlock(&data_key).await.map_err(|e| VaultStateError::Open(e.to_string()))?;
         self.open_with(data_key)
     }
 

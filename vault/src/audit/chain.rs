@@ -1,30 +1,112 @@
-//! The hash chain over the log files: each line carries the SHA-256 of the line before it, and
-//! the store keeps the newest (seq, hash) so that removing lines at the end is detected too.
+//! The keyed chain over the log files. Every line ends with `"mac"`: HMAC-SHA256, under the
+//! audit key, of the line without that field; `prev` is the previous line's `mac` (the first
+//! entry's is the genesis tag). The store keeps the newest (seq, mac), MAC'd as well, so lines
+//! removed from the end are detected, and a line added or changed anywhere fails its MAC.
+//!
+//! # Security
+//! The audit key is derived from the data key (HKDF, [`audit_key`]): only a vault holding its
+//! key hierarchy can write a line that verifies. With autolock nobody holding a copy of
+//! DATA_DIR can; without it, whoever can read the key-encryption key file can (as they can read
+//! every value).
 
 use super::entry::AuditEntry;
-use crate::crypto::sha256_hex;
+use crate::crypto::{self, Key};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// `prev` of the very first entry.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// HKDF `info` of the audit key.
+const AUDIT_KEY_PURPOSE: &[u8] = b"hush/v1/audit-chain";
+/// What the vault writes when it finds the log damaged at start: `verify` reports it forever.
+pub const DAMAGED_OP: &str = "audit_damaged";
 
-/// The newest entry, as recorded beside the log.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The chain's key, from the data key.
+pub fn audit_key(data_key: &Key) -> Key {
+    crypto::derive_subkey(data_key, AUDIT_KEY_PURPOSE)
+}
+
+/// `prev` of the very first entry.
+pub fn genesis(key: &Key) -> String {
+    crypto::hmac_hex(key, b"hush/v1/audit/genesis")
+}
+
+/// The entry as one line (its `prev` already set) and that line's MAC.
+pub fn seal_line(key: &Key, mut entry: AuditEntry) -> (String, String) {
+    entry.mac = None;
+    let body = serde_json::to_string(&entry).expect("entries serialise");
+    let mac = crypto::hmac_hex(key, body.as_bytes());
+    let line = format!("{},\"mac\":\"{mac}\"}}", &body[..body.len() - 1]);
+    (line, mac)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineError {
+    NotAnEntry(String),
+    /// Written by an earlier Hush, whose chain was not keyed.
+    Unkeyed,
+    BadMac,
+}
+
+/// Parses a line and checks its MAC; returns the entry and the MAC.
+pub fn open_line(key: &Key, line: &str) -> Result<(AuditEntry, String), LineError> {
+    let entry: AuditEntry = serde_json::from_str(line).map_err(|e| LineError::NotAnEntry(e.to_string()))?;
+    let mac = entry.mac.clone().ok_or(LineError::Unkeyed)?;
+    let suffix = format!(",\"mac\":\"{mac}\"}}");
+    let body = line.strip_suffix(&suffix).ok_or(LineError::BadMac)?;
+    if !crypto::hmac_verify(key, format!("{body}}}").as_bytes(), &mac) {
+        return Err(LineError::BadMac);
+    }
+    Ok((entry, mac))
+}
+
+/// The newest entry, as recorded in the store: its sequence number and MAC, MAC'd together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
     pub seq: u64,
-    pub hash: String,
+    pub last: String,
+    pub mac: String,
+}
+
+impl Head {
+    fn message(seq: u64, last: &str) -> String {
+        format!("hush/v1/audit/head/{seq}/{last}")
+    }
+
+    pub fn sealed(key: &Key, seq: u64, last: &str) -> Self {
+        Self { seq, last: last.to_string(), mac: crypto::hmac_hex(key, Self::message(seq, last).as_bytes()) }
+    }
+
+    pub fn is_authentic(&self, key: &Key) -> bool {
+        crypto::hmac_verify(key, Self::message(self.seq, &self.last).as_bytes(), &self.mac)
+    }
+}
+
+/// What the store holds under the head's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredHead {
+    None,
+    /// `{seq, hash}`: an earlier Hush's unkeyed head.
+    Unkeyed,
+    Keyed(Head),
+    Unreadable,
+}
+
+impl StoredHead {
+    pub fn parse(bytes: Option<&[u8]>) -> Self {
+        let Some(bytes) = bytes else { return Self::None };
+        if let Ok(head) = serde_json::from_slice::<Head>(bytes) {
+            return Self::Keyed(head);
+        }
+        match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(value) if value.get("hash").is_some() => Self::Unkeyed,
+            _ => Self::Unreadable,
+        }
+    }
 }
 
 /// Log files in chain order (names carry the first sequence number, zero-padded).
 pub fn log_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
-            })
-            .collect(),
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| first_seq(p).is_some()).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
@@ -36,16 +118,23 @@ pub fn file_name(first_seq: u64) -> String {
     format!("audit-{first_seq:012}.jsonl")
 }
 
+/// The first sequence number a log file's name announces.
+pub fn first_seq(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix("audit-")?.strip_suffix(".jsonl")?.parse().ok()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub entries: u64,
     pub files: u32,
 }
 
-/// Walks every line of every file; names the first entry that breaks the chain.
-pub fn verify(dir: &Path, head: Option<&Head>) -> Result<Verified, String> {
+/// Walks every line of every file and checks the recorded head; names the first problem.
+/// Lines after the recorded head pass only if they verify: a batch being written.
+pub fn verify(dir: &Path, key: &Key, head: &StoredHead) -> Result<Verified, String> {
     let files = log_files(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let mut prev_hash = GENESIS.to_string();
+    let mut prev = genesis(key);
     let mut expected_seq = 1;
     for file in &files {
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -55,30 +144,85 @@ pub fn verify(dir: &Path, head: Option<&Head>) -> Result<Verified, String> {
         }
         for (index, line) in text.lines().enumerate() {
             let at = format!("entry {expected_seq} ({name} line {})", index + 1);
-            let entry: AuditEntry = serde_json::from_str(line).map_err(|e| format!("{at}: not a valid entry: {e}"))?;
+            let (entry, mac) = open_line(key, line).map_err(|e| match e {
+                LineError::NotAnEntry(e) => format!("{at}: not a valid entry: {e}"),
+                LineError::Unkeyed => {
+                    format!("{at}: has no MAC (written by an earlier Hush, whose chain was not keyed)")
+                }
+                LineError::BadMac => format!("{at}: its MAC does not verify (altered, or not written by this vault)"),
+            })?;
+            // The vault's own record of damage it found comes first: it says what happened.
+            if entry.op == DAMAGED_OP {
+                return Err(format!(
+                    "{at}: the vault found the log damaged when it started: {}",
+                    entry.reason.unwrap_or_default()
+                ));
+            }
             if entry.seq != expected_seq {
                 return Err(format!("{at}: sequence number is {} (entries removed, inserted or reordered)", entry.seq));
             }
-            if entry.prev != prev_hash {
+            if entry.prev != prev {
                 return Err(format!(
-                    "{at}: does not follow the entry before it (that entry was altered, or entries were removed, inserted or reordered)"
+                    "{at}: does not follow the entry before it (entries removed, inserted or reordered)"
                 ));
             }
-            prev_hash = sha256_hex(line.as_bytes());
+            prev = mac;
             expected_seq += 1;
         }
     }
     let entries = expected_seq - 1;
-    if let Some(head) = head {
-        if head.seq > entries {
-            return Err(format!(
-                "the log ends at entry {entries} but entry {} was written: entries were removed from the end",
-                head.seq
-            ));
-        }
-        if head.seq == entries && head.hash != prev_hash {
-            return Err(format!("entry {entries} (the last) was altered"));
+    match head {
+        StoredHead::None if entries == 0 => {}
+        StoredHead::None => return Err("no chain head is recorded for this log (it was removed from the store)".into()),
+        StoredHead::Unkeyed => return Err("the recorded chain head is an earlier Hush's, not keyed".into()),
+        StoredHead::Unreadable => return Err("the recorded chain head is unreadable".into()),
+        StoredHead::Keyed(head) => {
+            if !head.is_authentic(key) {
+                return Err("the recorded chain head was altered".into());
+            }
+            if head.seq > entries {
+                return Err(format!(
+                    "the log ends at entry {entries} but entry {} was written: entries were removed from the end",
+                    head.seq
+                ));
+            }
+            if head.seq == entries && head.last != prev {
+                return Err(format!("entry {entries} (the last) is not the entry recorded as the last"));
+            }
         }
     }
     Ok(Verified { entries, files: files.len() as u32 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_line_opens_and_any_change_fails() {
+        let key = Key::random();
+        let entry = AuditEntry { seq: 3, prev: genesis(&key), ..AuditEntry::now("read").actor("node:n1") };
+        let (line, mac) = seal_line(&key, entry.clone());
+        assert!(line.ends_with(&format!(",\"mac\":\"{mac}\"}}")));
+        let (opened, opened_mac) = open_line(&key, &line).unwrap();
+        assert_eq!((opened.seq, opened.actor.as_deref(), opened_mac), (3, Some("node:n1"), mac.clone()));
+        assert_eq!(open_line(&key, &line.replace("node:n1", "node:n2")), Err(LineError::BadMac));
+        assert_eq!(open_line(&Key::random(), &line), Err(LineError::BadMac));
+        let unkeyed = serde_json::to_string(&entry).unwrap();
+        assert_eq!(open_line(&key, &unkeyed), Err(LineError::Unkeyed));
+    }
+
+    #[test]
+    fn heads_are_keyed_and_unkeyed_heads_are_recognised() {
+        let key = Key::random();
+        let head = Head::sealed(&key, 7, "ab");
+        assert!(head.is_authentic(&key));
+        assert!(!Head { seq: 8, ..head.clone() }.is_authentic(&key));
+        assert!(!head.is_authentic(&Key::random()));
+        let json = serde_json::to_vec(&head).unwrap();
+        assert_eq!(StoredHead::parse(Some(&json)), StoredHead::Keyed(head));
+        assert_eq!(StoredHead::parse(Some(br#"{"seq":3,"hash":"00"}"#)), StoredHead::Unkeyed);
+        assert_eq!(StoredHead::parse(Some(b"junk")), StoredHead::Unreadable);
+        assert_eq!(StoredHead::parse(None), StoredHead::None);
+    }
 }

@@ -75,9 +75,12 @@ pub struct AuditEntry {
     /// The file's path inside the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Hex SHA-256 of the previous line (the chain).
+    /// The previous line's `mac` (the chain; chain.rs).
     #[serde(default)]
     pub prev: String,
+    /// Hex HMAC-SHA256, under the audit key, of this line without this field (chain.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl AuditEntry {
