@@ -14,6 +14,7 @@ pub mod hardening;
 pub mod identity;
 pub mod init;
 pub mod join_gate;
+pub mod k8s;
 pub mod keyring;
 pub mod layout;
 pub mod logging;

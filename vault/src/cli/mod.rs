@@ -4,6 +4,7 @@
 mod audit;
 mod compose;
 mod dev;
+mod import;
 mod input;
 mod nodes;
 mod objects;

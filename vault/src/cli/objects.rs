@@ -66,6 +66,25 @@ enum ObjectCommand {
         #[arg(required = true, value_name = "NAME|ID")]
         references: Vec<String>,
     },
+    /// Create or rotate from Kubernetes manifests (secret: `kind: Secret`, config: `kind: ConfigMap`,
+    /// also in `kind: List`), one object per key; all or nothing, unchanged values left alone
+    Import {
+        /// Manifest file (several documents allowed), or - for standard input
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: String,
+        /// Go template naming each object from the manifest's .Name, .Key and .Namespace
+        #[arg(long, default_value = crate::k8s::DEFAULT_NAME_TEMPLATE, value_name = "TEMPLATE")]
+        name_template: String,
+    },
+    /// Print configs as Kubernetes ConfigMap manifests (a secret's value never leaves the vault)
+    Export {
+        /// Full ID, name (any case) or unique ID prefix
+        #[arg(required = true, value_name = "NAME|ID")]
+        references: Vec<String>,
+        /// Output format (Kubernetes manifests)
+        #[arg(long, default_value = "k8s", value_parser = ["k8s"])]
+        format: String,
+    },
     /// Store a new version; running tasks switch to it
     Rotate {
         /// Full ID, name (any case) or unique ID prefix
@@ -113,8 +132,19 @@ pub async fn run(kind: Kind, args: ObjectArgs) -> anyhow::Result<ExitCode> {
         ObjectCommand::Create { file, .. } | ObjectCommand::Rotate { file, .. } => Some(read_value(kind, file)?),
         _ => None,
     };
+    let imported = match &args.command {
+        ObjectCommand::Import { file, name_template } => Some(super::import::load(kind, file, name_template)?),
+        ObjectCommand::Export { .. } if kind == Kind::Secret => {
+            bail!("a secret's value never leaves the vault: only configs can be exported")
+        }
+        _ => None,
+    };
     let mut client = connect_admin(&args.connection.target()).await?;
     match args.command {
+        ObjectCommand::Import { .. } => {
+            return super::import::import(&mut client, kind, imported.expect("loaded above")).await;
+        }
+        ObjectCommand::Export { references, .. } => return super::import::export(&mut client, kind, references).await,
         ObjectCommand::Create { labels, name, .. } => {
             let data = value.expect("read above").expose_secret().to_vec();
             let request = pb::CreateRequest {
