@@ -7,7 +7,7 @@ const VALUE_MESSAGES: &[&str] = &[
     "hush.v1.RotateRequest",
     "hush.v1.UnlockRequest",
     "hush.v1.RotateKeyResponse",
-    "hush.v1.AssignedFile",
+    "hush.v1.AssignedValue",
     "hush.v1.JoinRequest",
     "hush.v1.JoinTokenResponse",
 ];

@@ -37,7 +37,8 @@ type TaskFiles = BTreeMap<String, DesiredFile>;
 
 #[derive(Default)]
 struct State {
-    /// From the vault: task → files. Values moved out of the messages, never copied.
+    /// From the vault: task → files. Values moved out of the messages, never copied, and
+    /// shared by every file that holds them.
     assigned: HashMap<String, TaskFiles>,
     /// Tasks with a live `hush run` here, and their owners once known.
     running: HashMap<String, Option<TaskOwner>>,
@@ -55,15 +56,30 @@ pub struct Reconciler {
     applied_tasks: watch::Sender<HashSet<String>>,
 }
 
-fn desired(task: pb::AssignedTask) -> (String, TaskFiles) {
+/// A value as the vault names it: (kind, object ID, version).
+pub type ValueKey = (i32, String, u64);
+
+/// The values received on the current assignment stream, shared with the files that show them.
+pub type Values = HashMap<ValueKey, Arc<Plaintext>>;
+
+pub fn value_key(kind: i32, object_id: String, version: u64) -> ValueKey {
+    (kind, object_id, version)
+}
+
+fn desired(task: pb::AssignedTask, values: &Values) -> (String, TaskFiles) {
     let files = task
         .files
         .into_iter()
-        .map(|mut file| {
+        .filter_map(|file| {
+            let Some(content) = values.get(&value_key(file.kind, file.object_id.clone(), file.version)) else {
+                // The object was removed as the snapshot was sent; the next snapshot drops the file.
+                tracing::warn!(task = %task.task_id, target = %file.target, "no value for a file: skipped");
+                return None;
+            };
             let kind = if file.kind == pb::Kind::Config as i32 { FileKind::Config } else { FileKind::Secret };
-            let content = Arc::new(Plaintext::new(std::mem::take(&mut file.data)));
             let meta = FileMeta { kind, name: file.name, version: file.version };
-            (fuse_path(&file.target), DesiredFile { uid: file.uid, gid: file.gid, mode: file.mode, meta, content })
+            let desired = DesiredFile { uid: file.uid, gid: file.gid, mode: file.mode, meta, content: content.clone() };
+            Some((fuse_path(&file.target), desired))
         })
         .collect();
     (task.task_id, files)
@@ -78,12 +94,13 @@ impl Reconciler {
         self.state.lock().expect("reconciler lock poisoned only by a panic")
     }
 
-    pub fn set_assignment(&self, assignment: pb::Assignment) {
+    /// A complete snapshot from the vault: its tasks, and the stream's values they name.
+    pub fn set_assignment(&self, tasks: Vec<pb::AssignedTask>, values: &Values) {
         let mut state = self.lock();
-        for task in &assignment.tasks {
+        for task in &tasks {
             state.services.insert(task.task_id.clone(), task.service.clone());
         }
-        state.assigned = assignment.tasks.into_iter().map(desired).collect();
+        state.assigned = tasks.into_iter().map(|task| desired(task, values)).collect();
         self.apply(&mut state);
     }
 

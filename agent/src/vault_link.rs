@@ -1,11 +1,14 @@
 //! The agent's connection to the vault: joining, the mTLS channel, and the assignment stream
-//! turned into state (reconnecting with backoff, resuming with a full snapshot).
+//! turned into state (reconnecting with backoff, resuming with a full snapshot). Snapshots
+//! arrive in parts (values, tasks, end); each value once per stream.
 
 use crate::pin;
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Reconciler, ValueKey, Values, value_key};
 use crate::state::{NodeIdentity, NodeInfo, StateDir};
+use hush_fuse::Plaintext;
 use hush_proto::addr::host_of;
 use hush_proto::v1 as pb;
+use hush_proto::v1::assignment_part::Part;
 use hush_proto::v1::node_client::NodeClient;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,8 +130,29 @@ async fn stream_once(mut client: NodeClient<Channel>, reconciler: &Reconciler) -
         let mut stream = client.assignments(pb::AssignmentsRequest {}).await?.into_inner();
         reconciler.set_connected(true);
         tracing::info!("assignment stream open");
-        while let Some(assignment) = stream.message().await? {
-            reconciler.set_assignment(assignment);
+        // Parts of the snapshot being received; only its end makes it current.
+        let mut values = Values::new();
+        let mut tasks = Vec::new();
+        while let Some(part) = stream.message().await? {
+            match part.part {
+                Some(Part::Value(mut value)) => {
+                    let content = Arc::new(Plaintext::new(std::mem::take(&mut value.data)));
+                    values.insert(value_key(value.kind, value.object_id, value.version), content);
+                }
+                Some(Part::Task(task)) => tasks.push(task),
+                Some(Part::End(_revision)) => {
+                    let snapshot = std::mem::take(&mut tasks);
+                    // The vault forgets the same values: it will send them again if named again.
+                    let named: std::collections::HashSet<ValueKey> = snapshot
+                        .iter()
+                        .flat_map(|t| &t.files)
+                        .map(|f| value_key(f.kind, f.object_id.clone(), f.version))
+                        .collect();
+                    values.retain(|key, _| named.contains(key));
+                    reconciler.set_assignment(snapshot, &values);
+                }
+                None => {}
+            }
         }
         Ok(())
     }

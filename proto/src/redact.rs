@@ -1,7 +1,7 @@
 //! `Debug` for messages that carry values: fields shown, values replaced by their length.
 
 use crate::v1::{
-    AssignedFile, CreateRequest, InspectResponse, JoinRequest, JoinTokenResponse, RotateKeyResponse, RotateRequest,
+    AssignedValue, CreateRequest, InspectResponse, JoinRequest, JoinTokenResponse, RotateKeyResponse, RotateRequest,
     UnlockRequest,
 };
 use std::fmt;
@@ -55,17 +55,12 @@ impl fmt::Debug for RotateKeyResponse {
     }
 }
 
-impl fmt::Debug for AssignedFile {
+impl fmt::Debug for AssignedValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AssignedFile")
+        f.debug_struct("AssignedValue")
             .field("kind", &self.kind)
-            .field("name", &self.name)
             .field("object_id", &self.object_id)
             .field("version", &self.version)
-            .field("target", &self.target)
-            .field("uid", &self.uid)
-            .field("gid", &self.gid)
-            .field("mode", &format_args!("{:#o}", self.mode))
             .field("data", &Redacted(self.data.len()))
             .finish()
     }

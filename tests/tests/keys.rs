@@ -159,3 +159,51 @@ async fn the_vault_speaks_tls_1_3_only() {
         Err(e) => eprintln!("openssl not installed ({e}): checked with the rustls client only"),
     }
 }
+
+/// Issue 8 item 4: a snapshot larger than gRPC's 4 MiB message limit (here 14 MB: five tasks
+/// holding a pair of 1,023,999-byte configs, two more services with their own) reaches every
+/// task, and a rotation of a value that five tasks share reaches all of them.
+#[test]
+fn assignments_larger_than_one_message_reach_every_task() {
+    const SIZE: usize = 1_023_999;
+    let vault = TestVault::start_new();
+    let agent = hush_tests::TestAgent::join(&vault);
+    let value = |name: &str| {
+        let mut bytes = hush_tests::marker(name).into_bytes();
+        bytes.resize(SIZE, b'#');
+        bytes
+    };
+    let mut heads = std::collections::HashMap::new();
+    for service in ["s0", "s1", "s2"] {
+        for file in ["a", "b"] {
+            let name = format!("{service}{file}");
+            let bytes = value(&name);
+            heads.insert(name.clone(), String::from_utf8_lossy(&bytes[..40]).into_owned());
+            let path = vault.temp.path().join(&name);
+            std::fs::write(&path, &bytes).unwrap();
+            vault.hush(&["config", "create", &name, path.to_str().unwrap()]).ok();
+        }
+        let a = format!("source={service}a,target=/a.conf");
+        let b = format!("source={service}b,target=/b.conf");
+        vault.hush(&["service", "create", service, "--config", &a, "--config", &b]).ok();
+    }
+    let step = r#"printf '%s %s' "$(wc -c < /a.conf)" "$(head -c 40 /b.conf)""#;
+    let services = ["s0", "s0", "s0", "s0", "s0", "s1", "s2"];
+    let mut sessions: Vec<_> = services.iter().map(|service| agent.session(&vault, service, step)).collect();
+    for (session, service) in sessions.iter_mut().zip(services) {
+        assert_eq!(session.ask(), format!("{SIZE} {}", heads[&format!("{service}b")]), "a task of {service}");
+    }
+
+    let rotated = value("s0b-v2");
+    let path = vault.temp.path().join("s0b-v2");
+    std::fs::write(&path, &rotated).unwrap();
+    vault.hush(&["config", "rotate", "s0b", path.to_str().unwrap()]).ok();
+    let expected = format!("{SIZE} {}", String::from_utf8_lossy(&rotated[..40]));
+    for session in sessions.iter_mut().take(5) {
+        hush_tests::wait_for("the rotation in every task of s0", || (session.ask() == expected).then_some(()));
+    }
+    for session in sessions {
+        assert!(session.finish().success());
+    }
+    assert!(!agent.log_text().contains("decoded message length too large"), "{}", agent.log_text());
+}

@@ -1,6 +1,6 @@
 //! A node's assignment: every task on the node with the current version of each file its
-//! service references, values included. Computed from the store on demand, so a reconnecting
-//! agent simply receives the whole current state.
+//! service references. Computed from the store on demand, so a reconnecting agent simply
+//! receives the whole current state; values are opened one at a time, only to be sent.
 
 use crate::model::Kind;
 use crate::objects::{self, Objects, VaultError};
@@ -42,7 +42,54 @@ pub struct Plan {
     depends_on: HashSet<String>,
 }
 
+/// Which value a file holds: an object version (its plaintext travels apart, once per stream).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ValueKey {
+    kind: Kind,
+    object_id: String,
+    version: u64,
+}
+
+fn kind_to_pb(kind: Kind) -> i32 {
+    match kind {
+        Kind::Secret => pb::Kind::Secret as i32,
+        Kind::Config => pb::Kind::Config as i32,
+    }
+}
+
 impl Plan {
+    /// Every value the plan's files hold.
+    pub fn values(&self) -> HashSet<ValueKey> {
+        let files = self.tasks.iter().flat_map(|t| &t.files);
+        files.map(|f| ValueKey { kind: f.kind, object_id: f.object_id.clone(), version: f.version }).collect()
+    }
+
+    /// The plan's tasks as stream parts: files with their metadata, without values.
+    pub fn task_parts(&self) -> Vec<pb::AssignedTask> {
+        self.tasks
+            .iter()
+            .map(|task| pb::AssignedTask {
+                task_id: task.task_id.clone(),
+                name: task.name.clone(),
+                service: task.service.clone(),
+                files: task
+                    .files
+                    .iter()
+                    .map(|file| pb::AssignedFile {
+                        kind: kind_to_pb(file.kind),
+                        name: file.name.clone(),
+                        object_id: file.object_id.clone(),
+                        version: file.version,
+                        target: file.target.clone(),
+                        uid: file.uid,
+                        gid: file.gid,
+                        mode: file.mode,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Whether a committed operation may change this plan: it writes a key the plan was read
     /// from, or starts a new task on this node.
     pub fn affected_by(&self, op: &Op) -> bool {
@@ -109,37 +156,18 @@ pub async fn plan_for(objects: &Arc<Objects>, node_id: &str) -> Result<Plan, Vau
     Ok(Plan { node_id: node_id.to_string(), tasks, depends_on })
 }
 
-/// The assignment a plan describes, with each value opened (and checked against tampering).
-pub async fn assignment(objects: &Objects, plan: &Plan, revision: u64) -> Result<pb::Assignment, VaultError> {
-    let mut tasks = Vec::with_capacity(plan.tasks.len());
-    for task in &plan.tasks {
-        let mut files = Vec::with_capacity(task.files.len());
-        for file in &task.files {
-            let Some(found) = objects.get_by_id(file.kind, &file.object_id).await? else { continue };
-            let data = objects.open_version(file.kind, &found.record, file.version).await?;
-            files.push(pb::AssignedFile {
-                kind: match file.kind {
-                    Kind::Secret => pb::Kind::Secret as i32,
-                    Kind::Config => pb::Kind::Config as i32,
-                },
-                name: file.name.clone(),
-                object_id: file.object_id.clone(),
-                version: file.version,
-                target: file.target.clone(),
-                uid: file.uid,
-                gid: file.gid,
-                mode: file.mode,
-                data: data.expose_secret().to_vec(),
-            });
-        }
-        tasks.push(pb::AssignedTask {
-            task_id: task.task_id.clone(),
-            name: task.name.clone(),
-            service: task.service.clone(),
-            files,
-        });
-    }
-    Ok(pb::Assignment { revision, tasks })
+/// One value as a stream part, opened (and checked against tampering) just before it is sent.
+/// `None`: the object is gone (the next plan will not name it).
+pub async fn value_part(objects: &Objects, key: &ValueKey) -> Result<Option<pb::AssignedValue>, VaultError> {
+    let Some(found) = objects.get_by_id(key.kind, &key.object_id).await? else { return Ok(None) };
+    let mut data = objects.open_version(key.kind, &found.record, key.version).await?;
+    Ok(Some(pb::AssignedValue {
+        kind: kind_to_pb(key.kind),
+        object_id: key.object_id.clone(),
+        version: key.version,
+        // Moved, not copied: the message holds the only copy (the allocator zeroes it when freed).
+        data: data.take(),
+    }))
 }
 
 #[cfg(test)]
@@ -176,9 +204,13 @@ mod tests {
         assert!(plan.affected_by(&put(task_key("t2"), serde_json::to_vec(&mine).unwrap())));
         assert!(!plan.affected_by(&put(task_key("t3"), serde_json::to_vec(&theirs).unwrap())));
 
-        // The values are opened only when the assignment is built.
-        let built = assignment(&objects, &plan, 7).await.unwrap();
-        assert_eq!(built.tasks[0].files[0].data, b"v");
+        // Values are named by the plan and opened one by one.
+        let values: Vec<ValueKey> = plan.values().into_iter().collect();
+        assert_eq!(values.len(), 1);
+        assert_eq!(value_part(&objects, &values[0]).await.unwrap().unwrap().data, b"v");
+        let parts = plan.task_parts();
+        assert_eq!((parts.len(), parts[0].files.len()), (1, 1));
+        assert_eq!(parts[0].files[0].object_id, used.id);
         assert!(plan.same_assignment(&plan_for(&objects, "n1").await.unwrap()));
         objects.rotate(Kind::Secret, "used", SecretBytes::new(b"w".to_vec())).await.unwrap();
         assert!(!plan.same_assignment(&plan_for(&objects, "n1").await.unwrap()));

@@ -1,15 +1,18 @@
 //! The node gRPC service (agents): join, the assignment stream, task start and end.
 //! Converts proto ⇄ domain and decides nothing beyond "is this a live node".
 
-use crate::assign::{Plan, assignment, plan_for};
+use crate::assign::{Plan, ValueKey, plan_for, value_part};
 use crate::audit::AuditEntry;
 use crate::identity::{Peer, actor_of, peer_of};
 use crate::join_gate::JoinGate;
 use crate::nodes::NodeError;
+use crate::objects::Objects;
 use crate::services::ServiceError;
 use crate::vault::Vault;
 use hush_proto::v1 as pb;
+use hush_proto::v1::assignment_part::Part;
 use hush_proto::v1::node_server::Node;
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
@@ -108,7 +111,7 @@ fn access_entry(event: pb::AccessEvent, actor: &str, node_id: &str) -> AuditEntr
     }
 }
 
-type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>> + Send>>;
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentPart, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Node for NodeService {
@@ -237,15 +240,19 @@ impl Node for NodeService {
 
 /// Sends the node's assignment, then a new one after every store change that alters it,
 /// until the agent goes away or the node is removed (then the stream ends with an error).
+/// Each snapshot goes out in bounded parts (see `AssignmentPart` in the proto): the values the
+/// agent does not hold yet, one per message, then each task, then the end marker.
 async fn stream_assignments(
     vault: &Vault,
     node_id: &str,
     mut changes: broadcast::Receiver<crate::store::Change>,
-    tx: &mpsc::Sender<Result<pb::Assignment, Status>>,
+    tx: &mpsc::Sender<Result<pb::AssignmentPart, Status>>,
 ) {
     let mut stopping = vault.stopping();
     // What was last sent, without its values: nothing plaintext is kept between changes.
     let mut last_sent: Option<Plan> = None;
+    // The values the agent holds from this stream: those the last complete snapshot named.
+    let mut held = HashSet::new();
     let mut revision = 0;
     loop {
         let next = async {
@@ -253,19 +260,16 @@ async fn stream_assignments(
             let objects = vault.objects()?;
             let plan = plan_for(&objects, node_id).await?;
             if last_sent.as_ref().is_some_and(|sent| sent.same_assignment(&plan)) {
-                return Ok::<_, Status>((plan, None));
+                return Ok::<_, Status>((plan, Some(held.clone())));
             }
-            let assignment = assignment(&objects, &plan, revision).await?;
-            Ok((plan, Some(assignment)))
+            let sent = send_snapshot(&objects, &plan, &held, revision, tx).await?;
+            Ok((plan, sent))
         };
         match next.await {
-            Ok((plan, assignment)) => {
+            Ok((_, None)) => return,
+            Ok((plan, Some(sent))) => {
                 last_sent = Some(plan);
-                if let Some(assignment) = assignment
-                    && tx.send(Ok(assignment)).await.is_err()
-                {
-                    return;
-                }
+                held = sent;
             }
             Err(status) => {
                 tracing::warn!(node = %node_id, error = %status.message(), "assignment stream ended");
@@ -297,4 +301,33 @@ async fn stream_assignments(
             }
         }
     }
+}
+
+/// Sends one snapshot of `plan` in parts; returns the values the agent holds afterwards, or
+/// `None` if the agent went away. Values are opened one at a time, just before being sent.
+async fn send_snapshot(
+    objects: &Objects,
+    plan: &Plan,
+    held: &HashSet<ValueKey>,
+    revision: u64,
+    tx: &mpsc::Sender<Result<pb::AssignmentPart, Status>>,
+) -> Result<Option<HashSet<ValueKey>>, Status> {
+    let send = |part: Part| async move { tx.send(Ok(pb::AssignmentPart { part: Some(part) })).await.is_ok() };
+    let mut now_held = HashSet::new();
+    for key in plan.values() {
+        if !held.contains(&key) {
+            // An object removed meanwhile: the agent skips its files; the next plan drops them.
+            let Some(value) = value_part(objects, &key).await? else { continue };
+            if !send(Part::Value(value)).await {
+                return Ok(None);
+            }
+        }
+        now_held.insert(key);
+    }
+    for task in plan.task_parts() {
+        if !send(Part::Task(task)).await {
+            return Ok(None);
+        }
+    }
+    Ok(send(Part::End(revision)).await.then_some(now_held))
 }

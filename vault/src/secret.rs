@@ -25,6 +25,11 @@ impl SecretBytes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Moves the bytes out (leaving this empty), for a message that must own them: no copy.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.0)
+    }
 }
 
 impl SecretBytes {
