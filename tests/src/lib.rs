@@ -83,6 +83,8 @@ pub struct TestVault {
     admin_dir: PathBuf,
     /// Extra environment for the vault process (e.g. a small audit file size).
     pub env: Vec<(String, String)>,
+    /// Extra `vault serve` flags (e.g. `--store etcd://...`).
+    pub serve_args: Vec<String>,
 }
 
 impl TestVault {
@@ -100,7 +102,44 @@ impl TestVault {
         let init = Run::from(Command::new(bin("hush")).args(&args).output().expect("hush runs"));
         let init_stdout = init.ok().to_string();
         let log = temp.path().join("vault.log");
-        Self { temp, data_dir, addr: String::new(), log, child: None, init_stdout, admin_dir, env: Vec::new() }
+        Self {
+            temp,
+            data_dir,
+            addr: String::new(),
+            log,
+            child: None,
+            init_stdout,
+            admin_dir,
+            env: Vec::new(),
+            serve_args: Vec::new(),
+        }
+    }
+
+    /// Another replica of a vault whose store is shared (etcd): a new data dir holding only a
+    /// copy of `first`'s key-encryption key file (none when autolocked), the same admin bundle
+    /// and serve flags. Not started.
+    pub fn replica_of(first: &TestVault) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        std::fs::create_dir(&data_dir).expect("data dir");
+        for entry in std::fs::read_dir(&first.data_dir).expect("first data dir") {
+            let entry = entry.expect("entry");
+            if entry.file_name().to_string_lossy().starts_with("kek-") {
+                std::fs::copy(entry.path(), data_dir.join(entry.file_name())).expect("copy the key file");
+            }
+        }
+        let log = temp.path().join("vault.log");
+        Self {
+            temp,
+            data_dir,
+            addr: String::new(),
+            log,
+            child: None,
+            init_stdout: String::new(),
+            admin_dir: first.admin_dir.clone(),
+            env: first.env.clone(),
+            serve_args: first.serve_args.clone(),
+        }
     }
 
     /// Initialised and serving.
@@ -127,6 +166,7 @@ impl TestVault {
         let mut child = Command::new(bin("hush"))
             .args(["vault", "serve", "--listen", listen, "--data-dir"])
             .arg(&self.data_dir)
+            .args(&self.serve_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)

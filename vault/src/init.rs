@@ -39,6 +39,8 @@ pub struct InitOptions {
     pub advertise: Vec<String>,
     /// Where to write the admin bundle; `DATA_DIR/admin` when not given (refused with autolock).
     pub admin_dir: Option<PathBuf>,
+    /// The vault's data lives in a shared store (etcd): no embedded store file is made.
+    pub external_store: bool,
 }
 
 pub struct Initialised {
@@ -83,7 +85,9 @@ pub fn init(dir: &DataDir, options: &InitOptions) -> Result<Initialised, InitErr
         let path = admin_dir.join(file);
         write_private_atomic(&path, contents.as_bytes()).map_err(io(&path))?;
     }
-    drop(RedbStore::open(&dir.store())?);
+    if !options.external_store {
+        drop(RedbStore::open(&dir.store())?);
+    }
     let (_keyring, unlock_key) = Keyring::create_for(dir, &data_key, options.autolock)?;
     Ok(Initialised { admin_dir, ca_fingerprint: ca.fingerprint()?, unlock_key })
 }

@@ -23,6 +23,7 @@ pub mod node_api;
 pub mod nodes;
 pub mod objects;
 pub mod ratelimit;
+pub mod replica;
 pub mod secret;
 pub mod server;
 pub mod services;

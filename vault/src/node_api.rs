@@ -37,6 +37,12 @@ impl NodeService {
     /// The calling node's ID, if its certificate is a node's and the node has not been removed.
     /// Refusals are audited as `denied`.
     async fn live_node<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        // A replica that cannot follow its store would never send a node a change: the agent
+        // should go to another one.
+        if let Err(why) = self.vault.store().health() {
+            tracing::warn!(reason = %why, "refusing an agent call (and its assignment stream)");
+            return Err(Status::unavailable(format!("this vault replica takes no new agent streams: {why}")));
+        }
         let checked = async {
             let Peer::Node { id } = peer_of(request)? else {
                 return Err(Status::permission_denied("this call needs a node certificate"));
@@ -238,6 +244,9 @@ impl Node for NodeService {
     }
 }
 
+/// How often a stream checks that its replica still follows the store.
+const HEALTH_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Sends the node's assignment, then a new one after every store change that alters it,
 /// until the agent goes away or the node is removed (then the stream ends with an error).
 /// Each snapshot goes out in bounded parts (see `AssignmentPart` in the proto): the values the
@@ -254,6 +263,7 @@ async fn stream_assignments(
     // The values the agent holds from this stream: those the last complete snapshot named.
     let mut held = HashSet::new();
     let mut revision = 0;
+    let mut health_check = tokio::time::interval(HEALTH_CHECK);
     loop {
         let next = async {
             vault.nodes()?.get(node_id).await?;
@@ -292,6 +302,14 @@ async fn stream_assignments(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tx.closed() => return,
+                _ = health_check.tick() => {
+                    // Lost the store: end the stream so the agent moves to a replica that has it.
+                    if let Err(why) = vault.store().health() {
+                        tracing::warn!(node = %node_id, reason = %why, "ending an assignment stream");
+                        let _ = tx.send(Err(Status::unavailable(format!("this vault replica {why}")))).await;
+                        return;
+                    }
+                }
                 changed = stopping.changed() => {
                     if changed.is_err() || *stopping.borrow() {
                         let _ = tx.send(Err(Status::unavailable("the vault is shutting down"))).await;

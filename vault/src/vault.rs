@@ -49,11 +49,27 @@ pub struct Vault {
     unlocked: RwLock<Option<Unlocked>>,
     autolock: bool,
     ca_fingerprint: String,
+    /// A replica on a shared store (etcd): the names its own server certificate is issued
+    /// for at unlock, and the keyring is published to the store when it changes.
+    replica: Option<Vec<String>>,
 }
 
 impl Vault {
     /// Opens an initialised data dir. Unlocks at once unless the vault is autolocked.
     pub fn open(dir: &DataDir) -> Result<Self, VaultStateError> {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.store()).map_err(|e| VaultStateError::Open(e.to_string()))?);
+        Self::open_on(dir, store, None)
+    }
+
+    /// Opens a data dir whose data lives in `store`. With `replica` (the names this replica is
+    /// reached by), the server certificate is issued afresh at unlock instead of read from the
+    /// dir, so every replica has its own.
+    pub fn open_on(
+        dir: &DataDir,
+        store: Arc<dyn Store>,
+        replica: Option<Vec<String>>,
+    ) -> Result<Self, VaultStateError> {
         let keyring = Keyring::load(dir)?;
         let open_err = |e: &dyn std::fmt::Display| VaultStateError::Open(e.to_string());
         let read = |path: std::path::PathBuf| {
@@ -65,8 +81,6 @@ impl Vault {
         let tls = Arc::new(Identities::new(
             certified_key(&read(dir.unlock_cert())?, &unlock_key_pem).map_err(|e| open_err(&e))?,
         ));
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::open(&dir.store()).map_err(|e| VaultStateError::Open(e.to_string()))?);
         let autolock = keyring.is_autolock();
         let data_key = if autolock { None } else { Some(keyring.open_with_key_file()?) };
         // The audit chain is keyed from the data key: a locked vault's log waits for unlock.
@@ -86,6 +100,7 @@ impl Vault {
             unlocked: RwLock::new(None),
             autolock,
             ca_fingerprint,
+            replica,
         };
         if let Some(data_key) = data_key {
             vault.open_with(data_key)?;
@@ -97,7 +112,25 @@ impl Vault {
     fn open_with(&self, data_key: Key) -> Result<(), VaultStateError> {
         let open_err = |e: &dyn std::fmt::Display| VaultStateError::Open(e.to_string());
         let ca = CertificateAuthority::load(&self.dir, &data_key).map_err(|e| open_err(&e))?;
-        let server_key = crate::keyring::read_sealed(&self.dir.server_key(), &data_key, SERVER_KEY_PURPOSE)
+        let server = match &self.replica {
+            Some(names) => {
+                let issued = ca.issue_server(names).map_err(|e| open_err(&e))?;
+                let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+                certified_key(chain.as_bytes(), issued.key_pem.as_bytes()).map_err(|e| open_err(&e))?
+            }
+            None => self.server_from_dir(&data_key)?,
+        };
+        let objects = Arc::new(Objects::new(self.store.clone(), data_key.clone()));
+        *self.unlocked.write().expect("lock poisoned only by a panic") =
+            Some(Unlocked { objects, data_key, ca: Arc::new(ca) });
+        self.tls.set_server(server);
+        Ok(())
+    }
+
+    /// The server identity `init` left in the data dir, its key sealed under the data key.
+    fn server_from_dir(&self, data_key: &Key) -> Result<Arc<rustls::sign::CertifiedKey>, VaultStateError> {
+        let open_err = |e: &dyn std::fmt::Display| VaultStateError::Open(e.to_string());
+        let server_key = crate::keyring::read_sealed(&self.dir.server_key(), data_key, SERVER_KEY_PURPOSE)
             .map_err(|e| open_err(&e))?
             .ok_or_else(|| {
                 VaultStateError::Open(format!(
@@ -106,12 +139,7 @@ impl Vault {
                 ))
             })?;
         let chain = std::fs::read(self.dir.server_cert()).map_err(|e| open_err(&e))?;
-        let server = certified_key(&chain, server_key.expose_secret()).map_err(|e| open_err(&e))?;
-        let objects = Arc::new(Objects::new(self.store.clone(), data_key.clone()));
-        *self.unlocked.write().expect("lock poisoned only by a panic") =
-            Some(Unlocked { objects, data_key, ca: Arc::new(ca) });
-        self.tls.set_server(server);
-        Ok(())
+        certified_key(&chain, server_key.expose_secret()).map_err(|e| open_err(&e))
     }
 
     pub fn objects(&self) -> Result<Arc<Objects>, VaultStateError> {
@@ -201,6 +229,12 @@ impl Vault {
         .map_err(|e| VaultStateError::Open(e.to_string()))?;
         let unlock = unlock?;
         *guard = keyring;
+        if self.replica.is_some() {
+            // Every replica reads the keyring from the store when it starts.
+            crate::replica::publish_keyring(&self.dir, self.store.as_ref())
+                .await
+                .map_err(|e| VaultStateError::Open(format!("the new keyring is not in the store: {e}")))?;
+        }
         Ok(unlock)
     }
 

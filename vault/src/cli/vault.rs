@@ -5,6 +5,7 @@ use crate::client::{connect_admin, connect_admin_for_unlock};
 use crate::hardening::disable_core_dumps;
 use crate::init::{InitOptions, init};
 use crate::layout::DataDir;
+use crate::replica::{self, StoreArgs};
 use crate::server::serve_vault;
 use crate::vault::Vault;
 use anyhow::Context;
@@ -31,6 +32,8 @@ pub enum VaultCommand {
         /// Address or name clients use to reach this vault (repeatable); added to its certificate
         #[arg(long = "advertise-addr", value_name = "HOST[:PORT]")]
         advertise: Vec<String>,
+        #[command(flatten)]
+        store: StoreFlags,
     },
     /// Serve a vault over mutual TLS
     Serve {
@@ -38,6 +41,12 @@ pub enum VaultCommand {
         data_dir: PathBuf,
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: String,
+        /// With --store etcd://...: an address or name this replica is reached by (repeatable);
+        /// its own server certificate is issued for these (and localhost) when it unlocks
+        #[arg(long = "advertise-addr", value_name = "HOST[:PORT]")]
+        advertise: Vec<String>,
+        #[command(flatten)]
+        store: StoreFlags,
     },
     /// Unlock an autolocked vault after a restart (reads the unlock key from standard input)
     Unlock {
@@ -51,26 +60,84 @@ pub enum VaultCommand {
     },
 }
 
+/// Where the vault's data lives.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreFlags {
+    /// Keep the data in etcd instead of the data dir: etcd://HOST:PORT[,HOST:PORT...][/PREFIX]
+    /// (prefix /hush by default). Several replicas may serve one etcd store
+    #[arg(long, env = "HUSH_STORE", value_name = "URL")]
+    store: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificates: TLS to etcd
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth
+    #[arg(long, value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert
+    #[arg(long, value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl StoreFlags {
+    fn etcd(&self) -> anyhow::Result<Option<crate::store::etcd::EtcdConfig>> {
+        let args = StoreArgs {
+            store: self.store.clone(),
+            etcd_ca: self.etcd_ca.clone(),
+            etcd_cert: self.etcd_cert.clone(),
+            etcd_key: self.etcd_key.clone(),
+        };
+        Ok(args.etcd()?)
+    }
+}
+
 pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
     match command {
-        VaultCommand::Init { data_dir, autolock, advertise, admin_dir } => {
+        VaultCommand::Init { data_dir, autolock, advertise, admin_dir, store } => {
             let dir = DataDir::new(&data_dir);
-            let done = init(&dir, &InitOptions { autolock, advertise, admin_dir })?;
+            let etcd = store.etcd()?;
+            let shared = match &etcd {
+                Some(config) => {
+                    let shared = replica::connect(config).await?;
+                    replica::ensure_vacant(&shared, &config.url()).await?;
+                    Some((shared, config.url()))
+                }
+                None => None,
+            };
+            let options = InitOptions { autolock, advertise, admin_dir, external_store: shared.is_some() };
+            let done = init(&dir, &options)?;
+            if let Some((shared, url)) = &shared {
+                replica::publish(&dir, shared, url).await?;
+                println!("Vault data kept in {url}");
+            }
             println!("Vault initialised in {}", data_dir.display());
             println!("CA fingerprint: sha256:{}", done.ca_fingerprint);
             println!("Admin TLS bundle: {}", done.admin_dir.display());
             println!();
-            println!("Start it with:  hush vault serve --data-dir {}", data_dir.display());
+            let store_flag = etcd.as_ref().map(|c| format!(" --store {}", c.url())).unwrap_or_default();
+            println!("Start it with:  hush vault serve --data-dir {}{store_flag}", data_dir.display());
             println!("Use it with:    export HUSH_VAULT=127.0.0.1:7443 HUSH_TLS_DIR={}", done.admin_dir.display());
             if let Some(key) = done.unlock_key {
                 print_unlock_key(key.expose_secret());
             }
         }
-        VaultCommand::Serve { data_dir, listen } => {
+        VaultCommand::Serve { data_dir, listen, advertise, store } => {
             disable_core_dumps();
             let dir = DataDir::new(&data_dir);
             // Open before listening, so a bad data dir fails before anything is announced.
-            let vault = Arc::new(Vault::open(&dir)?);
+            let vault = match store.etcd()? {
+                None => {
+                    anyhow::ensure!(
+                        advertise.is_empty(),
+                        "--advertise-addr on serve needs --store etcd://... (an embedded vault's certificate is made by init)"
+                    );
+                    Arc::new(Vault::open(&dir)?)
+                }
+                Some(config) => {
+                    let shared = replica::connect(&config).await?;
+                    replica::fetch(&dir, &shared, &config.url()).await?;
+                    Arc::new(Vault::open_on(&dir, Arc::new(shared), Some(advertise))?)
+                }
+            };
             if vault.is_locked() {
                 tracing::warn!("vault is autolocked: it serves nothing until `hush vault unlock`");
             }

@@ -82,9 +82,12 @@ impl EtcdConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     Connected,
-    /// Why etcd cannot be reached (the last error).
-    Lost(String),
+    /// Why etcd cannot be reached (the last error), and since when.
+    Lost(String, std::time::Instant),
 }
+
+/// A watch broken for less than this is a blip (an etcd leader change), not a lost store.
+const GRACE: Duration = Duration::from_secs(1);
 
 pub struct EtcdStore {
     client: Client,
@@ -354,8 +357,8 @@ impl Store for EtcdStore {
 
     fn health(&self) -> Result<(), String> {
         match &*self.health.borrow() {
-            Health::Connected => Ok(()),
-            Health::Lost(why) => Err(why.clone()),
+            Health::Lost(why, since) if since.elapsed() >= GRACE => Err(why.clone()),
+            _ => Ok(()),
         }
     }
 }
@@ -416,11 +419,13 @@ async fn watch_loop(
 fn lost(health: &watch::Sender<Health>, why: String) {
     let why = format!("lost etcd: {why}");
     health.send_if_modified(|h| {
-        if *h == Health::Lost(why.clone()) {
-            return false;
-        }
+        let since = match h {
+            Health::Lost(old, _) if *old == why => return false,
+            Health::Lost(_, since) => *since,
+            Health::Connected => std::time::Instant::now(),
+        };
         tracing::warn!(error = %why, "store watch");
-        *h = Health::Lost(why.clone());
+        *h = Health::Lost(why.clone(), since);
         true
     });
 }
