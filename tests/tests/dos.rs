@@ -89,3 +89,98 @@ async fn refused_joins_with_huge_fields_cost_bounded_log_and_audit_bytes() {
     // Another address joins as usual meanwhile.
     let _agent = TestAgent::join(&vault);
 }
+
+/// `hush secret ls` against `vault`; fails the test if it does not answer within the deadline.
+fn timed_ls(vault: &TestVault) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let mut child = vault
+        .command()
+        .args(["secret", "ls", "-q"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > hush_tests::DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("secret ls did not answer within {:?}", hush_tests::DEADLINE);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    assert!(status.success(), "secret ls failed");
+    start.elapsed()
+}
+
+fn median_ms(mut runs: Vec<std::time::Duration>) -> f64 {
+    runs.sort();
+    runs[runs.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// The open-files limits of a process: (soft, hard).
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn half_open_connections_from_one_peer_leave_other_admins_served() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    const FLOOD: usize = 1100;
+    let hard = getrlimit(Resource::Nofile).maximum;
+    if hard.is_some_and(|h| h < FLOOD as u64 + 200) {
+        eprintln!("skipped: the open-files hard limit ({hard:?}) is too low to open {FLOOD} connections here");
+        return;
+    }
+    // The vault starts with the common default soft limit (inherited from us), and must raise
+    // it itself; then we take ours back up, to open the flood.
+    setrlimit(Resource::Nofile, Rlimit { current: Some(1024), maximum: hard }).unwrap();
+    let mut vault = TestVault::init(&[]);
+    vault.env.push(("HUSH_HANDSHAKE_TIMEOUT_MS".into(), "3000".into()));
+    vault.start();
+    setrlimit(Resource::Nofile, Rlimit { current: hard, maximum: hard }).unwrap();
+    let pid = vault.pid();
+    let soft = wait_for("the vault to raise its open-files soft limit", || {
+        let (soft, hard) = open_files_limits(pid);
+        (soft == hard).then_some(soft)
+    });
+    assert_ne!(soft, "1024");
+
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"v").ok();
+    let quiet: Vec<_> = (0..5).map(|_| timed_ls(&vault)).collect();
+
+    // Connections from 127.0.0.2 that never send a byte (no TLS ClientHello).
+    let addr: std::net::SocketAddr = vault.addr.parse().unwrap();
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        flood.push(socket.connect(addr).await.unwrap());
+    }
+    // The admin (from 127.0.0.1) is answered all along.
+    let flooded: Vec<_> = (0..5).map(|_| timed_ls(&vault)).collect();
+    println!(
+        "secret ls: median {:.1} ms not flooded, {:.1} ms with {FLOOD} half-open connections from another address",
+        median_ms(quiet),
+        median_ms(flooded)
+    );
+
+    // Beyond the per-peer limit the vault closed them at once; the rest at the handshake timeout.
+    let closed = |flood: &[tokio::net::TcpStream]| flood.iter().filter(|s| !is_open(s)).count();
+    let at_once = closed(&flood);
+    assert!(at_once >= FLOOD - 256, "only {at_once} of {FLOOD} closed beyond the per-peer limit");
+    wait_for("every half-open connection to be closed", || (closed(&flood) == FLOOD).then_some(()));
+    let refusals = vault.log_text().matches("connection refused: at the connection limit").count();
+    assert!(refusals <= 3, "{refusals} log lines for refused connections");
+}
+
+/// Whether the vault still holds this connection open (a read would block rather than end).
+fn is_open(stream: &tokio::net::TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}

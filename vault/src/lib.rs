@@ -1,6 +1,7 @@
 //! The Hush vault: encrypted store, key hierarchy, CA, the admin gRPC API, and the `hush` CLI.
 #![forbid(unsafe_code)]
 
+pub mod acceptor;
 pub mod api;
 pub mod assign;
 pub mod audit;

@@ -1,7 +1,10 @@
 //! Serving a vault: mutual TLS (TLS 1.3 only, client certificates signed by the vault's CA; see
 //! tls.rs) on an already bound listener, until a shutdown future completes. The server presents its
 //! certificate followed by the CA's, so a joining agent can pin the CA by fingerprint.
+//! Connections come through the bounded acceptor (acceptor.rs): per-peer and total limits,
+//! a handshake timeout, and an open-files limit raised at start.
 
+use crate::acceptor;
 use crate::api::AdminService;
 use crate::layout::DataDir;
 use crate::node_api::NodeService;
@@ -50,7 +53,8 @@ pub async fn serve_vault(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let config = crate::tls::server_config(vault.tls_identities(), &read(&dir.ca_cert())?)?;
-    let incoming = crate::tls::incoming(listener, Arc::new(config));
+    let limits = acceptor::Limits::from_env(acceptor::raise_open_files_limit());
+    let incoming = acceptor::incoming(listener, Arc::new(config), limits);
     let stopping = vault.clone();
     let shutdown = async move {
         shutdown.await;

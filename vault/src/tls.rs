@@ -16,18 +16,10 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// The only name the unlock-only certificate is valid for (`.invalid` is reserved: no real
 /// host has it, so no other client ever accepts this certificate).
 pub const UNLOCK_NAME: &str = "unlock.hush.invalid";
-
-/// A handshake that takes longer is dropped: a slow or silent client holds a socket, not more.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -107,44 +99,4 @@ pub fn server_config(identities: Arc<Identities>, ca_pem: &[u8]) -> Result<Serve
         .with_cert_resolver(identities);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
-}
-
-/// Accepted connections after their TLS handshake. Handshakes run concurrently (one slow
-/// client delays nobody) and end after [`HANDSHAKE_TIMEOUT`]; failed ones are dropped.
-pub fn incoming(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = tx.closed() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
