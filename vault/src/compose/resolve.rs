@@ -331,10 +331,13 @@ fn reference(kind: Kind, def: &ReferenceDef, project: &Project) -> Result<Refere
     let object = project.objects(kind).get(&def.source).ok_or_else(|| {
         source_origin.error(format!("{kind} {:?} is not declared in the top-level {kind}s", def.source))
     })?;
-    let target = def.target.clone().unwrap_or_else(|| match kind {
-        Kind::Secret => def.source.clone(),
-        Kind::Config => format!("/{}", def.source),
-    });
+    // A relative config target is relative to / (as Docker places it, and as the vault reads it).
+    let target = match (kind, def.target.clone()) {
+        (Kind::Config, Some(target)) if !target.starts_with('/') => format!("/{target}"),
+        (_, Some(target)) => target,
+        (Kind::Secret, None) => def.source.clone(),
+        (Kind::Config, None) => format!("/{}", def.source),
+    };
     let target_origin = Origin { file: def.origin.file.clone(), path: format!("{}.target", def.origin.path) };
     let target_origin = if def.target.is_some() { target_origin } else { def.origin.clone() };
     if target.contains(',') {
