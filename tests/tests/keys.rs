@@ -207,3 +207,35 @@ fn assignments_larger_than_one_message_reach_every_task() {
     }
     assert!(!agent.log_text().contains("decoded message length too large"), "{}", agent.log_text());
 }
+
+/// Issue 8 item 5: 200k labels on one secret were accepted. Now: one clear refusal, nothing stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_are_bounded_and_nothing_is_stored() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let vault = TestVault::start_new();
+    let bundle = TlsBundle::read(&vault.admin_dir()).unwrap();
+    let mut client = AdminClient::new(connect_channel(&vault.addr, &bundle).await.unwrap());
+    let many: std::collections::HashMap<String, String> = (0..200_000).map(|i| (format!("k{i}"), "v".into())).collect();
+    let request = pb::CreateRequest {
+        kind: pb::Kind::Secret as i32,
+        name: "s".into(),
+        labels: many.clone(),
+        data: b"v".to_vec(),
+    };
+    let refused = client.create(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(refused.message(), "too many labels (200000): at most 64 per object");
+    let request = pb::ServiceCreateRequest { name: "web".into(), labels: many, ..Default::default() };
+    assert!(client.service_create(request).await.unwrap_err().message().starts_with("too many labels"));
+    assert_eq!(vault.hush(&["secret", "ls", "-q"]).ok(), "");
+    assert_eq!(vault.hush(&["service", "ls", "-q"]).ok(), "");
+
+    let mut args = vec!["secret".to_string(), "create".into()];
+    args.extend((0..65).flat_map(|i| ["--label".to_string(), format!("k{i}=v")]));
+    args.extend(["s".to_string(), "-".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    vault.hush_stdin(&args, b"v").fails_with("too many labels (65): at most 64 per object");
+    let long = format!("k={}", "v".repeat(5000));
+    vault.hush_stdin(&["config", "create", "--label", &long, "c", "-"], b"v").fails_with("label \"k\" is too long");
+    assert_eq!(vault.hush(&["config", "ls", "-q"]).ok(), "");
+}

@@ -69,7 +69,23 @@ pub enum ValidationError {
     TooLarge { kind: Kind, size: usize, max: usize, limit: usize },
     #[error("invalid label {0:?}: the key must not be empty")]
     Label(String),
+    #[error("too many labels ({0}): at most {MAX_LABELS} per object")]
+    TooManyLabels(usize),
+    #[error("label {key:?} is too long: keys are at most {MAX_LABEL_KEY} bytes, values at most {MAX_LABEL_VALUE}")]
+    LabelTooLong { key: String },
+    #[error("labels are too large ({0} bytes): at most {MAX_LABELS_BYTES} bytes of keys and values per object")]
+    LabelsTooLarge(usize),
+    #[error("label {key:?}: keys and values must not contain control characters")]
+    LabelControl { key: String },
 }
+
+/// Label bounds. Docker sets none (swarmkit checks only an object's name; the size of a Raft
+/// message is the only bound), so these are Hush's: generous for real use, small enough that
+/// labels cannot inflate the store, `ls` or the audit log.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 256;
+pub const MAX_LABEL_VALUE: usize = 4096;
+pub const MAX_LABELS_BYTES: usize = 32 * 1024;
 
 /// Names as Docker: `^[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$`, at most 64 characters.
 pub fn validate_name(name: &str) -> Result<(), ValidationError> {
@@ -94,11 +110,30 @@ pub fn validate_size(kind: Kind, size: usize) -> Result<(), ValidationError> {
     }
 }
 
+/// Labels of secrets, configs, services and nodes: non-empty keys, no control characters, and
+/// the bounds above. A refused key is shown cut to 64 characters.
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
-    match labels.keys().find(|k| k.is_empty()) {
-        Some(_) => Err(ValidationError::Label(String::new())),
-        None => Ok(()),
+    if labels.len() > MAX_LABELS {
+        return Err(ValidationError::TooManyLabels(labels.len()));
     }
+    let shown = |key: &str| key.chars().take(64).collect::<String>();
+    let mut total = 0;
+    for (key, value) in labels {
+        if key.is_empty() {
+            return Err(ValidationError::Label(String::new()));
+        }
+        if key.len() > MAX_LABEL_KEY || value.len() > MAX_LABEL_VALUE {
+            return Err(ValidationError::LabelTooLong { key: shown(key) });
+        }
+        if key.chars().chain(value.chars()).any(char::is_control) {
+            return Err(ValidationError::LabelControl { key: shown(key) });
+        }
+        total += key.len() + value.len();
+    }
+    if total > MAX_LABELS_BYTES {
+        return Err(ValidationError::LabelsTooLarge(total));
+    }
+    Ok(())
 }
 
 /// Docker's `ls` order (`sortorder.NaturalLess`): runs of digits compare as numbers (`item2`
@@ -172,6 +207,23 @@ impl ObjectRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        let labels = |n: usize, key_len: usize, value_len: usize| -> BTreeMap<String, String> {
+            (0..n).map(|i| (format!("{i:0>key_len$}"), "v".repeat(value_len))).collect()
+        };
+        assert!(validate_labels(&labels(MAX_LABELS, 8, 400)).is_ok());
+        assert_eq!(validate_labels(&labels(MAX_LABELS + 1, 8, 1)), Err(ValidationError::TooManyLabels(65)));
+        assert!(matches!(validate_labels(&labels(1, MAX_LABEL_KEY + 1, 1)), Err(ValidationError::LabelTooLong { .. })));
+        assert!(matches!(
+            validate_labels(&labels(1, 8, MAX_LABEL_VALUE + 1)),
+            Err(ValidationError::LabelTooLong { .. })
+        ));
+        assert!(matches!(validate_labels(&labels(10, 8, 4000)), Err(ValidationError::LabelsTooLarge(40080))));
+        let control = BTreeMap::from([("k".to_string(), "a\u{1b}[2J".to_string())]);
+        assert!(matches!(validate_labels(&control), Err(ValidationError::LabelControl { .. })));
+    }
 
     #[test]
     fn ids_are_25_base36_chars_and_differ() {

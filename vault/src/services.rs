@@ -111,6 +111,7 @@ impl Services {
         labels: BTreeMap<String, String>,
     ) -> Result<ServiceRecord, ServiceError> {
         model::validate_name(name).map_err(VaultError::from)?;
+        model::validate_labels(&labels).map_err(VaultError::from)?;
         let now = Utc::now();
         let record = ServiceRecord {
             id: model::new_id(),
