@@ -411,6 +411,25 @@ fn compose_files_against_stack_deploy() {
     let dotenv = file("dotenv.yaml", compose("{file: \"${SRC}\"}", "{file: ./pw.txt}"));
     assert!(!deploy(&dotenv).status.success());
     assert!(vault.hush(&["compose", "config", "-f", &dotenv]).ok().contains("pw.txt"));
+    // Stricter than stack deploy, on purpose: labels on an external secret (never created, so
+    // they would be silently dropped).
+    let external = format!("{p}ext");
+    with_stdin(
+        {
+            let mut c = Command::new("docker");
+            c.args(["secret", "create", &external, "-"]);
+            c
+        },
+        b"x",
+    )
+    .ok();
+    vault.hush_stdin(&["secret", "create", &external, "-"], b"x").ok();
+    let labelled = file(
+        "labelled.yaml",
+        compose(&format!("{{external: true, name: {external}, labels: {{a: b}}}}"), "{file: ./pw.txt}"),
+    );
+    deploy(&labelled).ok();
+    vault.hush(&["compose", "config", "-f", &labelled]).fails_with("an external secret takes only name");
     // YAML 1.1 booleans: both refuse `external: yes`.
     let yes = file("yes.yaml", compose("{external: yes}", "{file: ./pw.txt}"));
     assert!(!deploy(&yes).status.success());
