@@ -42,7 +42,27 @@ fn rfc3339(time: std::time::SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn to_wire(event: AccessEvent, service: String) -> pb::AccessEvent {
+/// One tag the owner check attached to an event (container tasks: `task`, `container`, ...).
+fn tag(event: &AccessEvent, key: &str) -> String {
+    event
+        .tags
+        .iter()
+        .flat_map(|tags| tags.iter())
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default()
+}
+
+/// The task and service an event belongs to: a `hush run` task's directory is its task; a
+/// service directory (`services/NAME`) is its service, and the task is the container's.
+fn task_and_service(event: &AccessEvent, reconciler: &Reconciler) -> (String, String) {
+    match event.task_id.strip_prefix("services/") {
+        Some(service) => (tag(event, "task"), service.to_string()),
+        None => (event.task_id.to_string(), reconciler.service_of(&event.task_id).unwrap_or_default()),
+    }
+}
+
+fn to_wire(event: AccessEvent, task_id: String, service: String) -> pb::AccessEvent {
     let (op, reason) = match event.op {
         AccessOp::Open => ("open", String::new()),
         AccessOp::Read => ("read", String::new()),
@@ -61,7 +81,10 @@ fn to_wire(event: AccessEvent, service: String) -> pb::AccessEvent {
     pb::AccessEvent {
         time: rfc3339(event.time),
         op: op.to_string(),
-        task_id: event.task_id.to_string(),
+        container: tag(&event, "container"),
+        container_name: tag(&event, "container_name"),
+        image: tag(&event, "image"),
+        task_id,
         service,
         kind,
         name,
@@ -135,8 +158,8 @@ impl Shipper {
     /// Moves the filesystem's events into the queue, folding reads.
     fn collect(&mut self, queue: &mut VecDeque<pb::AccessEvent>, lost: &mut u64, capacity: usize) {
         for event in self.events.try_iter() {
-            let service = self.reconciler.service_of(&event.task_id).unwrap_or_default();
-            let wire = to_wire(event, service);
+            let (task_id, service) = task_and_service(&event, &self.reconciler);
+            let wire = to_wire(event, task_id, service);
             if let Some(log) = self.local_log.as_mut() {
                 let line = serde_json::json!({
                     "time": wire.time, "op": wire.op, "node": self.node_id, "task": wire.task_id, "service": wire.service,

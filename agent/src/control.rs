@@ -60,7 +60,11 @@ impl AgentControl for ControlService {
         let request = request.into_inner();
         let mut vault = self.vault.clone();
         let started = vault
-            .start_task(pb::StartTaskRequest { service: request.service.clone(), name: request.name })
+            .start_task(pb::StartTaskRequest {
+                service: request.service.clone(),
+                name: request.name,
+                ..Default::default()
+            })
             .await
             .map_err(vault_error)?
             .into_inner();

@@ -3,6 +3,10 @@
 
 use crate::control::ControlService;
 use crate::reconcile::Reconciler;
+use crate::runtime::engine_api::EngineApi;
+use crate::runtime::owner::ServiceOwner;
+use crate::runtime::registry::Containers;
+use crate::runtime::{Engine, EngineKind};
 use crate::state::StateDir;
 use crate::vault_link::{self, LinkEnd};
 use anyhow::{Context, bail};
@@ -34,6 +38,12 @@ pub struct AgentArgs {
     /// Control socket for `hush run` (root only)
     #[arg(long, env = "HUSH_AGENT_SOCKET", default_value = crate::run::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Docker's Engine API socket: its containers can be tasks of services
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
+    /// Podman's API socket (`podman system service`), for Podman containers
+    #[arg(long)]
+    pub podman_socket: Option<PathBuf>,
 }
 
 pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -71,11 +81,38 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     }
     std::fs::create_dir_all(&args.mount_root)
         .with_context(|| format!("cannot create {}", args.mount_root.display()))?;
+    // As the engines will name bind sources (before mounting: after, this would ask ourselves).
+    let canonical_root = std::fs::canonicalize(&args.mount_root)
+        .with_context(|| format!("cannot resolve {}", args.mount_root.display()))?;
     let mount = hush_fuse::mount(fs.clone(), &args.mount_root)
         .with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
 
     let channel = vault_link::node_channel(&identity).map_err(anyhow::Error::msg)?;
-    let reconciler = Arc::new(Reconciler::new(fs.clone()));
+    // Service directories are owned by "containers of the service"; the registry that decides
+    // it needs the reconciler, so it is filled in right after.
+    let registry = Arc::new(std::sync::OnceLock::new());
+    let owners = registry.clone();
+    let reconciler = Arc::new(Reconciler::new(fs.clone()).with_service_dirs(Box::new(move |service: &str| {
+        hush_fuse::TaskOwner::new(ServiceOwner { containers: owners.clone(), service: service.to_string() })
+    })));
+    let mut engines: Vec<(EngineKind, PathBuf)> = vec![(EngineKind::Docker, args.docker_socket.clone())];
+    engines.extend(args.podman_socket.iter().map(|socket| (EngineKind::Podman, socket.clone())));
+    let mut clients: Vec<Arc<dyn Engine>> = Vec::new();
+    for (kind, socket) in &engines {
+        clients.push(Arc::new(EngineApi::connect(*kind, socket).map_err(anyhow::Error::msg)?));
+    }
+    let containers = Arc::new(Containers::new(
+        clients,
+        &canonical_root,
+        NodeClient::new(channel.clone()),
+        reconciler.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    let _ = registry.set(containers.clone());
+    let followers: Vec<_> = engines
+        .iter()
+        .map(|(kind, socket)| tokio::spawn(containers.clone().follow(*kind, socket.display().to_string())))
+        .collect();
     let _ = std::fs::remove_file(&args.socket);
     let listener = tokio::net::UnixListener::bind(&args.socket)
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
@@ -118,6 +155,9 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     let shipping = tokio::spawn(shipper.run(stopped.clone()));
     let end = vault_link::follow_assignments(channel, reconciler.clone(), stopped).await;
     control_server.abort();
+    for follower in followers {
+        follower.abort();
+    }
     if matches!(end, LinkEnd::Shutdown) {
         let _ = shipping.await;
     } else {

@@ -8,6 +8,7 @@ pub mod hardening;
 pub mod pin;
 pub mod reconcile;
 pub mod run;
+pub mod runtime;
 pub mod state;
 pub mod task_ns;
 pub mod vault_link;

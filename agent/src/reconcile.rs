@@ -1,6 +1,9 @@
 //! Turns the vault's latest assignment and the set of tasks running here into the FUSE
 //! filesystem's contents. One place decides what the filesystem shows; it is re-run whenever
 //! either input changes, so the order in which they change does not matter.
+//!
+//! Two kinds of directories: one per `hush run` task (`TASK_ID/root/...`), and one per service
+//! this node may run (`services/NAME/`, for containers: `run/secrets/...` and `root/...`).
 
 use hush_fuse::{FileKind, FileMeta, FileSpec, Plaintext, SecretFs, TaskOwner};
 use hush_proto::v1 as pb;
@@ -33,6 +36,26 @@ pub fn fuse_path(target: &str) -> String {
     format!("root/{}", target.trim_start_matches('/'))
 }
 
+/// Directory (under the mount root) holding every service directory.
+pub const SERVICES_DIR: &str = "services";
+
+/// A service directory's path under the mount root.
+pub fn service_dir(service: &str) -> String {
+    format!("{SERVICES_DIR}/{service}")
+}
+
+/// Path of a target inside a service directory: `run/secrets/...` for the secrets directory
+/// (one bind for all of it), `root/<target>` for a file anywhere else (one bind each).
+pub fn service_path(target: &str) -> String {
+    match target.strip_prefix("/run/secrets/") {
+        Some(rest) => format!("run/secrets/{rest}"),
+        None => fuse_path(target),
+    }
+}
+
+/// Makes the owner of a service directory (the agent's container check for that service).
+pub type ServiceOwnerFactory = Box<dyn Fn(&str) -> TaskOwner + Send + Sync>;
+
 type TaskFiles = BTreeMap<String, DesiredFile>;
 
 #[derive(Default)]
@@ -46,14 +69,24 @@ struct State {
     applied: HashMap<String, TaskFiles>,
     /// Task → service name, for audit events (kept after a task ends: late events still name it).
     services: HashMap<String, String>,
+    /// From the vault: service this node may run → its files, at service-directory paths.
+    runnable: HashMap<String, TaskFiles>,
+    /// Service directories the filesystem shows now.
+    applied_services: HashMap<String, TaskFiles>,
+    /// Container tasks running here (task → service); their files are their service's directory.
+    containers: HashMap<String, String>,
     connected: bool,
 }
 
 pub struct Reconciler {
     fs: Arc<SecretFs>,
     state: Mutex<State>,
+    /// Owners of service directories; without one (no container support) none are served.
+    service_owner: Option<ServiceOwnerFactory>,
     /// Task IDs whose directory exists, for `hush run` to wait on.
     applied_tasks: watch::Sender<HashSet<String>>,
+    /// Whether an assignment has arrived since the agent started.
+    assigned_once: watch::Sender<bool>,
 }
 
 /// A value as the vault names it: (kind, object ID, version).
@@ -66,28 +99,58 @@ pub fn value_key(kind: i32, object_id: String, version: u64) -> ValueKey {
     (kind, object_id, version)
 }
 
-fn desired(task: pb::AssignedTask, values: &Values) -> (String, TaskFiles) {
-    let files = task
-        .files
+/// The files of a task or service directory, their values taken from the stream's.
+fn desired_files(owner: &str, files: Vec<pb::AssignedFile>, values: &Values, path_of: fn(&str) -> String) -> TaskFiles {
+    files
         .into_iter()
         .filter_map(|file| {
             let Some(content) = values.get(&value_key(file.kind, file.object_id.clone(), file.version)) else {
                 // The object was removed as the snapshot was sent; the next snapshot drops the file.
-                tracing::warn!(task = %task.task_id, target = %file.target, "no value for a file: skipped");
+                tracing::warn!(owner, target = %file.target, "no value for a file: skipped");
                 return None;
             };
             let kind = if file.kind == pb::Kind::Config as i32 { FileKind::Config } else { FileKind::Secret };
             let meta = FileMeta { kind, name: file.name, version: file.version };
             let desired = DesiredFile { uid: file.uid, gid: file.gid, mode: file.mode, meta, content: content.clone() };
-            Some((fuse_path(&file.target), desired))
+            Some((path_of(&file.target), desired))
         })
-        .collect();
+        .collect()
+}
+
+fn desired(task: pb::AssignedTask, values: &Values) -> (String, TaskFiles) {
+    let files = desired_files(&task.task_id, task.files, values, fuse_path);
     (task.task_id, files)
+}
+
+fn specs_of(files: &TaskFiles) -> Vec<FileSpec> {
+    files
+        .iter()
+        .map(|(path, f)| FileSpec {
+            path: path.clone(),
+            uid: f.uid,
+            gid: f.gid,
+            mode: f.mode,
+            content: f.content.clone(),
+            meta: f.meta.clone(),
+        })
+        .collect()
 }
 
 impl Reconciler {
     pub fn new(fs: Arc<SecretFs>) -> Self {
-        Self { fs, state: Mutex::new(State::default()), applied_tasks: watch::Sender::new(HashSet::new()) }
+        Self {
+            fs,
+            state: Mutex::new(State::default()),
+            service_owner: None,
+            applied_tasks: watch::Sender::new(HashSet::new()),
+            assigned_once: watch::Sender::new(false),
+        }
+    }
+
+    /// Serve a directory per service this node may run, owned by `owner(service)`.
+    pub fn with_service_dirs(mut self, owner: ServiceOwnerFactory) -> Self {
+        self.service_owner = Some(owner);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -95,13 +158,42 @@ impl Reconciler {
     }
 
     /// A complete snapshot from the vault: its tasks, and the stream's values they name.
-    pub fn set_assignment(&self, tasks: Vec<pb::AssignedTask>, values: &Values) {
+    pub fn set_assignment(&self, tasks: Vec<pb::AssignedTask>, services: Vec<pb::AssignedService>, values: &Values) {
         let mut state = self.lock();
         for task in &tasks {
             state.services.insert(task.task_id.clone(), task.service.clone());
         }
         state.assigned = tasks.into_iter().map(|task| desired(task, values)).collect();
+        state.runnable = services
+            .into_iter()
+            .map(|s| {
+                let files = desired_files(&s.name, s.files, values, service_path);
+                (s.name, files)
+            })
+            .collect();
         self.apply(&mut state);
+        self.assigned_once.send_replace(true);
+    }
+
+    /// Returns once the first assignment is applied (which services this node runs is known).
+    pub async fn first_assignment(&self) {
+        let _ = self.assigned_once.subscribe().wait_for(|done| *done).await;
+    }
+
+    /// Whether this node serves `service`'s directory (the vault says it may run it).
+    pub fn serves_service(&self, service: &str) -> bool {
+        self.lock().applied_services.contains_key(service)
+    }
+
+    /// A container task started (its files are its service's directory).
+    pub fn container_task_started(&self, task_id: &str, service: &str) {
+        let mut state = self.lock();
+        state.services.insert(task_id.to_string(), service.to_string());
+        state.containers.insert(task_id.to_string(), service.to_string());
+    }
+
+    pub fn container_task_ended(&self, task_id: &str) {
+        self.lock().containers.remove(task_id);
     }
 
     /// Returns whether it was connected before.
@@ -125,8 +217,10 @@ impl Reconciler {
         self.lock().services.get(task_id).cloned()
     }
 
+    /// Every task running here: `hush run` tasks and container tasks.
     pub fn running_tasks(&self) -> Vec<String> {
-        self.lock().running.keys().cloned().collect()
+        let state = self.lock();
+        state.running.keys().chain(state.containers.keys()).cloned().collect()
     }
 
     /// Drops every task's files (the node was removed from the vault).
@@ -134,6 +228,8 @@ impl Reconciler {
         let mut state = self.lock();
         state.assigned.clear();
         state.running.clear();
+        state.runnable.clear();
+        state.containers.clear();
         self.apply(&mut state);
     }
 
@@ -179,17 +275,7 @@ impl Reconciler {
                     }
                 }
                 current => {
-                    let specs: Vec<FileSpec> = files
-                        .iter()
-                        .map(|(path, f)| FileSpec {
-                            path: path.clone(),
-                            uid: f.uid,
-                            gid: f.gid,
-                            mode: f.mode,
-                            content: f.content.clone(),
-                            meta: f.meta.clone(),
-                        })
-                        .collect();
+                    let specs = specs_of(&files);
                     // A running task's files change in place (service update): its /run/secrets
                     // bind stays valid. A new task gets its directory.
                     let result = if current.is_some() {
@@ -205,7 +291,51 @@ impl Reconciler {
             }
             state.applied.insert(id, files);
         }
+        self.apply_services(state);
         self.applied_tasks.send_replace(state.applied.keys().cloned().collect());
+    }
+
+    /// Makes the filesystem show exactly the directories of the services this node may run.
+    fn apply_services(&self, state: &mut State) {
+        let Some(owner) = &self.service_owner else { return };
+        let gone: Vec<String> =
+            state.applied_services.keys().filter(|name| !state.runnable.contains_key(*name)).cloned().collect();
+        for name in gone {
+            let running = state.containers.values().filter(|s| **s == name).count();
+            tracing::warn!(
+                service = %name,
+                running_containers = running,
+                "service no longer runs on this node (removed, or its constraints exclude this node): its directory and its containers' files are gone"
+            );
+            if let Err(e) = self.fs.remove_task(&service_dir(&name)) {
+                tracing::warn!(service = %name, error = %e, "removing service directory");
+            }
+            state.applied_services.remove(&name);
+        }
+        for (name, files) in &state.runnable {
+            let dir = service_dir(name);
+            let result = match state.applied_services.get(name) {
+                Some(current) if same_layout(current, files) => {
+                    for (path, file) in files {
+                        if current[path].meta.version != file.meta.version
+                            && let Err(e) = self.fs.update_content(&dir, path, file.content.clone(), file.meta.version)
+                        {
+                            tracing::warn!(service = %name, path, error = %e, "rotating file");
+                        }
+                    }
+                    Ok(())
+                }
+                // Changed in place: containers' binds of the directory stay valid.
+                Some(_) => self.fs.set_files(&dir, specs_of(files)),
+                None => self.fs.add_task(&dir, Some(owner(name)), specs_of(files)),
+            };
+            match result {
+                Ok(()) => {
+                    state.applied_services.insert(name.clone(), files.clone());
+                }
+                Err(e) => tracing::error!(service = %name, error = %e, "setting service files"),
+            }
+        }
     }
 }
 

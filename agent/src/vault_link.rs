@@ -133,6 +133,7 @@ async fn stream_once(mut client: NodeClient<Channel>, reconciler: &Reconciler) -
         // Parts of the snapshot being received; only its end makes it current.
         let mut values = Values::new();
         let mut tasks = Vec::new();
+        let mut services = Vec::new();
         while let Some(part) = stream.message().await? {
             match part.part {
                 Some(Part::Value(mut value)) => {
@@ -140,16 +141,19 @@ async fn stream_once(mut client: NodeClient<Channel>, reconciler: &Reconciler) -
                     values.insert(value_key(value.kind, value.object_id, value.version), content);
                 }
                 Some(Part::Task(task)) => tasks.push(task),
+                Some(Part::Service(service)) => services.push(service),
                 Some(Part::End(_revision)) => {
                     let snapshot = std::mem::take(&mut tasks);
+                    let runnable = std::mem::take(&mut services);
                     // The vault forgets the same values: it will send them again if named again.
                     let named: std::collections::HashSet<ValueKey> = snapshot
                         .iter()
                         .flat_map(|t| &t.files)
+                        .chain(runnable.iter().flat_map(|s| &s.files))
                         .map(|f| value_key(f.kind, f.object_id.clone(), f.version))
                         .collect();
                     values.retain(|key, _| named.contains(key));
-                    reconciler.set_assignment(snapshot, &values);
+                    reconciler.set_assignment(snapshot, runnable, &values);
                 }
                 None => {}
             }

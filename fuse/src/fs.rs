@@ -15,7 +15,9 @@ use crate::caller::{CallerResolver, ProcResolver, RequestInfo};
 use crate::event::{AccessEvent, AccessOp, DenyReason, EventSink};
 use crate::owner::{Caller, Decision, Identity, TaskOwner};
 use crate::secret::Plaintext;
-use crate::tree::{Body, Node, Task, Tree, attr_of, find_file, insert_file, new_dir, validate_files, validate_task_id};
+use crate::tree::{
+    Body, Node, Task, Tree, attr_of, find_file, insert_file, new_dir, task_parent, validate_files, validate_task_id,
+};
 
 /// Inode number of the mount root.
 pub const ROOT_INO: u64 = 1;
@@ -355,10 +357,11 @@ impl SecretFs {
         if tree.tasks.contains_key(task_id) {
             return Err(TaskError::TaskExists(task_id.to_string()));
         }
+        let (parent, dir_name) = task_parent(&mut tree, task_id, ROOT_INO, now);
         let dir = tree.alloc();
         let mut inodes = vec![dir];
-        tree.nodes.insert(dir, new_dir(ROOT_INO, &task, "", now));
-        tree.children_mut(ROOT_INO).insert(task.clone(), dir);
+        tree.nodes.insert(dir, new_dir(parent, &task, "", now));
+        tree.children_mut(parent).insert(Arc::from(dir_name), dir);
 
         for spec in files {
             insert_file(&mut tree, dir, &task, spec, now, &mut inodes);
@@ -446,15 +449,16 @@ impl SecretFs {
     /// Stop serving a task: its directory disappears, open files answer reads with `EIO`, and
     /// the kernel is told to drop the cached entries.
     pub fn remove_task(&self, task_id: &str) -> Result<(), TaskError> {
-        let (name, inodes) = {
+        let (parent, name, inodes) = {
             let mut tree = self.write_tree();
-            let (name, task) =
-                tree.tasks.remove_entry(task_id).ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+            let task = tree.tasks.remove(task_id).ok_or_else(|| TaskError::NoSuchTask(task_id.to_string()))?;
+            let parent = tree.nodes.get(&task.dir).map_or(ROOT_INO, |n| n.parent);
             for ino in &task.inodes {
                 tree.nodes.remove(ino);
             }
-            tree.children_mut(ROOT_INO).remove(task_id);
-            (name, task.inodes)
+            let name: Arc<str> = Arc::from(task_id.rsplit('/').next().expect("task ids are not empty"));
+            tree.children_mut(parent).remove(&name);
+            (parent, name, task.inodes)
         };
         // Revoke open handles now rather than at close: the plaintext is zeroed as soon as
         // nothing else holds it.
@@ -464,7 +468,7 @@ impl SecretFs {
                 h.content = None;
             }
         }
-        self.invalidate(&Invalidation::Entry { parent: ROOT_INO, name });
+        self.invalidate(&Invalidation::Entry { parent, name });
         for ino in inodes {
             self.invalidate(&Invalidation::Inode(ino));
         }
@@ -552,7 +556,8 @@ impl SecretFs {
         if !matches!(node.body, Body::Dir { .. }) {
             return Err(FsError::NotADirectory);
         }
-        let task = node.task.clone().expect("non-root nodes belong to a task");
+        // A group directory (`services/`) is listed by anyone, as the root is.
+        let Some(task) = node.task.clone() else { return Ok(()) };
         let owner = tree.tasks.get(&task).and_then(|t| t.owner.clone());
         let rel = node.rel.clone();
         drop(tree);
@@ -834,11 +839,35 @@ mod tests {
         s.mode = 0o4755;
         assert!(matches!(add_err(vec![s]), TaskError::InvalidMode { .. }));
         let fs = SecretFs::new();
-        for id in ["", ".", "..", "Web", "a/b", "a b", &"x".repeat(256)] {
+        for id in ["", ".", "..", "Web", "a/b/c", "A/b", "a/", "/b", "a/..", "a/b c", "a b", &"x".repeat(256)] {
             assert_eq!(fs.add_task(id, None, vec![]), Err(TaskError::InvalidTaskId(id.to_string())));
         }
         fs.add_task("web_1.task-2", None, vec![]).unwrap();
         assert_eq!(fs.add_task("web_1.task-2", None, vec![]), Err(TaskError::TaskExists("web_1.task-2".into())));
+    }
+
+    #[test]
+    fn tasks_in_a_group_directory() {
+        let (fs, _rx) = fs_with_events(8);
+        let rec = Arc::new(Recorder::default());
+        fs.set_invalidator(Some(rec.clone()));
+        fs.add_task("services/Web", Some(ns_owner(OWNER_NS)), vec![spec("run/secrets/db", b"x")]).unwrap();
+        fs.add_task("services/api", None, vec![]).unwrap();
+        let names = |ino| -> Vec<String> { fs.readdir(ino).unwrap().iter().map(|e| e.name.to_string()).collect() };
+        assert_eq!(names(ROOT_INO), [".", "..", "services"]);
+        let group = ino(&fs, "services");
+        assert_eq!(names(group), [".", "..", "Web", "api"]);
+        // The group is listed by anyone; the task's directory only by its owner.
+        fs.opendir(&INTRUDER, group).unwrap();
+        assert_eq!(fs.opendir(&INTRUDER, ino(&fs, "services/Web")), Err(FsError::PermissionDenied));
+        let file = ino(&fs, "services/Web/run/secrets/db");
+        assert_eq!(fs.open(&INTRUDER, file, false), Err(FsError::PermissionDenied));
+        assert_eq!(read_all(&fs, &OWNER, fs.open(&OWNER, file, false).unwrap()), b"x");
+        fs.update_content("services/Web", "run/secrets/db", Arc::new(Plaintext::new(b"y".to_vec())), 2).unwrap();
+        fs.remove_task("services/Web").unwrap();
+        assert_eq!(names(group), [".", "..", "api"]);
+        assert!(rec.0.lock().unwrap().contains(&Invalidation::Entry { parent: group, name: Arc::from("Web") }));
+        assert_eq!(fs.task_ids(), ["services/api"]);
     }
 
     #[test]

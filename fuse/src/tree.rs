@@ -164,12 +164,37 @@ pub(crate) fn find_file(tree: &Tree, task_id: &str, path: &str) -> Result<u64, T
 }
 
 pub(crate) fn validate_task_id(id: &str) -> Result<(), TaskError> {
-    let ok = !id.is_empty()
-        && id.len() <= NAME_MAX
-        && id != "."
-        && id != ".."
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    let component = |c: &str, allowed: fn(u8) -> bool| {
+        !c.is_empty() && c.len() <= NAME_MAX && c != "." && c != ".." && c.bytes().all(allowed)
+    };
+    let lower = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b);
+    let ok = match id.split_once('/') {
+        None => component(id, lower),
+        // A task in a group directory (`services/NAME`): the name may also hold capitals.
+        Some((group, name)) => {
+            component(group, lower) && component(name, |b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        }
+    };
     if ok { Ok(()) } else { Err(TaskError::InvalidTaskId(id.to_string())) }
+}
+
+/// The directory holding task `id`'s directory (the root, or its group directory, made on first
+/// use and open to all as the root is), and the name of the task's directory in it.
+pub(crate) fn task_parent<'a>(tree: &mut Tree, id: &'a str, root: u64, now: SystemTime) -> (u64, &'a str) {
+    let Some((group, name)) = id.split_once('/') else { return (root, id) };
+    if let Some(&ino) = tree.children_mut(root).get(group) {
+        return (ino, name);
+    }
+    let ino = tree.alloc();
+    let node = Node {
+        parent: root,
+        task: None,
+        rel: Arc::from(""),
+        body: Body::Dir { children: BTreeMap::new(), mtime: now },
+    };
+    tree.nodes.insert(ino, node);
+    tree.children_mut(root).insert(Arc::from(group), ino);
+    (ino, name)
 }
 
 /// Checks every path and mode, and that no two files collide.

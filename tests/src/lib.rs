@@ -310,11 +310,18 @@ impl TestAgent {
 
     /// Joins `vault` with its current token and waits until the agent serves.
     pub fn join(vault: &TestVault) -> Self {
+        Self::join_with(vault, &[])
+    }
+
+    /// [`TestAgent::join`] with extra agent arguments (e.g. `--podman-socket`).
+    pub fn join_with(vault: &TestVault, extra: &[&str]) -> Self {
         let token = vault.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
         let mut agent =
             Self { dir: tempfile::tempdir().expect("temp dir"), log: PathBuf::new(), child: None, env: Vec::new() };
         agent.log = agent.dir.path().join("agent.log");
-        agent.start(&["--vault", &vault.addr, "--join-token", &token]).expect("agent starts");
+        let mut args = vec!["--vault", &vault.addr, "--join-token", &token];
+        args.extend_from_slice(extra);
+        agent.start(&args).expect("agent starts");
         agent
     }
 

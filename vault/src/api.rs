@@ -383,6 +383,7 @@ impl Admin for AdminService {
             service: some(r.service),
             node,
             task: some(r.task),
+            container: some(r.container),
             since: time(&r.since)?,
             until: time(&r.until)?,
         };

@@ -1,5 +1,5 @@
-//! A node's assignment: every task on the node with the current version of each file its
-//! service references. Computed from the store on demand, so a reconnecting agent simply
+//! A node's assignment: every task on the node, and every service the node may run (served to
+//! containers before they start), with the current version of each file the service references. Computed from the store on demand, so a reconnecting agent simply
 //! receives the whole current state; values are opened one at a time, only to be sent.
 
 use crate::model::Kind;
@@ -38,8 +38,29 @@ struct PlannedTask {
 pub struct Plan {
     node_id: String,
     tasks: Vec<PlannedTask>,
+    services: Vec<PlannedService>,
     /// The node's record, its tasks, their services and the objects they reference.
     depends_on: HashSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PlannedService {
+    service_id: String,
+    name: String,
+    files: Vec<PlannedFile>,
+}
+
+fn file_part(file: &PlannedFile) -> pb::AssignedFile {
+    pb::AssignedFile {
+        kind: kind_to_pb(file.kind),
+        name: file.name.clone(),
+        object_id: file.object_id.clone(),
+        version: file.version,
+        target: file.target.clone(),
+        uid: file.uid,
+        gid: file.gid,
+        mode: file.mode,
+    }
 }
 
 /// Which value a file holds: an object version (its plaintext travels apart, once per stream).
@@ -60,7 +81,7 @@ fn kind_to_pb(kind: Kind) -> i32 {
 impl Plan {
     /// Every value the plan's files hold.
     pub fn values(&self) -> HashSet<ValueKey> {
-        let files = self.tasks.iter().flat_map(|t| &t.files);
+        let files = self.tasks.iter().flat_map(|t| &t.files).chain(self.services.iter().flat_map(|s| &s.files));
         files.map(|f| ValueKey { kind: f.kind, object_id: f.object_id.clone(), version: f.version }).collect()
     }
 
@@ -72,28 +93,27 @@ impl Plan {
                 task_id: task.task_id.clone(),
                 name: task.name.clone(),
                 service: task.service.clone(),
-                files: task
-                    .files
-                    .iter()
-                    .map(|file| pb::AssignedFile {
-                        kind: kind_to_pb(file.kind),
-                        name: file.name.clone(),
-                        object_id: file.object_id.clone(),
-                        version: file.version,
-                        target: file.target.clone(),
-                        uid: file.uid,
-                        gid: file.gid,
-                        mode: file.mode,
-                    })
-                    .collect(),
+                files: task.files.iter().map(file_part).collect(),
+            })
+            .collect()
+    }
+
+    /// The services this node may run, as stream parts (files without values).
+    pub fn service_parts(&self) -> Vec<pb::AssignedService> {
+        self.services
+            .iter()
+            .map(|s| pb::AssignedService {
+                service_id: s.service_id.clone(),
+                name: s.name.clone(),
+                files: s.files.iter().map(file_part).collect(),
             })
             .collect()
     }
 
     /// Whether a committed operation may change this plan: it writes a key the plan was read
-    /// from, or starts a new task on this node.
+    /// from, starts a new task on this node, or writes a service (a new service may run here).
     pub fn affected_by(&self, op: &Op) -> bool {
-        if self.depends_on.contains(op.key()) {
+        if self.depends_on.contains(op.key()) || op.key().starts_with(SERVICE_PREFIX) {
             return true;
         }
         match op {
@@ -105,11 +125,48 @@ impl Plan {
     }
 
     pub fn same_assignment(&self, other: &Plan) -> bool {
-        self.tasks == other.tasks
+        self.tasks == other.tasks && self.services == other.services
     }
 }
 
 const TASK_PREFIX: &str = "task/";
+const SERVICE_PREFIX: &str = "service/obj/";
+
+/// Whether node `node_id` may run `service`.
+// FIXME(#8): the placement issue replaces this with the vault's constraint check over node
+// labels; until it lands every service may run everywhere (no constraints exist yet).
+fn may_run(_node_id: &str, _service: &services::ServiceRecord) -> bool {
+    true
+}
+
+/// The files `service` references, at their current versions; records what they were read from.
+async fn plan_files(
+    objects: &Objects,
+    service: &services::ServiceRecord,
+    depends_on: &mut HashSet<String>,
+) -> Result<Vec<PlannedFile>, VaultError> {
+    let mut files = Vec::new();
+    for kind in [Kind::Secret, Kind::Config] {
+        for bound in service.references(kind) {
+            depends_on.insert(objects::obj_key(kind, &bound.object_id));
+            // An object removed after the service was written cannot be served; `rm` refuses
+            // objects in use, so this only happens if the store was edited by hand.
+            let Some(found) = objects.get_by_id(kind, &bound.object_id).await? else { continue };
+            let r = &bound.reference;
+            files.push(PlannedFile {
+                kind,
+                name: found.record.name.clone(),
+                object_id: found.record.id.clone(),
+                version: found.record.current_version(),
+                target: r.absolute_target(),
+                uid: r.uid,
+                gid: r.gid,
+                mode: r.mode,
+            });
+        }
+    }
+    Ok(files)
+}
 
 /// Reads the metadata a node's assignment is made of.
 pub async fn plan_for(objects: &Arc<Objects>, node_id: &str) -> Result<Plan, VaultError> {
@@ -131,29 +188,18 @@ pub async fn plan_for(objects: &Arc<Objects>, node_id: &str) -> Result<Plan, Vau
         }
         // A task whose service is gone is about to be removed with it: give it nothing.
         let Some(service) = service_cache[&task.service_id].as_ref() else { continue };
-        let mut files = Vec::new();
-        for kind in [Kind::Secret, Kind::Config] {
-            for bound in service.references(kind) {
-                depends_on.insert(objects::obj_key(kind, &bound.object_id));
-                // An object removed after the service was written cannot be served; `rm` refuses
-                // objects in use, so this only happens if the store was edited by hand.
-                let Some(found) = objects.get_by_id(kind, &bound.object_id).await? else { continue };
-                let r = &bound.reference;
-                files.push(PlannedFile {
-                    kind,
-                    name: found.record.name.clone(),
-                    object_id: found.record.id.clone(),
-                    version: found.record.current_version(),
-                    target: r.absolute_target(),
-                    uid: r.uid,
-                    gid: r.gid,
-                    mode: r.mode,
-                });
-            }
-        }
+        let files = plan_files(objects, service, &mut depends_on).await?;
         tasks.push(PlannedTask { task_id: task.id, name: task.name, service: service.name.clone(), files });
     }
-    Ok(Plan { node_id: node_id.to_string(), tasks, depends_on })
+    let mut runnable = Vec::new();
+    let mut all =
+        services.list().await.map_err(|e| VaultError::Corrupt { key: "service/".into(), reason: e.to_string() })?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    for service in all.iter().filter(|s| may_run(node_id, s)) {
+        let files = plan_files(objects, service, &mut depends_on).await?;
+        runnable.push(PlannedService { service_id: service.id.clone(), name: service.name.clone(), files });
+    }
+    Ok(Plan { node_id: node_id.to_string(), tasks, services: runnable, depends_on })
 }
 
 /// One value as a stream part, opened (and checked against tampering) just before it is sent.
@@ -189,7 +235,7 @@ mod tests {
             objects.create(Kind::Secret, "other", BTreeMap::new(), SecretBytes::new(b"v".to_vec())).await.unwrap();
         let service =
             Services::new(objects.clone()).create("web", &["used".into()], &[], BTreeMap::new()).await.unwrap();
-        let task = Tasks::new(store.clone()).start("n1", &service.id, "web", "").await.unwrap();
+        let task = Tasks::new(store.clone()).start("n1", &service.id, "web", "", None).await.unwrap();
 
         let plan = plan_for(&objects, "n1").await.unwrap();
         let put = |key: String, value: Vec<u8>| Op::Put { key, value };
@@ -211,6 +257,11 @@ mod tests {
         let parts = plan.task_parts();
         assert_eq!((parts.len(), parts[0].files.len()), (1, 1));
         assert_eq!(parts[0].files[0].object_id, used.id);
+        // Every service this node may run is planned too (same value), and any service write may
+        // change that.
+        let services = plan.service_parts();
+        assert_eq!((services[0].name.as_str(), services[0].files[0].object_id.as_str()), ("web", used.id.as_str()));
+        assert!(plan.affected_by(&put(services::obj_key("a-new-service"), vec![])));
         assert!(plan.same_assignment(&plan_for(&objects, "n1").await.unwrap()));
         objects.rotate(Kind::Secret, "used", SecretBytes::new(b"w".to_vec())).await.unwrap();
         assert!(!plan.same_assignment(&plan_for(&objects, "n1").await.unwrap()));

@@ -113,6 +113,9 @@ fn access_entry(event: pb::AccessEvent, actor: &str, node_id: &str) -> AuditEntr
         count: (event.count > 0).then_some(event.count),
         reason: some(event.reason),
         path: some(event.path),
+        container: some(event.container),
+        container_name: some(event.container_name),
+        image: some(event.image),
         ..named
     }
 }
@@ -176,10 +179,15 @@ impl Node for NodeService {
         let node_id = self.live_node(&request).await?;
         let request = request.into_inner();
         let (service, _) = self.vault.services()?.find(&request.service).await?;
+        let container = (!request.container_id.is_empty()).then(|| crate::tasks::Container {
+            id: request.container_id.clone(),
+            name: request.container_name.clone(),
+            image: request.image.clone(),
+        });
         let task = self
             .vault
             .tasks()
-            .start(&node_id, &service.id, &service.name, &request.name)
+            .start(&node_id, &service.id, &service.name, &request.name, container.clone())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(node = %node_id, service = %service.name, task = %task.id, "task started");
@@ -188,6 +196,9 @@ impl Node for NodeService {
             node: Some(node_id.clone()),
             service: Some(service.name.clone()),
             task: Some(task.id.clone()),
+            container: container.as_ref().map(|c| c.id.clone()),
+            container_name: container.as_ref().map(|c| c.name.clone()),
+            image: container.map(|c| c.image),
             ..entry
         };
         self.vault.audit().record(entry).await;
@@ -197,22 +208,26 @@ impl Node for NodeService {
     async fn end_task(&self, request: Request<pb::EndTaskRequest>) -> Result<Response<pb::EndTaskResponse>, Status> {
         let node_id = self.live_node(&request).await?;
         let task_id = request.into_inner().task_id;
-        let tasks = self.vault.tasks();
-        // Its service, so that `hush audit --service S` shows the task's end with its start.
-        let service = tasks
-            .of_node(&node_id)
+        let ended = self
+            .vault
+            .tasks()
+            .end_where(&node_id, |t| t.id == task_id)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .into_iter()
-            .find(|t| t.id == task_id)
-            .map(|t| t.service_name);
-        tasks.end_where(&node_id, |t| t.id == task_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(node = %node_id, task = %task_id, "task ended");
         let entry = AuditEntry::now("task_end").actor(format!("node:{node_id}"));
-        self.vault
-            .audit()
-            .record(AuditEntry { node: Some(node_id.clone()), service, task: Some(task_id.clone()), ..entry })
-            .await;
+        let record = ended.into_iter().next();
+        let container = record.as_ref().and_then(|t| t.container.clone());
+        let entry = AuditEntry {
+            node: Some(node_id.clone()),
+            task: Some(task_id.clone()),
+            service: record.map(|t| t.service_name),
+            container: container.as_ref().map(|c| c.id.clone()),
+            container_name: container.as_ref().map(|c| c.name.clone()),
+            image: container.map(|c| c.image),
+            ..entry
+        };
+        self.vault.audit().record(entry).await;
         Ok(Response::new(pb::EndTaskResponse {}))
     }
 
@@ -236,7 +251,8 @@ impl Node for NodeService {
             .tasks()
             .end_where(&node_id, |t| !running.contains(&t.id))
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .len();
         if ended > 0 {
             tracing::info!(node = %node_id, ended, "forgot tasks the agent no longer runs");
         }
@@ -344,6 +360,11 @@ async fn send_snapshot(
     }
     for task in plan.task_parts() {
         if !send(Part::Task(task)).await {
+            return Ok(None);
+        }
+    }
+    for service in plan.service_parts() {
+        if !send(Part::Service(service)).await {
             return Ok(None);
         }
     }

@@ -15,6 +15,17 @@ pub struct TaskRecord {
     pub service_name: String,
     pub node_id: String,
     pub created_at: DateTime<Utc>,
+    /// The container this task is (Docker, Podman, Swarm); absent for `hush run` tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+}
+
+/// A container task's container, as the agent verified it through the Engine API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image: String,
 }
 
 pub fn task_key(id: &str) -> String {
@@ -49,6 +60,7 @@ impl Tasks {
         service_id: &str,
         service_name: &str,
         name: &str,
+        container: Option<Container>,
     ) -> Result<TaskRecord, StoreError> {
         let id = model::new_id();
         let name = if name.is_empty() { format!("{service_name}.{}", &id[..12]) } else { name.to_string() };
@@ -59,6 +71,7 @@ impl Tasks {
             service_name: service_name.to_string(),
             node_id: node_id.to_string(),
             created_at: Utc::now(),
+            container,
         };
         self.store
             .commit(Txn::new().put(task_key(&id), serde_json::to_vec(&record).expect("record serialises")))
@@ -66,14 +79,18 @@ impl Tasks {
         Ok(record)
     }
 
-    /// Forgets tasks of `node_id` matching `ended`.
-    pub async fn end_where(&self, node_id: &str, ended: impl Fn(&TaskRecord) -> bool) -> Result<usize, StoreError> {
+    /// Forgets tasks of `node_id` matching `ended`; returns them.
+    pub async fn end_where(
+        &self,
+        node_id: &str,
+        ended: impl Fn(&TaskRecord) -> bool,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         let gone: Vec<_> = self.of_node(node_id).await?.into_iter().filter(|t| ended(t)).collect();
         if gone.is_empty() {
-            return Ok(0);
+            return Ok(gone);
         }
         let txn = gone.iter().fold(Txn::new(), |txn, t| txn.delete(task_key(&t.id)));
         self.store.commit(txn).await?;
-        Ok(gone.len())
+        Ok(gone)
     }
 }

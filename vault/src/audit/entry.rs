@@ -75,6 +75,15 @@ pub struct AuditEntry {
     /// The file's path inside the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Container tasks: the container's ID (then `uid`/`gid` are as seen inside the container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Container tasks: the container's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// Container tasks: the container's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The previous line's `mac` (the chain; chain.rs).
     #[serde(default)]
     pub prev: String,
@@ -109,9 +118,12 @@ impl AuditEntry {
             &mut self.secret,
             &mut self.config,
             &mut self.command,
+            &mut self.container,
+            &mut self.container_name,
         ] {
             cap(field, MAX_FIELD);
         }
+        cap(&mut self.image, MAX_LONG_FIELD);
         cap(&mut self.reason, MAX_LONG_FIELD);
         cap(&mut self.path, MAX_LONG_FIELD);
         self

@@ -10,6 +10,8 @@ pub struct Query {
     pub service: Option<String>,
     pub node: Option<String>,
     pub task: Option<String>,
+    /// A container name, or a container ID prefix.
+    pub container: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
 }
@@ -26,7 +28,14 @@ impl Query {
             && wants(&self.service, &entry.service)
             && wants(&self.node, &entry.node)
             // A task matches by ID or name.
-            && self.task.as_ref().is_none_or(|t| entry.task.as_deref().is_some_and(|e| e == t || e.starts_with(t.as_str())))
+            // A task matches by ID or name; a container task also by its container's ID.
+            && self.task.as_ref().is_none_or(|t| {
+                [&entry.task, &entry.container].iter().any(|id| id.as_deref().is_some_and(|e| e.starts_with(t.as_str())))
+            })
+            && self.container.as_ref().is_none_or(|c| {
+                entry.container_name.as_deref() == Some(c.as_str())
+                    || entry.container.as_deref().is_some_and(|id| id.starts_with(c.as_str()))
+            })
             && self.since.is_none_or(|s| time.is_some_and(|t| t >= s))
             && self.until.is_none_or(|u| time.is_some_and(|t| t <= u))
     }

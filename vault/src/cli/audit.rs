@@ -38,9 +38,12 @@ struct Filters {
     /// Node ID, ID prefix or name
     #[arg(long)]
     node: Option<String>,
-    /// Task ID or ID prefix
+    /// Task ID or ID prefix (a container task's container ID prefix too)
     #[arg(long)]
     task: Option<String>,
+    /// Container name, or container ID prefix
+    #[arg(long)]
+    container: Option<String>,
     /// Entries since a duration ago (30m, 1h, 2days) or an RFC 3339 time
     #[arg(long, value_name = "DURATION|TIME")]
     since: Option<String>,
@@ -87,6 +90,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         service: f.service.unwrap_or_default(),
         node: f.node.unwrap_or_default(),
         task: f.task.unwrap_or_default(),
+        container: f.container.unwrap_or_default(),
         since: f.since.as_deref().map(parse_time).transpose()?.unwrap_or_default(),
         until: f.until.as_deref().map(parse_time).transpose()?.unwrap_or_default(),
         follow: f.follow,

@@ -1,5 +1,6 @@
-//! `hush compose deploy|config|ls|rm`: compose files deployed as `docker stack deploy` would,
-//! with Hush's secrets, configs and services (see [`crate::compose`]).
+//! `hush compose deploy|config|ls|rm|up|down`: compose files deployed as `docker stack deploy`
+//! would, with Hush's secrets, configs and services (see [`crate::compose`]); `up`/`down` also
+//! run the containers with Docker (see [`super::compose_docker`]).
 
 use super::output::{Format, print_json, print_table};
 use super::{Connection, call_error};
@@ -33,15 +34,37 @@ struct FileArgs {
 #[derive(Debug, Subcommand)]
 enum ComposeCommand {
     /// Create or update the project's secrets, configs and services (all or nothing)
-    #[command(alias = "up")]
     Deploy(FileArgs),
-    /// Print the resolved model (never a secret's value)
+    /// Print the resolved model (never a secret's value); with --for docker, the compose file
+    /// Docker runs: references replaced by read-only binds of each service's directory
     Config {
         #[command(flatten)]
         files: FileArgs,
         /// yaml (default) or json
         #[arg(long, default_value = "yaml", value_parser = ["yaml", "json"])]
         format: String,
+        /// Print the file for `docker compose`, `docker-compose` and `docker stack deploy`
+        #[arg(long = "for", value_name = "ENGINE", value_parser = ["docker"])]
+        for_engine: Option<String>,
+        #[command(flatten)]
+        root: super::docker::MountRoot,
+    },
+    /// Deploy, then run the project's containers with `docker compose up` (or `docker-compose`)
+    Up {
+        #[command(flatten)]
+        files: FileArgs,
+        /// Run the containers in the background
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[command(flatten)]
+        root: super::docker::MountRoot,
+    },
+    /// Stop and remove the project's containers (`docker compose down`); `rm` removes its Hush objects
+    Down {
+        #[command(flatten)]
+        files: FileArgs,
+        #[command(flatten)]
+        root: super::docker::MountRoot,
     },
     /// List projects
     #[command(alias = "list")]
@@ -50,7 +73,7 @@ enum ComposeCommand {
         format: Format,
     },
     /// Remove projects: their services, then the secrets and configs they created
-    #[command(alias = "remove", alias = "down")]
+    #[command(alias = "remove")]
     Rm {
         #[arg(required = true, value_name = "PROJECT")]
         projects: Vec<String>,
@@ -66,6 +89,15 @@ const DEFAULT_FILES: &[(&str, &str)] = &[
 ];
 
 fn load(args: &FileArgs) -> anyhow::Result<compose::Loaded> {
+    let loaded = compose::load(&options(args)?, std::env::vars())?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(loaded)
+}
+
+/// The files (defaults found here when none is given) and project flag.
+fn options(args: &FileArgs) -> anyhow::Result<LoadOptions> {
     let mut files = args.files.clone();
     if files.is_empty() {
         let (base, extra) = DEFAULT_FILES
@@ -77,16 +109,37 @@ fn load(args: &FileArgs) -> anyhow::Result<compose::Loaded> {
             files.push(extra.into());
         }
     }
-    let loaded = compose::load(&LoadOptions { files, project: args.project.clone() }, std::env::vars())?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    Ok(loaded)
+    Ok(LoadOptions { files, project: args.project.clone() })
 }
 
 pub async fn run(args: ComposeArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        ComposeCommand::Config { files, format } => {
+        ComposeCommand::Config { files, format, for_engine: Some(_), root } => {
+            let loaded = load(&files)?;
+            let tree = compose::load_tree(&options(&files)?, std::env::vars())?;
+            let file = super::compose_docker::docker_file(&loaded, tree, &root.mount_root)?;
+            if format == "json" {
+                print_json(&file)?;
+            } else {
+                print!("{}", serde_saphyr::to_string(&file)?);
+            }
+        }
+        ComposeCommand::Up { files, detach, root } => {
+            let loaded = load(&files)?;
+            let tree = compose::load_tree(&options(&files)?, std::env::vars())?;
+            let mut client = connect_admin(&args.connection.target()).await?;
+            for line in deploy::deploy(&mut client, &loaded).await? {
+                println!("{line}");
+            }
+            let up: &[&str] = if detach { &["up", "-d"] } else { &["up"] };
+            return super::compose_docker::run_compose(&loaded, tree, &root, up, true);
+        }
+        ComposeCommand::Down { files, root } => {
+            let loaded = load(&files)?;
+            let tree = compose::load_tree(&options(&files)?, std::env::vars())?;
+            return super::compose_docker::run_compose(&loaded, tree, &root, &["down"], false);
+        }
+        ComposeCommand::Config { files, format, for_engine: None, root: _ } => {
             let model = load(&files)?.project.to_json();
             if format == "json" {
                 print_json(&model)?;

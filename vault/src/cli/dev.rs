@@ -92,6 +92,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("export HUSH_TLS_DIR={}", dir.admin_dir().display());
     if agent.is_some() {
         println!("export HUSH_AGENT_SOCKET={}", temp.path().join("agent.sock").display());
+        println!("export HUSH_MOUNT_ROOT={}", temp.path().join("mnt").display());
     }
     println!();
     std::io::stdout().flush().ok();

@@ -3,7 +3,9 @@
 
 mod audit;
 mod compose;
+mod compose_docker;
 mod dev;
+mod docker;
 mod import;
 mod input;
 mod nodes;
@@ -42,6 +44,10 @@ enum Command {
     Compose(compose::ComposeArgs),
     /// Run a command as a task of a service, with its secrets at /run/secrets (needs a local agent)
     Run(RunArgs),
+    /// Run Docker containers as tasks of a service (`hush docker run --service NAME ...`)
+    Docker(EngineArgs),
+    /// Run Podman containers as tasks of a service (`hush podman run --service NAME ...`)
+    Podman(EngineArgs),
     /// Who read which secret, and every change: query, follow or verify the audit log
     Audit(audit::AuditArgs),
     /// Run a throw-away vault and agent on loopback for trying Hush out
@@ -63,6 +69,21 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     let agent = if agent.exists() { agent } else { PathBuf::from("hush-agent") };
     let error = std::process::Command::new(&agent).arg("run").args(&args.args).exec();
     anyhow::bail!("cannot start {}: {error}", agent.display())
+}
+
+/// `hush docker ...` / `hush podman ...`.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: EngineCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EngineCommand {
+    /// `run` with the service's binds and label added; checks first that the agent serves it here
+    Run(docker::RunArgs),
 }
 
 /// Where the vault is: shared by every command that calls it.
@@ -123,6 +144,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => nodes::run(args).await,
         Command::Compose(args) => compose::run(args).await,
         Command::Run(args) => run_task(args),
+        Command::Docker(EngineArgs { connection, command: EngineCommand::Run(args) }) => {
+            docker::run(&connection, args, None).await
+        }
+        Command::Podman(EngineArgs { connection, command: EngineCommand::Run(args) }) => {
+            docker::run(&connection, args, Some(docker::Runtime::Podman)).await
+        }
         Command::Audit(args) => audit::run(args).await,
         Command::Dev(args) => dev::run(args).await,
     }

@@ -47,6 +47,8 @@ enum ServiceCommand {
         #[arg(required = true, value_name = "NAME|ID")]
         references: Vec<String>,
     },
+    /// The `docker run` (or `docker service create`) flags binding the service's files: one line
+    Mounts(super::docker::MountsArgs),
     /// Add or remove references; running tasks follow live
     Update {
         #[arg(value_name = "NAME|ID")]
@@ -78,8 +80,12 @@ fn service_json(s: &pb::ServiceSpec) -> Value {
 }
 
 pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+    if let ServiceCommand::Mounts(mounts) = args.command {
+        return super::docker::mounts(&args.connection, mounts).await;
+    }
     let mut client = connect_admin(&args.connection.target()).await?;
     match args.command {
+        ServiceCommand::Mounts(_) => unreachable!("handled above"),
         ServiceCommand::Create { name, secrets, configs } => {
             let request = pb::ServiceCreateRequest { name, secrets, configs, labels: Default::default() };
             println!("{}", client.service_create(request).await.map_err(call_error)?.into_inner().id);

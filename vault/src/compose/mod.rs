@@ -102,6 +102,38 @@ pub fn load(
     Ok(loaded)
 }
 
+/// The files' interpolated trees merged (mappings key by key, a later file's value winning;
+/// anything else replaced): what `hush compose config --for docker` rewrites. Offline.
+pub fn load_tree(
+    options: &LoadOptions,
+    process_env: impl IntoIterator<Item = (String, String)>,
+) -> Result<serde_json::Value, ComposeError> {
+    let first = options.files.first().ok_or_else(|| ComposeError::new("no compose file given"))?;
+    let env = Environment::load(process_env, &project_dir(first))?;
+    let mut merged = serde_json::Value::Object(Default::default());
+    for file in &options.files {
+        let (tree, _) = parse::read_tree(file, &env)?;
+        merge_tree(&mut merged, tree);
+    }
+    Ok(merged)
+}
+
+fn merge_tree(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => merge_tree(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
 /// The directory of the first compose file, absolute: relative paths in every file resolve here,
 /// as compose does, and its name is the default project name.
 pub fn project_dir(first: &Path) -> PathBuf {

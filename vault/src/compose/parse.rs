@@ -27,6 +27,13 @@ pub fn join(path: &str, key: &str) -> String {
 
 /// Reads and parses one file; returns the model and interpolation warnings.
 pub fn parse_file(file: &Path, env: &Environment) -> Result<(FileModel, Vec<String>), ComposeError> {
+    let (tree, warnings) = read_tree(file, env)?;
+    let walker = Walker { file };
+    Ok((walker.file_model(&tree)?, warnings))
+}
+
+/// Reads one file into its interpolated tree (everything in it, not only what Hush acts on).
+pub fn read_tree(file: &Path, env: &Environment) -> Result<(Value, Vec<String>), ComposeError> {
     let meta =
         std::fs::metadata(file).map_err(|e| ComposeError::in_file(file, format!("cannot read: {}", io_reason(&e))))?;
     if meta.is_dir() {
@@ -37,7 +44,7 @@ pub fn parse_file(file: &Path, env: &Environment) -> Result<(FileModel, Vec<Stri
     }
     let text = std::fs::read_to_string(file)
         .map_err(|e| ComposeError::in_file(file, format!("cannot read: {}", io_reason(&e))))?;
-    parse_str(file, &text, env)
+    tree_of(file, &text, env)
 }
 
 /// `No such file or directory`, without the `(os error 2)` tail.
@@ -51,6 +58,13 @@ pub fn io_reason(e: &std::io::Error) -> String {
 
 /// Parses the text of `file`.
 pub fn parse_str(file: &Path, text: &str, env: &Environment) -> Result<(FileModel, Vec<String>), ComposeError> {
+    let (tree, warnings) = tree_of(file, text, env)?;
+    let walker = Walker { file };
+    Ok((walker.file_model(&tree)?, warnings))
+}
+
+/// The interpolated tree of the text of `file`.
+fn tree_of(file: &Path, text: &str, env: &Environment) -> Result<(Value, Vec<String>), ComposeError> {
     let options = serde_saphyr::options! {
         legacy_octal_numbers: true,
         strict_booleans: true,
@@ -64,8 +78,7 @@ pub fn parse_str(file: &Path, text: &str, env: &Environment) -> Result<(FileMode
     }
     let mut warnings = Vec::new();
     interpolate_tree(&mut tree, env, file, "", &mut warnings)?;
-    let walker = Walker { file };
-    Ok((walker.file_model(&tree)?, warnings))
+    Ok((tree, warnings))
 }
 
 /// The parser's message on one line, without hints about the library's own options.
