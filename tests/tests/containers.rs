@@ -95,7 +95,7 @@ fn has_entry(entries: &[Value], want: &[(&str, &str)]) -> bool {
     entries.iter().any(|e| {
         want.iter().all(|(k, v)| match e.get(*k) {
             Some(Value::String(s)) => s == v,
-            Some(other) => other.to_string() == *v,
+            Some(other) => *v == other.to_string(),
             None => false,
         })
     })
@@ -354,7 +354,7 @@ fn compose_and_swarm_containers_read_their_secrets() {
         let logs = logs_of("worker");
         (logs.contains(&worker_value) && logs.contains("workers 4")).then_some(())
     });
-    let audit = fx.expect_entry(
+    fx.expect_entry(
         &["--service", &format!("{project}_worker")],
         &[("op", "open"), ("config", &format!("{project}_conf"))],
     );
@@ -454,5 +454,55 @@ fn podman_containers_are_tasks_too() {
     wait_for("task_end of the podman container", || {
         has_entry(&fx.audit(&["--container", &name]), &[("op", "task_end")]).then_some(())
     });
-    let _ = (DEADLINE, bin("hush"));
+}
+
+/// The README's "Docker" section, run as written (with the test image for `$IMAGE`, this
+/// agent's mount root for `/run/hush`, any 25-character ID where it shows one).
+#[test]
+fn readme_docker_section_works_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let section = readme.split("\n## Docker\n").nth(1).expect("a Docker section").split("\n## ").next().unwrap_or("");
+    let block = section.split("```console\n").nth(1).expect("a console block").split("```").next().unwrap_or("");
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        match line.strip_prefix("$ ") {
+            Some(command) => steps.push((command.to_string(), Vec::new())),
+            None => steps.last_mut().expect("output follows a command").1.push(line.to_string()),
+        }
+    }
+    assert!(steps.len() >= 6, "the Docker section lost its example");
+    let fx = Fixture::new(&[]);
+    let root = fx.agent.mount_root();
+    let hush_dir = bin("hush").parent().expect("bin dir").to_path_buf();
+    let path = format!("{}:{}", hush_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let is_id = |l: &str| l.len() == 25 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    for (command, expected) in steps.iter().filter(|(c, _)| !c.starts_with("export IMAGE=")) {
+        let expected: Vec<String> =
+            expected.iter().map(|l| l.replace("/run/hush", &root.display().to_string())).collect();
+        let started = Instant::now();
+        loop {
+            let run = Run::from_command(
+                Command::new("sh")
+                    .args(["-c", command])
+                    .env("PATH", &path)
+                    .env("HUSH_VAULT", &fx.vault.addr)
+                    .env("HUSH_TLS_DIR", fx.vault.admin_dir())
+                    .env("HUSH_AGENT_SOCKET", fx.agent.socket())
+                    .env("HUSH_MOUNT_ROOT", &root)
+                    .env("IMAGE", &fx.image),
+            );
+            let printed: Vec<String> = format!("{}{}", run.stdout, run.stderr).lines().map(String::from).collect();
+            let same = printed.len() == expected.len()
+                && printed.iter().zip(&expected).all(|(got, want)| got == want || (is_id(got) && is_id(want)));
+            if same {
+                break;
+            }
+            // Audit entries arrive a few milliseconds after the read.
+            assert!(
+                command.starts_with("hush audit") && started.elapsed() < DEADLINE,
+                "README step `{command}` printed {printed:?}, expected {expected:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
