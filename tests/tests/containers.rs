@@ -454,6 +454,43 @@ fn podman_containers_are_tasks_too() {
     wait_for("task_end of the podman container", || {
         has_entry(&fx.audit(&["--container", &name]), &[("op", "task_end")]).then_some(())
     });
+
+    // `hush podman run`, in a user namespace: root inside is host uid 100000; the audit records
+    // the uid the container sees (through its uid_map).
+    let mapped = unique("userns");
+    let mut args = vec!["podman", "run", "--service", "pod", "--rm", "--network", "none", "--name", &mapped];
+    args.extend(PODMAN_ULIMITS);
+    args.extend(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]);
+    args.extend([image.as_str(), "sh", "-c", "cat /run/secrets/db; echo; id -u"]);
+    let run = fx.hush(&args);
+    assert_eq!(run.ok(), format!("{value}\n0\n"));
+    fx.expect_entry(&["--container", &mapped], &[("op", "open"), ("uid", "0"), ("gid", "0")]);
+}
+
+/// A service removed while its container runs: the container's files disappear, and the agent
+/// says why.
+#[test]
+fn removing_a_service_takes_its_files_from_running_containers() {
+    let fx = Fixture::new(&[]);
+    let value = marker("gone");
+    fx.secret("db", &value);
+    fx.service("gone", &["--secret", "db"]);
+    let flags = fx.mounts("gone", "docker");
+    let mut args: Vec<&str> = vec!["--network", "none"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend([fx.image.as_str(), "sleep", "300"]);
+    let container = Container::run_detached(Engine::Docker, &args);
+    assert_eq!(container.exec(&["cat", "/run/secrets/db"]).ok(), value);
+    fx.vault.hush(&["service", "rm", "gone"]).ok();
+    wait_for("the file gone from the running container", || {
+        (!container.exec(&["cat", "/run/secrets/db"]).status.success()).then_some(())
+    });
+    wait_for("the agent saying why", || {
+        fx.agent.log_text().contains("service no longer runs on this node").then_some(())
+    });
+    assert!(!fx.service_dir("gone").exists());
+    // A new container for it: `hush docker run` says what is wrong before Docker does.
+    fx.hush(&["docker", "run", "--service", "gone", "--rm", &fx.image, "true"]).fails_with("service gone not found");
 }
 
 /// The README's "Docker" section, run as written (with the test image for `$IMAGE`, this
