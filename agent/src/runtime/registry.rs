@@ -243,7 +243,16 @@ impl Containers {
             Ok(started) => started.into_inner().task_id,
             Err(status) => {
                 tracing::warn!(container = %info.name, service, error = %status.message(), "cannot start the container's task on the vault");
-                return Err(Refusal::of("VaultUnavailable", &info));
+                // Unreachable: a later open tries again. Refused (the service may not run here): so
+                // does a later open, and is refused again.
+                let reason = match status.code() {
+                    tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded => "VaultUnavailable",
+                    _ => "VaultRefusedTask",
+                };
+                return Err(Refusal::of(reason, &info));
             }
         };
         self.reconciler.container_task_started(&task_id, &service);
