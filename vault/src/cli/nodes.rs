@@ -38,6 +38,7 @@ enum NodeCommand {
     /// Remove nodes: their certificates are refused and their streams cut at once
     #[command(alias = "remove")]
     Rm {
+        /// Node ID, unique ID prefix or name
         #[arg(required = true, value_name = "NODE")]
         references: Vec<String>,
     },

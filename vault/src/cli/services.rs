@@ -20,6 +20,7 @@ pub struct ServiceArgs {
 enum ServiceCommand {
     /// Create a service: which secrets and configs its tasks get, and where
     Create {
+        /// Service name: 1 to 64 of [a-zA-Z0-9-_.]
         name: String,
         /// NAME or source=NAME,target=PATH,uid=N,gid=N,mode=0NNN (repeatable)
         #[arg(long = "secret", value_name = "SPEC")]
@@ -38,12 +39,14 @@ enum ServiceCommand {
     },
     /// Show services as JSON
     Inspect {
+        /// Full ID, name or unique ID prefix
         #[arg(required = true, value_name = "NAME|ID")]
         references: Vec<String>,
     },
     /// Remove services (their running tasks lose their files)
     #[command(alias = "remove")]
     Rm {
+        /// Full ID, name or unique ID prefix
         #[arg(required = true, value_name = "NAME|ID")]
         references: Vec<String>,
     },
@@ -51,6 +54,7 @@ enum ServiceCommand {
     Mounts(super::docker::MountsArgs),
     /// Add or remove references; running tasks follow live
     Update {
+        /// Full ID, name or unique ID prefix
         #[arg(value_name = "NAME|ID")]
         reference: String,
         #[arg(long = "secret-add", value_name = "SPEC")]
