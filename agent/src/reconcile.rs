@@ -132,8 +132,18 @@ fn specs_of(files: &TaskFiles) -> Vec<FileSpec> {
             mode: f.mode,
             content: f.content.clone(),
             meta: f.meta.clone(),
+            pinned: is_bound_alone(path),
         })
         .collect()
+}
+
+/// Whether the file at this FUSE path is bind-mounted on its own (a config at an absolute
+/// target: `root/...`), not reached through a bound secrets directory (`root/run/secrets/...`
+/// in a task, `run/secrets/...` in a service directory). A bind holds its inode, so such a file
+/// changes in place (see `FileSpec::pinned`).
+fn is_bound_alone(path: &str) -> bool {
+    let secrets = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with("run/secrets/"));
+    !(secrets("root/") || secrets(""))
 }
 
 impl Reconciler {

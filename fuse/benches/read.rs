@@ -148,6 +148,7 @@ impl Variant {
                 mode: 0o400,
                 content: content(),
                 meta: FileMeta { kind: FileKind::Secret, name: "secret".into(), version: 1 },
+                pinned: false,
             }],
         )
         .expect("add task");

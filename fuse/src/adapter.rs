@@ -16,10 +16,18 @@ use fuser::{
 };
 
 use crate::caller::RequestInfo;
-use crate::fs::{Attr, FsError, Invalidation, Invalidator, NodeKind, SecretFs};
+use crate::fs::{Attr, FsError, Invalidation, Invalidator, NodeKind, Opened, SecretFs};
 
-/// How long the kernel may cache attributes and names. Short: correctness after rotation and
-/// removal relies on invalidation, and this bounds the damage if a notification is lost.
+/// How long the kernel may cache names and attributes without asking again.
+///
+/// Correctness after a rotation or removal relies on invalidation (`inval_entry`,
+/// `inval_inode`); the TTL only bounds the damage should a notification be lost: after it, a
+/// cached name is looked up again and a changed inode number replaces it. It does not bear on
+/// access: a cached dentry is shared by every caller of the superblock (a task, a container's
+/// bind of the same directory, host root), but it only saves a LOOKUP, which reveals names and
+/// sizes (visible to anyone who can reach the mount anyway); every open still reaches
+/// [`SecretFs::open_file`] and its owner check, whatever the dentry cache holds. One second:
+/// the revalidation it costs is one LOOKUP per name per second, nothing next to the opens.
 const TTL: Duration = Duration::from_secs(1);
 
 struct FuseAdapter {
@@ -70,6 +78,11 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    // fuser's `batch_forget` calls this for each inode.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
@@ -79,9 +92,17 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
-        match self.fs.open(&request_info(req), ino.0, write) {
-            // Direct I/O: every read reaches us (per-read audit; rotation seen at once).
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+        match self.fs.open_file(&request_info(req), ino.0, write) {
+            // The inode's content never changes (a new version is a new inode): its pages stay
+            // cached across opens, so a read after the first open costs no round trip. Nothing
+            // to flush on close either.
+            Ok(Opened { fh, cache: true }) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
+            }
+            // A pinned file changes in place: every read reaches us.
+            Ok(Opened { fh, cache: false }) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

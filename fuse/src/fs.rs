@@ -58,6 +58,22 @@ pub struct FileSpec {
     pub content: Arc<Plaintext>,
     /// What the file is, for access events.
     pub meta: FileMeta,
+    /// The file is bind-mounted on its own (a config at an absolute target), not reached
+    /// through a bound directory. A bind holds the inode it was made of, so a new version must
+    /// replace this inode's content in place rather than come as a new inode; such files are
+    /// served with direct I/O (every read reaches us: no page cache to go stale). Other files
+    /// get one inode per content version and are served from the kernel's page cache.
+    pub pinned: bool,
+}
+
+/// How an open file is to be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The file handle.
+    pub fh: u64,
+    /// Serve from the page cache and keep it across opens (`FOPEN_KEEP_CACHE`): the inode's
+    /// content never changes. `false` for pinned files (direct I/O).
+    pub cache: bool,
 }
 
 /// Directory or regular file.
@@ -293,6 +309,8 @@ impl SecretFs {
                 task: None,
                 rel: Arc::from(""),
                 body: Body::Dir { children: BTreeMap::new(), mtime: now },
+                lookups: AtomicU64::new(0),
+                retired: false,
             },
         );
         Self {
@@ -370,9 +388,11 @@ impl SecretFs {
         Ok(())
     }
 
-    /// Changes a running task's files in place (a service update): files at unchanged paths
-    /// keep their inodes, so binds of them inside the task stay valid; new paths appear; the
-    /// rest disappear (open handles of those are cut off, as in [`SecretFs::remove_task`]).
+    /// Changes a running task's files in place (a service update): the task directory and every
+    /// directory keep their inodes, so binds of them inside the task stay valid; unchanged files
+    /// keep theirs; a changed file gets a new inode (a pinned one changes in place, see
+    /// [`FileSpec::pinned`]); new paths appear; the rest disappear (open handles of those are
+    /// cut off, as in [`SecretFs::remove_task`]). Descriptors opened before keep their version.
     pub fn set_files(&self, task_id: &str, files: Vec<FileSpec>) -> Result<(), TaskError> {
         validate_files(&files)?;
         let now = SystemTime::now();
@@ -390,27 +410,35 @@ impl SecretFs {
             let mut kept = Vec::with_capacity(inodes.len());
             for ino in inodes {
                 match tree.nodes.get(&ino) {
+                    Some(Node { retired: true, .. }) | None => {}
                     Some(Node { body: Body::File(_), rel, .. }) => {
                         files_by_path.insert(rel.clone(), ino);
                     }
                     Some(_) => kept.push(ino),
-                    None => {}
                 }
             }
             for spec in files {
                 match files_by_path.remove(spec.path.as_str()) {
-                    Some(ino) => {
-                        if let Some(Node { body: Body::File(file), .. }) = tree.nodes.get_mut(&ino) {
+                    Some(ino) => match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
+                        Some(Body::File(file)) if file.is(&spec) => kept.push(ino),
+                        Some(Body::File(file)) if file.pinned => {
                             file.uid = spec.uid;
                             file.gid = spec.gid;
                             file.mode = spec.mode as u16;
+                            file.size = spec.content.len() as u64;
                             file.content = spec.content;
                             file.meta = spec.meta;
                             file.mtime = now;
+                            file.pinned = spec.pinned;
+                            invalidations.push(Invalidation::Inode(ino));
+                            kept.push(ino);
                         }
-                        invalidations.push(Invalidation::Inode(ino));
-                        kept.push(ino);
-                    }
+                        _ => {
+                            let (new, entry) = tree.new_version(ino, spec, now);
+                            invalidations.push(entry);
+                            kept.push(new);
+                        }
+                    },
                     None => insert_file(&mut tree, dir, &task, spec, now, &mut kept),
                 }
             }
@@ -423,6 +451,11 @@ impl SecretFs {
                 invalidations.push(Invalidation::Entry { parent, name });
                 invalidations.push(Invalidation::Inode(ino));
             }
+            // Retired versions stay listed until the kernel forgets them.
+            let listed = tree.tasks.get(task_id).map(|t| t.inodes.clone()).unwrap_or_default();
+            kept.extend(listed.into_iter().filter(|i| tree.nodes.get(i).is_some_and(|n| n.retired)));
+            kept.sort_unstable();
+            kept.dedup();
             if let Some(entry) = tree.tasks.get_mut(task_id) {
                 entry.inodes = kept;
             }
@@ -475,8 +508,12 @@ impl SecretFs {
         Ok(())
     }
 
-    /// Rotate a file's content: opens from now on read `content` (and `stat` shows its size);
-    /// files already open keep reading the version they opened.
+    /// Rotate a file's content: every open from the moment this returns reads `content` (and
+    /// `stat` shows its size); descriptors already open keep reading the version they opened.
+    ///
+    /// The new version is a new inode in the same directory entry, and the kernel is told to
+    /// drop that entry, so the next lookup finds the new inode while pages cached for the old
+    /// one keep serving the old descriptors. A pinned file changes in place instead.
     pub fn update_content(
         &self,
         task_id: &str,
@@ -484,20 +521,33 @@ impl SecretFs {
         content: Arc<Plaintext>,
         version: u64,
     ) -> Result<(), TaskError> {
-        let ino = {
+        let now = SystemTime::now();
+        let invalidation = {
             let mut tree = self.write_tree();
             let ino = find_file(&tree, task_id, path)?;
-            match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
-                Some(Body::File(f)) => {
-                    f.content = content;
-                    f.meta.version = version;
-                    f.mtime = SystemTime::now();
-                }
-                _ => unreachable!("find_file returns files"),
+            let Some(Body::File(f)) = tree.nodes.get_mut(&ino).map(|n| &mut n.body) else {
+                unreachable!("find_file returns files")
+            };
+            if f.pinned {
+                f.size = content.len() as u64;
+                f.content = content;
+                f.meta.version = version;
+                f.mtime = now;
+                Invalidation::Inode(ino)
+            } else {
+                let spec = FileSpec {
+                    path: path.to_string(),
+                    uid: f.uid,
+                    gid: f.gid,
+                    mode: u32::from(f.mode),
+                    content,
+                    meta: FileMeta { version, ..f.meta.clone() },
+                    pinned: false,
+                };
+                tree.new_version(ino, spec, now).1
             }
-            ino
         };
-        self.invalidate(&Invalidation::Inode(ino));
+        self.invalidate(&invalidation);
         Ok(())
     }
 
@@ -512,7 +562,15 @@ impl SecretFs {
         };
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let ino = *children.get(name).ok_or(FsError::NotFound)?;
+        // The kernel now holds one more lookup of it (released by `forget`).
+        tree.nodes[&ino].lookups.fetch_add(1, Ordering::AcqRel);
         Ok(attr_of(&tree, ino))
+    }
+
+    /// The kernel dropped `n` lookups of `ino` (its inode left the kernel's cache).
+    pub fn forget(&self, ino: u64, n: u64) {
+        // Rare (an inode leaving the kernel's cache): the write lock keeps it simple.
+        self.write_tree().forget(ino, n);
     }
 
     /// Attributes of `ino`.
@@ -574,6 +632,16 @@ impl SecretFs {
     /// Open file `ino` for reading and return a file handle. Refused unless the task's owner
     /// accepts the caller and read-only access is asked for. Every outcome is an event.
     pub fn open(&self, req: &RequestInfo, ino: u64, write: bool) -> Result<u64, FsError> {
+        self.open_file(req, ino, write).map(|opened| opened.fh)
+    }
+
+    /// [`SecretFs::open`], also saying how the file is to be served.
+    ///
+    /// An older version of a file can still be opened while the kernel knows its inode: by a
+    /// path walk that began before the rotation returned (it found the name before the kernel
+    /// dropped it), or by re-opening an old descriptor through `/proc/PID/fd`. It opens as the
+    /// version it is. A path walk that begins after the rotation returned cannot reach it.
+    pub fn open_file(&self, req: &RequestInfo, ino: u64, write: bool) -> Result<Opened, FsError> {
         // Identify the caller before taking any lock: it reads /proc.
         let caller = self.resolver.resolve(req);
         let tree = self.read_tree();
@@ -581,6 +649,7 @@ impl SecretFs {
         let Body::File(file) = &node.body else {
             return Err(FsError::IsADirectory);
         };
+        let cache = !file.pinned;
         let task = node.task.clone().expect("files belong to a task");
         let owner = tree.tasks.get(&task).and_then(|t| t.owner.clone());
         let (path, meta, content) = (node.rel.clone(), file.meta.clone(), file.content.clone());
@@ -603,7 +672,7 @@ impl SecretFs {
             Handle { ino, task, path, meta, content: Some(content), opener_tid: req.tid, opener: identity },
         );
         self.events.emit(opened);
-        Ok(fh)
+        Ok(Opened { fh, cache })
     }
 
     /// Read up to `size` bytes at `offset` from open file `fh`. Reads returning data are events.
@@ -761,6 +830,7 @@ mod tests {
             mode: 0o400,
             content: Arc::new(Plaintext::new(content.to_vec())),
             meta: FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().to_string(), version: 1 },
+            pinned: false,
         }
     }
 
@@ -943,26 +1013,46 @@ mod tests {
         assert_eq!(fs.set_owner("nope", ns_owner(1)), Err(TaskError::NoSuchTask("nope".into())));
     }
 
+    fn entry(parent: u64, name: &str) -> Invalidation {
+        Invalidation::Entry { parent, name: Arc::from(name) }
+    }
+
     #[test]
-    fn rotation_swaps_content_and_invalidates() {
+    fn rotation_makes_a_new_inode_and_old_handles_keep_their_version() {
         let (fs, _rx) = web_fs();
         let rec = Arc::new(Recorder::default());
         fs.set_invalidator(Some(rec.clone()));
-        let file = ino(&fs, "web.1/secrets/db_password");
-        let before = fs.getattr(file).unwrap();
-        let old_fh = fs.open(&OWNER, file, false).unwrap();
+        let dir = ino(&fs, "web.1/secrets");
+        let old = ino(&fs, "web.1/secrets/db_password");
+        let old_fh = fs.open(&OWNER, old, false).unwrap();
+        assert_eq!(fs.open_file(&OWNER, old, false).unwrap().cache, true, "served from the page cache");
 
         fs.update_content("web.1", "secrets/db_password", Arc::new(Plaintext::new(b"correct horse".to_vec())), 2)
             .unwrap();
-        assert_eq!(*rec.0.lock().unwrap(), [Invalidation::Inode(file)]);
-        let after = fs.getattr(file).unwrap();
-        assert_eq!(after.size, 13);
-        assert!(after.mtime >= before.mtime);
+        // A new inode under the same name; the kernel is told to forget the name only.
+        let new = ino(&fs, "web.1/secrets/db_password");
+        assert_ne!(new, old);
+        assert_eq!(*rec.0.lock().unwrap(), [entry(dir, "db_password")]);
+        assert_eq!(fs.getattr(new).unwrap().size, 13);
+        // The old inode is kept while the kernel knows it (looked up above): an old descriptor's
+        // fstat still works and shows its version's size; opening it (a path walk begun before
+        // the rotation) gets that version.
+        assert_eq!(fs.getattr(old).unwrap().size, 7);
+        assert_eq!(read_all(&fs, &OWNER, fs.open(&OWNER, old, false).unwrap()), b"hunter2");
 
-        // New opens see the new version; the handle opened before keeps its version.
-        let fh = fs.open(&OWNER, file, false).unwrap();
+        let fh = fs.open(&OWNER, new, false).unwrap();
         assert_eq!(read_all(&fs, &OWNER, fh), b"correct horse");
         assert_eq!(read_all(&fs, &OWNER, old_fh), b"hunter2");
+        // Once the kernel forgets the old inode (never while a descriptor of it is open), it is gone.
+        fs.release(old_fh);
+        fs.forget(old, u64::MAX);
+        assert_eq!(fs.getattr(old), Err(FsError::NotFound));
+
+        // Never looked up: replaced and dropped at once.
+        fs.update_content("web.1", "secrets/db_password", Arc::new(Plaintext::new(b"v3".to_vec())), 3).unwrap();
+        let v3 = fs.readdir(dir).unwrap().into_iter().find(|e| &*e.name == "db_password").unwrap().ino;
+        fs.update_content("web.1", "secrets/db_password", Arc::new(Plaintext::new(b"v4".to_vec())), 4).unwrap();
+        assert_eq!(fs.getattr(v3), Err(FsError::NotFound));
 
         for (task, path) in [("web.1", "secrets"), ("web.1", "nope"), ("web.1", "secrets/db_password/x")] {
             assert_eq!(
@@ -977,32 +1067,68 @@ mod tests {
     }
 
     #[test]
-    fn set_files_keeps_unchanged_paths_and_the_task_dir() {
+    fn pinned_files_change_in_place_with_direct_io() {
+        let (fs, _rx) = fs_with_events(8);
+        let mut pinned = spec("root/etc/app.conf", b"a=1");
+        pinned.pinned = true;
+        fs.add_task("t", Some(ns_owner(OWNER_NS)), vec![pinned.clone()]).unwrap();
+        let rec = Arc::new(Recorder::default());
+        fs.set_invalidator(Some(rec.clone()));
+        let file = ino(&fs, "t/root/etc/app.conf");
+        let old = fs.open_file(&OWNER, file, false).unwrap();
+        assert!(!old.cache, "direct I/O");
+        fs.update_content("t", "root/etc/app.conf", Arc::new(Plaintext::new(b"a=22".to_vec())), 2).unwrap();
+        assert_eq!(ino(&fs, "t/root/etc/app.conf"), file, "a bind of it stays valid");
+        assert_eq!(*rec.0.lock().unwrap(), [Invalidation::Inode(file)]);
+        assert_eq!(fs.getattr(file).unwrap().size, 4);
+        assert_eq!(read_all(&fs, &OWNER, fs.open(&OWNER, file, false).unwrap()), b"a=22");
+        assert_eq!(read_all(&fs, &OWNER, old.fh), b"a=1");
+        // A service update changing it: still in place.
+        pinned.meta.version = 3;
+        pinned.content = Arc::new(Plaintext::new(b"a=333".to_vec()));
+        fs.set_files("t", vec![pinned]).unwrap();
+        assert_eq!(ino(&fs, "t/root/etc/app.conf"), file);
+        assert_eq!(read_all(&fs, &OWNER, fs.open(&OWNER, file, false).unwrap()), b"a=333");
+    }
+
+    #[test]
+    fn set_files_keeps_unchanged_files_and_every_directory() {
         let (fs, _rx) = web_fs();
         let rec = Arc::new(Recorder::default());
         fs.set_invalidator(Some(rec.clone()));
         let task = ino(&fs, "web.1");
-        let kept = ino(&fs, "web.1/secrets/db_password");
+        let secrets = ino(&fs, "web.1/secrets");
+        let changed = ino(&fs, "web.1/secrets/db_password");
         let gone = ino(&fs, "web.1/configs/0");
+        let changed_fh = fs.open(&OWNER, changed, false).unwrap();
         let gone_fh = fs.open(&OWNER, gone, false).unwrap();
 
-        fs.set_files("web.1", vec![spec("secrets/db_password", b"hunter3"), spec("secrets/api_key", b"k")]).unwrap();
-        // Same directory and same inode for the unchanged path (binds of them stay valid).
-        assert_eq!(ino(&fs, "web.1"), task);
-        assert_eq!(ino(&fs, "web.1/secrets/db_password"), kept);
-        let fh = fs.open(&OWNER, kept, false).unwrap();
-        assert_eq!(read_all(&fs, &OWNER, fh), b"hunter3");
+        let mut v2 = spec("secrets/db_password", b"hunter3");
+        v2.meta.version = 2;
+        fs.set_files("web.1", vec![v2.clone(), spec("secrets/api_key", b"k")]).unwrap();
+        // Same directories (binds of them stay valid); the changed file is a new version.
+        assert_eq!((ino(&fs, "web.1"), ino(&fs, "web.1/secrets")), (task, secrets));
+        let now = ino(&fs, "web.1/secrets/db_password");
+        assert_ne!(now, changed);
+        assert_eq!(read_all(&fs, &OWNER, fs.open(&OWNER, now, false).unwrap()), b"hunter3");
+        assert_eq!(read_all(&fs, &OWNER, changed_fh), b"hunter2", "opened before: keeps its version");
         let added = ino(&fs, "web.1/secrets/api_key");
         assert_eq!(read_all(&fs, &OWNER, fs.open(&OWNER, added, false).unwrap()), b"k");
         // The dropped file is gone, its open handle cut off, and the kernel told.
         assert_eq!(fs.getattr(gone), Err(FsError::NotFound));
         assert_eq!(fs.read(&OWNER, gone_fh, 0, 10).unwrap_err(), FsError::Revoked);
-        let inv = rec.0.lock().unwrap();
-        assert!(inv.contains(&Invalidation::Inode(kept)));
-        assert!(inv.contains(&Invalidation::Inode(gone)));
-        drop(inv);
+        {
+            let inv = rec.0.lock().unwrap();
+            assert!(inv.contains(&entry(secrets, "db_password")));
+            assert!(inv.contains(&Invalidation::Inode(gone)));
+        }
+        // The same files again: nothing changes, nothing is invalidated.
+        rec.0.lock().unwrap().clear();
+        fs.set_files("web.1", vec![v2, spec("secrets/api_key", b"k")]).unwrap();
+        assert_eq!(ino(&fs, "web.1/secrets/db_password"), now);
+        assert!(rec.0.lock().unwrap().is_empty());
         // The owner is unchanged: an intruder is still refused.
-        assert!(fs.open(&INTRUDER, kept, false).is_err());
+        assert!(fs.open(&INTRUDER, now, false).is_err());
         assert_eq!(fs.set_files("nope", vec![]), Err(TaskError::NoSuchTask("nope".into())));
     }
 

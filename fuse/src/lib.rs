@@ -32,7 +32,7 @@ mod tree;
 
 pub use caller::{CallerResolver, ProcResolver, RequestInfo, mount_namespace_of};
 pub use event::{AccessEvent, AccessOp, DenyReason, EventSink};
-pub use fs::{FileKind, FileMeta, FileSpec, FsError, Invalidation, Invalidator, SecretFs, TaskError};
+pub use fs::{FileKind, FileMeta, FileSpec, FsError, Invalidation, Invalidator, Opened, SecretFs, TaskError};
 pub use mnt_ns::MountNamespaceOwner;
 pub use mount::{MountConfig, MountError, MountGuard, clean_stale_mount, mount, mount_with_config};
 pub use owner::{Caller, Decision, Identity, OwnerCheck, Tags, TaskOwner, ThreadProbe};

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use crate::fs::{Attr, FileMeta, FileSpec, NodeKind, TaskError};
+use crate::fs::{Attr, FileMeta, FileSpec, Invalidation, NodeKind, TaskError};
 use crate::owner::TaskOwner;
 use crate::secret::Plaintext;
 
@@ -17,9 +18,35 @@ pub(crate) struct FileNode {
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) mode: u16,
+    /// The content (open handles hold their own reference).
     pub(crate) content: Arc<Plaintext>,
+    /// Content length.
+    pub(crate) size: u64,
     pub(crate) meta: FileMeta,
     pub(crate) mtime: SystemTime,
+    /// Bound on its own somewhere (see [`FileSpec::pinned`]): changes happen in this inode.
+    pub(crate) pinned: bool,
+}
+
+impl FileNode {
+    fn new(spec: FileSpec, now: SystemTime) -> Self {
+        FileNode {
+            uid: spec.uid,
+            gid: spec.gid,
+            mode: spec.mode as u16,
+            size: spec.content.len() as u64,
+            content: spec.content,
+            meta: spec.meta,
+            mtime: now,
+            pinned: spec.pinned,
+        }
+    }
+
+    /// Whether `spec` describes exactly this file (same version, owner, mode and kind of bind).
+    pub(crate) fn is(&self, spec: &FileSpec) -> bool {
+        (self.uid, self.gid, self.mode, &self.meta, self.pinned)
+            == (spec.uid, spec.gid, spec.mode as u16, &spec.meta, spec.pinned)
+    }
 }
 
 pub(crate) enum Body {
@@ -34,6 +61,12 @@ pub(crate) struct Node {
     /// Path relative to the task directory, for events.
     pub(crate) rel: Arc<str>,
     pub(crate) body: Body,
+    /// Lookups the kernel holds on this inode (each entry reply adds one, `forget` takes them).
+    pub(crate) lookups: AtomicU64,
+    /// Replaced by a newer version of the file: no longer in its directory, kept only until the
+    /// kernel forgets it (old descriptors `fstat` it; an open that found it by a path walk begun
+    /// before the rotation, or through `/proc/PID/fd`, gets this version).
+    pub(crate) retired: bool,
 }
 
 pub(crate) struct Task {
@@ -54,6 +87,60 @@ impl Tree {
         let ino = self.next_ino;
         self.next_ino += 1;
         ino
+    }
+
+    /// Replace file `ino` by a new inode holding `spec` (one inode per content version): the
+    /// old one leaves its directory and is retired. Returns the new inode and the directory
+    /// entry the kernel must forget.
+    pub(crate) fn new_version(&mut self, ino: u64, spec: FileSpec, now: SystemTime) -> (u64, Invalidation) {
+        let (parent, task, rel) = {
+            let old = &self.nodes[&ino];
+            (old.parent, old.task.clone().expect("files belong to a task"), old.rel.clone())
+        };
+        let name: Arc<str> = Arc::from(rel.rsplit('/').next().expect("paths are not empty"));
+        let new = self.alloc();
+        let node = Node {
+            parent,
+            task: Some(task.clone()),
+            rel,
+            body: Body::File(FileNode::new(spec, now)),
+            lookups: AtomicU64::new(0),
+            retired: false,
+        };
+        self.nodes.insert(new, node);
+        self.children_mut(parent).insert(name.clone(), new);
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.inodes.push(new);
+        }
+        self.retire(ino);
+        (new, Invalidation::Entry { parent, name })
+    }
+
+    /// Take a replaced file out of service; drop it now if the kernel holds no lookup of it.
+    fn retire(&mut self, ino: u64) {
+        let Some(node) = self.nodes.get_mut(&ino) else { return };
+        node.retired = true;
+        if node.lookups.load(Ordering::Acquire) == 0 {
+            self.drop_node(ino);
+        }
+    }
+
+    /// The kernel forgot `n` lookups of `ino`; a retired node it no longer knows goes.
+    pub(crate) fn forget(&mut self, ino: u64, n: u64) {
+        let Some(node) = self.nodes.get(&ino) else { return };
+        let left = node.lookups.load(Ordering::Acquire).saturating_sub(n);
+        node.lookups.store(left, Ordering::Release);
+        if left == 0 && node.retired {
+            self.drop_node(ino);
+        }
+    }
+
+    fn drop_node(&mut self, ino: u64) {
+        if let Some(Node { task: Some(task), .. }) = self.nodes.remove(&ino)
+            && let Some(t) = self.tasks.get_mut(&task)
+        {
+            t.inodes.retain(|&i| i != ino);
+        }
     }
 
     pub(crate) fn children_mut(&mut self, dir: u64) -> &mut BTreeMap<Arc<str>, u64> {
@@ -93,15 +180,10 @@ pub(crate) fn insert_file(
         };
     }
     let ino = tree.alloc();
-    let body = Body::File(FileNode {
-        uid: spec.uid,
-        gid: spec.gid,
-        mode: spec.mode as u16,
-        content: spec.content,
-        meta: spec.meta,
-        mtime: now,
-    });
-    tree.nodes.insert(ino, Node { parent, task: Some(task.clone()), rel: rel.clone(), body });
+    let body = Body::File(FileNode::new(spec, now));
+    let node =
+        Node { parent, task: Some(task.clone()), rel: rel.clone(), body, lookups: AtomicU64::new(0), retired: false };
+    tree.nodes.insert(ino, node);
     tree.children_mut(parent).insert(Arc::from(*file_name), ino);
     inodes.push(ino);
 }
@@ -112,6 +194,8 @@ pub(crate) fn new_dir(parent: u64, task: &Arc<str>, rel: &str, now: SystemTime) 
         task: Some(task.clone()),
         rel: Arc::from(rel),
         body: Body::Dir { children: BTreeMap::new(), mtime: now },
+        lookups: AtomicU64::new(0),
+        retired: false,
     }
 }
 
@@ -137,7 +221,7 @@ pub(crate) fn attr_of(tree: &Tree, ino: u64) -> Attr {
         Body::File(f) => Attr {
             ino,
             kind: NodeKind::File,
-            size: f.content.len() as u64,
+            size: f.size,
             perm: f.mode,
             nlink: 1,
             uid: f.uid,

@@ -28,6 +28,7 @@ fn file(path: &str, uid: u32, mode: u32, content: &str) -> FileSpec {
         mode,
         content: plaintext(content),
         meta: FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().to_string(), version: 1 },
+        pinned: false,
     }
 }
 
@@ -452,4 +453,97 @@ fn reused_namespace_number_is_refused() {
     fx.fs.remove_task("leak.1").unwrap();
     let back = (0..20).any(|_| fresh_namespace_reads(Path::new("/")).0 == number);
     assert!(back, "the namespace was released with its task");
+}
+
+/// Content of version `v` of the rotated file: its own number throughout, and a length that
+/// changes from one version to the next (a stale size would cut or pad it).
+fn version_content(v: u64) -> String {
+    format!("v{v:08};").repeat(10 + (v % 7) as usize * 40)
+}
+
+/// The version a whole read returned, checking every byte belongs to that one version.
+fn version_of(bytes: &[u8]) -> u64 {
+    let text = std::str::from_utf8(bytes).expect("utf-8");
+    let v: u64 = text.get(1..9).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("garbled: {text:?}"));
+    assert_eq!(text, version_content(v), "one version, whole");
+    v
+}
+
+/// Reads `path` whole with `sendfile` (what `busybox cat` does) into a tmpfs file.
+fn sendfile_whole(path: &Path, sink: &std::fs::File) -> Vec<u8> {
+    let file = std::fs::File::open(path).expect("open");
+    let mut offset = 0u64;
+    rustix::fs::ftruncate(sink, 0).unwrap();
+    rustix::fs::seek(sink, rustix::fs::SeekFrom::Start(0)).unwrap();
+    loop {
+        let n = rustix::fs::sendfile(sink, &file, Some(&mut offset), 1 << 20).expect("sendfile");
+        if n == 0 {
+            break;
+        }
+    }
+    let mut out = vec![0u8; offset as usize];
+    rustix::io::pread(sink, &mut out, 0).unwrap();
+    out
+}
+
+#[test]
+fn rotation_under_busy_readers_never_serves_a_stale_version() {
+    // Readers are threads of this process, which owns the task (its own namespace).
+    let fx = Fixture::new();
+    let owner = TaskOwner::new(MountNamespaceOwner::of_process(std::process::id()).unwrap());
+    let mut spec = file("secrets/s", 0, 0o400, "");
+    spec.content = plaintext(&version_content(1));
+    fx.fs.add_task("rot.1", Some(owner), vec![spec]).unwrap();
+    let path = fx.path("rot.1/secrets/s");
+    // Opened before the rotations and not read yet: it must still read version 1 after them.
+    let mut early = std::fs::File::open(&path).unwrap();
+
+    const ROTATIONS: u64 = 2_000;
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|use_sendfile| {
+            let (path, published, done) = (path.clone(), published.clone(), done.clone());
+            std::thread::spawn(move || {
+                let sink = tempfile::tempfile_in("/dev/shm").unwrap();
+                let (mut reads, mut saw_new) = (0u64, 0u64);
+                let mut last = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    // The version whose rotation had returned before this open started.
+                    let floor = published.load(std::sync::atomic::Ordering::Acquire);
+                    let bytes = if use_sendfile { sendfile_whole(&path, &sink) } else { std::fs::read(&path).unwrap() };
+                    let v = version_of(&bytes);
+                    assert!(v >= floor, "stale: read version {v} after version {floor} was in place");
+                    saw_new += u64::from(v > last);
+                    last = v;
+                    reads += 1;
+                }
+                (reads, saw_new)
+            })
+        })
+        .collect();
+    for v in 2..=ROTATIONS {
+        fx.fs.update_content("rot.1", "secrets/s", plaintext(&version_content(v)), v).unwrap();
+        published.store(v, std::sync::atomic::Ordering::Release);
+        if v % 4 == 0 {
+            // Let the readers in between some rotations.
+            std::thread::yield_now();
+        }
+    }
+    // A last stretch of reads with the final version in place.
+    std::thread::sleep(Duration::from_millis(50));
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for (kind, r) in ["read", "sendfile"].iter().zip(readers) {
+        let (reads, versions) = r.join().expect("reader");
+        assert!(reads > 100 && versions > 10, "{kind}: {reads} reads saw {versions} versions");
+    }
+    // Both kinds of reader see the last version; the early descriptor its own.
+    assert_eq!(version_of(&std::fs::read(&path).unwrap()), ROTATIONS);
+    let sink = tempfile::tempfile_in("/dev/shm").unwrap();
+    assert_eq!(version_of(&sendfile_whole(&path, &sink)), ROTATIONS);
+    let mut old = Vec::new();
+    early.read_to_end(&mut old).unwrap();
+    assert_eq!(version_of(&old), 1, "a descriptor opened before a rotation keeps its version");
+    assert_eq!(early.metadata().unwrap().len(), version_content(1).len() as u64);
 }
