@@ -1,19 +1,23 @@
 //! Ships the FUSE filesystem's access events to the vault, in order, surviving outages.
 //!
-//! Events wait in a bounded in-memory queue until the vault acknowledges them. Reads of one
-//! open file by one process that arrive together are folded into one entry with a byte count;
-//! opens and denials never are. When the queue (or the filesystem's own event channel)
-//! overflows, the loss is counted and reported as a `dropped` entry: never silent.
+//! Identical accesses (same task, process, identity, file, version and operation; for a denial
+//! the same reason) within one [`WINDOW`] fold into one entry with a `count`, the time of the
+//! first (`time`) and of the last (`last_time`), and the bytes summed: a task reading its
+//! secret in a loop, or a local user opening a task's file in a loop, writes one entry per
+//! window, not one per access. Nothing else is ever merged, and counts are exact.
+//! Folded entries wait in a bounded in-memory queue until the vault acknowledges them. When the
+//! queue (or the filesystem's own event channel) overflows, the loss is counted and reported as
+//! a `dropped` entry: never silent.
 
 use crate::reconcile::Reconciler;
 use hush_fuse::{AccessEvent, AccessOp, FileKind, SecretFs};
 use hush_proto::v1 as pb;
 use hush_proto::v1::node_client::NodeClient;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tonic::transport::Channel;
 
 /// Events held while the vault is unreachable (`HUSH_AUDIT_QUEUE` overrides, for tests).
@@ -23,6 +27,8 @@ fn max_queue() -> usize {
     std::env::var("HUSH_AUDIT_QUEUE").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_QUEUE)
 }
 const MAX_BATCH: usize = 2_000;
+/// How long identical accesses fold into one entry (from the first of them).
+pub const WINDOW: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(20);
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -94,22 +100,111 @@ fn to_wire(event: AccessEvent, task_id: String, service: String) -> pb::AccessEv
         gid: event.gid,
         command: event.command.to_string(),
         bytes: event.bytes,
-        count: u64::from(op == "read"),
+        count: 1,
+        last_time: String::new(),
         reason,
         path: format!("/{}", event.path.trim_start_matches("root/")),
     }
 }
 
-/// Folds `next` into `last` when both are reads of the same file by the same process.
-fn fold(last: &mut pb::AccessEvent, next: &pb::AccessEvent) -> bool {
-    let same = last.op == "read"
-        && next.op == "read"
-        && (&last.task_id, &last.path, last.pid, last.version) == (&next.task_id, &next.path, next.pid, next.version);
-    if same {
-        last.bytes += next.bytes;
-        last.count += next.count;
+/// What must be equal for two accesses to fold: everything recorded but the times, the bytes
+/// and the count.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FoldKey {
+    task_id: Arc<str>,
+    path: Arc<str>,
+    file: Option<(bool, String, u64)>,
+    op: AccessOp,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    command: Arc<str>,
+    tags: hush_fuse::Tags,
+}
+
+impl FoldKey {
+    fn of(event: &AccessEvent) -> Self {
+        FoldKey {
+            task_id: event.task_id.clone(),
+            path: event.path.clone(),
+            file: event.meta.as_ref().map(|m| (m.kind == FileKind::Secret, m.name.clone(), m.version)),
+            op: event.op,
+            pid: event.pid,
+            uid: event.uid,
+            gid: event.gid,
+            command: event.command.clone(),
+            tags: event.tags.clone(),
+        }
     }
-    same
+}
+
+/// One folded entry: the first access, and what the others added.
+struct Folded {
+    first: AccessEvent,
+    last: SystemTime,
+    count: u64,
+    bytes: u64,
+}
+
+/// Accesses of the current window, folded, in the order of their first occurrence.
+#[derive(Default)]
+pub struct Folder {
+    entries: Vec<Folded>,
+    index: HashMap<FoldKey, usize>,
+    opened: Option<tokio::time::Instant>,
+}
+
+impl Folder {
+    /// Adds one access (returns whether it folded into an earlier one).
+    pub fn add(&mut self, event: AccessEvent, now: tokio::time::Instant) -> bool {
+        let key = FoldKey::of(&event);
+        if let Some(&i) = self.index.get(&key) {
+            let entry = &mut self.entries[i];
+            entry.count += 1;
+            entry.bytes += event.bytes;
+            entry.last = entry.last.max(event.time);
+            return true;
+        }
+        self.opened.get_or_insert(now);
+        self.index.insert(key, self.entries.len());
+        let (last, bytes) = (event.time, event.bytes);
+        self.entries.push(Folded { first: event, last, count: 1, bytes });
+        false
+    }
+
+    /// Distinct entries waiting.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether the window that began with the oldest waiting entry is over.
+    pub fn is_due(&self, now: tokio::time::Instant) -> bool {
+        self.opened.is_some_and(|opened| now.duration_since(opened) >= WINDOW)
+    }
+
+    /// The folded entries, oldest first; starts a new window.
+    fn take(&mut self, task_and_service: impl Fn(&AccessEvent) -> (String, String)) -> Vec<pb::AccessEvent> {
+        self.index.clear();
+        self.opened = None;
+        std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(|f| {
+                let (task_id, service) = task_and_service(&f.first);
+                let mut wire = to_wire(f.first, task_id, service);
+                wire.count = f.count;
+                wire.bytes = f.bytes;
+                if f.count > 1 {
+                    wire.last_time = rfc3339(f.last);
+                }
+                wire
+            })
+            .collect()
+    }
 }
 
 fn dropped(count: u64) -> pb::AccessEvent {
@@ -121,6 +216,7 @@ impl Shipper {
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let capacity = max_queue();
         let mut queue: VecDeque<pb::AccessEvent> = VecDeque::new();
+        let mut folder = Folder::default();
         let mut lost = 0u64;
         let mut fs_dropped_seen = 0u64;
         let mut next_try = tokio::time::Instant::now();
@@ -129,7 +225,17 @@ impl Shipper {
                 _ = tokio::time::sleep(TICK) => false,
                 _ = stop.changed() => true,
             };
-            self.collect(&mut queue, &mut lost, capacity);
+            let now = tokio::time::Instant::now();
+            while let Ok(event) = self.events.try_recv() {
+                folder.add(event, now);
+                // A window with as many distinct entries as the queue holds is closed early.
+                if folder.len() >= capacity {
+                    self.flush(&mut folder, &mut queue, &mut lost, capacity);
+                }
+            }
+            if stopping || folder.is_due(now) {
+                self.flush(&mut folder, &mut queue, &mut lost, capacity);
+            }
             let fs_dropped = self.fs.dropped_events();
             lost += fs_dropped - fs_dropped_seen;
             fs_dropped_seen = fs_dropped;
@@ -155,24 +261,25 @@ impl Shipper {
         }
     }
 
-    /// Moves the filesystem's events into the queue, folding reads.
-    fn collect(&mut self, queue: &mut VecDeque<pb::AccessEvent>, lost: &mut u64, capacity: usize) {
-        for event in self.events.try_iter() {
-            let (task_id, service) = task_and_service(&event, &self.reconciler);
-            let wire = to_wire(event, task_id, service);
+    /// Moves the window's folded entries into the queue (and the local log); what does not fit
+    /// is counted as lost, by the number of accesses it stood for.
+    fn flush(&mut self, folder: &mut Folder, queue: &mut VecDeque<pb::AccessEvent>, lost: &mut u64, capacity: usize) {
+        if folder.is_empty() {
+            return;
+        }
+        let reconciler = self.reconciler.clone();
+        for wire in folder.take(|event| task_and_service(event, &reconciler)) {
             if let Some(log) = self.local_log.as_mut() {
                 let line = serde_json::json!({
                     "time": wire.time, "op": wire.op, "node": self.node_id, "task": wire.task_id, "service": wire.service,
                     "name": wire.name, "version": wire.version, "path": wire.path, "pid": wire.pid, "uid": wire.uid,
                     "gid": wire.gid, "command": wire.command, "bytes": wire.bytes, "reason": wire.reason,
+                    "count": wire.count, "last_time": wire.last_time,
                 });
                 let _ = writeln!(log, "{line}");
             }
-            if queue.back_mut().is_some_and(|last| fold(last, &wire)) {
-                continue;
-            }
             if queue.len() >= capacity {
-                *lost += 1;
+                *lost += wire.count;
             } else {
                 queue.push_back(wire);
             }
@@ -204,26 +311,65 @@ impl Shipper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hush_fuse::{DenyReason, FileMeta};
 
-    fn read(pid: u32, bytes: u64) -> pb::AccessEvent {
-        pb::AccessEvent {
-            op: "read".into(),
-            task_id: "t".into(),
-            path: "/run/secrets/a".into(),
+    fn access(op: AccessOp, pid: u32, path: &str, version: u64, bytes: u64) -> AccessEvent {
+        AccessEvent {
+            time: SystemTime::now(),
+            task_id: Arc::from("t"),
+            path: Arc::from(path),
+            meta: Some(FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().into(), version }),
+            op,
             pid,
+            uid: 0,
+            gid: 0,
+            command: Arc::from("cat"),
+            tags: None,
             bytes,
-            count: 1,
-            ..Default::default()
         }
     }
 
     #[test]
-    fn reads_of_one_process_fold_and_opens_never_do() {
-        let mut last = read(1, 10);
-        assert!(fold(&mut last, &read(1, 5)));
-        assert_eq!((last.bytes, last.count), (15, 2));
-        assert!(!fold(&mut last, &read(2, 5)));
-        let mut open = pb::AccessEvent { op: "open".into(), ..read(1, 0) };
-        assert!(!fold(&mut open, &pb::AccessEvent { op: "open".into(), ..read(1, 0) }));
+    fn identical_accesses_fold_with_exact_counts_and_nothing_else_merges() {
+        let mut folder = Folder::default();
+        let start = tokio::time::Instant::now();
+        for _ in 0..10_000 {
+            folder.add(access(AccessOp::Open, 1, "run/secrets/a", 1, 0), start);
+            folder.add(access(AccessOp::Read, 1, "run/secrets/a", 1, 7), start);
+        }
+        // Each differs from the first in one recorded field: none may fold into it.
+        let denied = AccessOp::Denied(DenyReason::NotOwner);
+        let others = [
+            access(AccessOp::Open, 2, "run/secrets/a", 1, 0),
+            access(AccessOp::Open, 1, "run/secrets/b", 1, 0),
+            access(AccessOp::Open, 1, "run/secrets/a", 2, 0),
+            access(denied, 1, "run/secrets/a", 1, 0),
+            access(AccessOp::Denied(DenyReason::UnknownCaller), 1, "run/secrets/a", 1, 0),
+            AccessEvent { uid: 5, ..access(AccessOp::Open, 1, "run/secrets/a", 1, 0) },
+            AccessEvent { command: Arc::from("sh"), ..access(AccessOp::Open, 1, "run/secrets/a", 1, 0) },
+            AccessEvent { task_id: Arc::from("u"), ..access(AccessOp::Open, 1, "run/secrets/a", 1, 0) },
+        ];
+        for other in others.iter().cloned() {
+            assert!(!folder.add(other, start));
+        }
+        for _ in 0..3 {
+            folder.add(access(denied, 9, "run/secrets/a", 1, 0), start);
+        }
+        assert!(!folder.is_due(start));
+        assert!(folder.is_due(start + WINDOW));
+        let out = folder.take(|e| (e.task_id.to_string(), "web".into()));
+        assert!(folder.is_empty() && !folder.is_due(start + WINDOW));
+        let summary: Vec<_> =
+            out.iter().map(|e| (e.op.as_str(), e.pid, e.version, e.count, e.bytes, e.reason.as_str())).collect();
+        assert_eq!(summary[0], ("open", 1, 1, 10_000, 0, ""));
+        assert_eq!(summary[1], ("read", 1, 1, 10_000, 70_000, ""));
+        assert_eq!(out.len(), 2 + others.len() + 1);
+        assert!(out[2..2 + others.len()].iter().all(|e| e.count == 1 && e.last_time.is_empty()));
+        assert_eq!(summary.last().unwrap(), &("denied", 9, 1, 3, 0, "NotOwner"));
+        assert_eq!(out[0].service, "web");
+        assert!(!out[0].last_time.is_empty() && out[0].last_time >= out[0].time);
+        // Every access is accounted for, exactly.
+        let total: u64 = out.iter().map(|e| e.count).sum();
+        assert_eq!(total, 20_000 + others.len() as u64 + 3);
     }
 }

@@ -111,6 +111,7 @@ fn access_entry(event: pb::AccessEvent, actor: &str, node_id: &str) -> AuditEntr
         command: some(event.command),
         bytes: (event.bytes > 0).then_some(event.bytes),
         count: (event.count > 0).then_some(event.count),
+        last_time: some(event.last_time),
         reason: some(event.reason),
         path: some(event.path),
         container: some(event.container),

@@ -67,9 +67,12 @@ pub struct AuditEntry {
     pub command: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
-    /// Reads folded into this entry, or events dropped.
+    /// Identical accesses folded into this entry (`time` is the first), or events dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The last of the `count` accesses folded into this entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The file's path inside the task.

@@ -131,12 +131,12 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const HEADER: [&str; 9] = ["TIME", "OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COMMAND"];
+const HEADER: [&str; 10] = ["TIME", "OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COUNT", "COMMAND"];
 
 /// Column widths of `--follow` tables, which cannot wait for every row to size their columns:
 /// wide enough for a time, the longest op, a node actor, a task ID as shown; a longer cell
 /// pushes the rest of its row only.
-const FOLLOW_WIDTHS: [usize; 8] = [19, 17, 30, 28, 7, 16, 12, 7];
+const FOLLOW_WIDTHS: [usize; 9] = [19, 17, 30, 28, 7, 16, 12, 7, 5];
 
 /// One `--follow` row: cells padded to [`FOLLOW_WIDTHS`], three spaces apart, no trailing blanks.
 fn fixed_columns(cells: &[String]) -> String {
@@ -170,6 +170,8 @@ fn row(entry: &Value) -> Vec<String> {
         text("service"),
         task.get(..12).unwrap_or(&task).to_string(),
         text("pid"),
+        // Identical accesses folded into the entry (or events dropped).
+        text("count"),
         text("command"),
     ]
 }
@@ -182,10 +184,10 @@ mod tests {
     fn follow_rows_line_up_with_their_header() {
         let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
         let entry = serde_json::json!({"time": "2026-12-01T10:00:00.123456Z", "op": "read", "actor": "node:1hgizbsympjrnmocu4x72hhnh",
-            "secret": "db_password", "version": 2, "service": "web", "task": "2mdhpbkc3epwxyz", "pid": 32651, "command": "cat"});
+            "secret": "db_password", "version": 2, "service": "web", "task": "2mdhpbkc3epwxyz", "pid": 32651, "count": 3, "command": "cat"});
         let short = serde_json::json!({"time": "2026-12-01T10:00:01Z", "op": "create", "actor": "admin:admin", "secret": "x", "version": 1});
         let (header, full, short) = (fixed_columns(&header), fixed_columns(&row(&entry)), fixed_columns(&row(&short)));
-        for column in ["OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COMMAND"] {
+        for column in ["OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COUNT", "COMMAND"] {
             let at = header.find(column).unwrap();
             assert_eq!(full.as_bytes()[at - 1], b' ', "{column}: {full}");
             assert_ne!(full.as_bytes()[at], b' ', "{column}: {full}");
