@@ -275,6 +275,8 @@ pub(crate) fn task_parent<'a>(tree: &mut Tree, id: &'a str, root: u64, now: Syst
         task: None,
         rel: Arc::from(""),
         body: Body::Dir { children: BTreeMap::new(), mtime: now },
+        lookups: AtomicU64::new(0),
+        retired: false,
     };
     tree.nodes.insert(ino, node);
     tree.children_mut(root).insert(Arc::from(group), ino);
