@@ -23,9 +23,13 @@ pub struct AgentArgs {
     /// Vault address (host:port); needed for the first join
     #[arg(long, env = "HUSH_VAULT")]
     pub vault: Option<String>,
-    /// Join token from `hush node join-token`; needed for the first join only
-    #[arg(long, env = "HUSH_JOIN_TOKEN")]
+    /// Refused: a command line is readable by every local user (see --join-token-file)
+    #[arg(long, hide = true, value_name = "TOKEN")]
     pub join_token: Option<String>,
+    /// File holding the join token from `hush node join-token` (mode 0600; `-` reads standard
+    /// input), or the token in HUSH_JOIN_TOKEN; needed for the first join only
+    #[arg(long, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// Where the node's key and certificate are kept (0600)
     #[arg(long, default_value = "/var/lib/hush-agent")]
     pub state_dir: PathBuf,
@@ -48,14 +52,22 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     crate::hardening::harden();
+    if args.join_token.is_some() {
+        bail!(
+            "--join-token is refused: every local user can read a command line (/proc/PID/cmdline), so this token may have leaked (revoke it: hush node join-token --rotate); pass a token with --join-token-file FILE (mode 0600) or in HUSH_JOIN_TOKEN"
+        );
+    }
     let state = StateDir::new(&args.state_dir);
     let identity = match state.load().context("reading the state dir")? {
         Some(identity) => identity,
         None => {
-            let (Some(vault), Some(token)) = (&args.vault, &args.join_token) else {
-                bail!("this node has not joined a vault yet: pass --vault HOST:PORT and --join-token TOKEN");
+            let (Some(vault), Some(token)) = (&args.vault, crate::join_token::read(args.join_token_file.as_deref())?)
+            else {
+                bail!(
+                    "this node has not joined a vault yet: pass --vault HOST:PORT and a join token (--join-token-file FILE or HUSH_JOIN_TOKEN)"
+                );
             };
-            let identity = vault_link::join(vault, token, &state).await?;
+            let identity = vault_link::join(vault, &token, &state).await?;
             tracing::info!(node = %identity.info.node_id, "joined the vault");
             identity
         }

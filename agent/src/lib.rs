@@ -5,6 +5,7 @@ pub mod audit;
 pub mod control;
 pub mod daemon;
 pub mod hardening;
+pub mod join_token;
 pub mod pin;
 pub mod reconcile;
 pub mod run;

@@ -67,7 +67,13 @@ pub async fn join(vault: &str, token: &str, state: &StateDir) -> Result<NodeIden
     let channel = endpoint(vault, tls).map_err(unreachable)?.connect().await.map_err(|e| unreachable(e.to_string()))?;
     let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
     let response = NodeClient::new(channel)
-        .join(pb::JoinRequest { token: token.trim().to_string(), csr_pem: csr, hostname })
+        .join(pb::JoinRequest {
+            token: token.trim().to_string(),
+            csr_pem: csr,
+            hostname,
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+        })
         .await
         .map_err(|status| JoinError::Refused(status.message().to_string()))?
         .into_inner();

@@ -308,7 +308,7 @@ impl TestAgent {
         self.dir.path().join("agent.sock")
     }
 
-    /// Joins `vault` with its current token and waits until the agent serves.
+    /// Joins `vault` with a new token and waits until the agent serves.
     pub fn join(vault: &TestVault) -> Self {
         Self::join_with(vault, &[])
     }
@@ -316,13 +316,36 @@ impl TestAgent {
     /// [`TestAgent::join`] with extra agent arguments (e.g. `--podman-socket`).
     pub fn join_with(vault: &TestVault, extra: &[&str]) -> Self {
         let token = vault.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
-        let mut agent =
-            Self { dir: tempfile::tempdir().expect("temp dir"), log: PathBuf::new(), child: None, env: Vec::new() };
-        agent.log = agent.dir.path().join("agent.log");
-        let mut args = vec!["--vault", &vault.addr, "--join-token", &token];
+        let mut agent = Self::new();
+        let file = agent.token_file(&token);
+        let mut args = vec!["--vault", &vault.addr, "--join-token-file", file.to_str().expect("utf-8 path")];
         args.extend_from_slice(extra);
         agent.start(&args).expect("agent starts");
         agent
+    }
+
+    /// An agent that has not started (nor joined) yet.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("agent.log");
+        Self { dir, log, child: None, env: Vec::new() }
+    }
+
+    /// Writes `token` to a file only its owner can read, for `--join-token-file`.
+    pub fn token_file(&self, token: &str) -> PathBuf {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.path().join("join-token");
+        let _ = std::fs::remove_file(&path);
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("token file");
+        file.write_all(token.as_bytes()).expect("token written");
+        path
+    }
+
+    /// Starts the agent to join `vault` with `token` (from a file, never on the command line).
+    pub fn start_joining(&mut self, vault: &TestVault, token: &str) -> Result<(), Run> {
+        let file = self.token_file(token);
+        self.start(&["--vault", &vault.addr, "--join-token-file", file.to_str().expect("utf-8 path")])
     }
 
     /// Starts the agent with extra arguments; returns the error output if it exits instead.
@@ -400,6 +423,12 @@ impl TestAgent {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Default for TestAgent {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -173,15 +173,15 @@ fn bad_joins_and_bad_tasks_are_refused() {
     let mut stale = TestAgent::join(&vault);
     let _ = stale.stop();
     std::fs::remove_dir_all(stale.state_dir()).unwrap();
-    let err = stale.start(&["--vault", &vault.addr, "--join-token", &token]).unwrap_err();
-    assert!(err.stderr.contains("wrong or has been rotated"), "{}", err.stderr);
+    let err = stale.start_joining(&vault, &token).unwrap_err();
+    assert!(err.stderr.contains("wrong or has been revoked"), "{}", err.stderr);
 
     let other = TestVault::start_new();
     let foreign = other.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
     std::fs::remove_dir_all(stale.state_dir()).ok();
-    let err = stale.start(&["--vault", &vault.addr, "--join-token", &foreign]).unwrap_err();
+    let err = stale.start_joining(&vault, &foreign).unwrap_err();
     assert!(err.stderr.contains("fingerprint mismatch"), "{}", err.stderr);
-    let err = stale.start(&["--vault", &vault.addr, "--join-token", "nonsense"]).unwrap_err();
+    let err = stale.start_joining(&vault, "nonsense").unwrap_err();
     assert!(err.stderr.contains("malformed"), "{}", err.stderr);
 
     agent.start(&[]).unwrap_or_else(|e| panic!("restart: {}", e.stderr));

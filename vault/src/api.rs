@@ -35,6 +35,24 @@ impl AdminService {
         self.vault.audit().record(entry).await;
     }
 
+    /// Tasks a label or constraint change ended because their node no longer satisfies their
+    /// service's constraints.
+    async fn record_placement_ends(&self, peer: &Peer, ended: Vec<crate::tasks::TaskRecord>) {
+        let entries = ended
+            .into_iter()
+            .map(|task| AuditEntry {
+                node: Some(task.node_id),
+                service: Some(task.service_name),
+                task: Some(task.id),
+                reason: Some("its node no longer satisfies the service's constraints".into()),
+                ..AuditEntry::now("task_end").actor(peer.actor())
+            })
+            .collect::<Vec<_>>();
+        if !entries.is_empty() {
+            self.vault.audit().record_all(entries).await;
+        }
+    }
+
     fn objects(&self) -> Result<Arc<crate::objects::Objects>, Status> {
         self.vault.objects().map_err(Status::from)
     }
@@ -101,6 +119,23 @@ fn to_service(s: &crate::services::ServiceRecord) -> pb::ServiceSpec {
         created_at: rfc3339(&s.created_at),
         updated_at: rfc3339(&s.updated_at),
         labels: s.labels.clone().into_iter().collect(),
+        constraints: s.constraints.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn to_node_info(n: crate::nodes::NodeRecord, ready: bool, tasks: u32) -> pb::NodeInfo {
+    pb::NodeInfo {
+        ready,
+        tasks,
+        // A connected node is seen now; the stored time is when its stream last changed.
+        last_seen: rfc3339(&if ready { chrono::Utc::now() } else { n.last_seen }),
+        joined_at: rfc3339(&n.joined_at),
+        id: n.id,
+        name: n.name,
+        labels: n.labels.into_iter().collect(),
+        os: n.os,
+        arch: n.arch,
+        join_token_id: n.join_token_id.unwrap_or_default(),
     }
 }
 
@@ -241,8 +276,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ServiceCreateResponse>, Status> {
         let peer = self.admin(&request).await?;
         let r = request.into_inner();
-        let service =
-            self.vault.services()?.create(&r.name, &r.secrets, &r.configs, r.labels.into_iter().collect()).await?;
+        let labels = r.labels.into_iter().collect();
+        let service = self.vault.services()?.create(&r.name, &r.secrets, &r.configs, labels, &r.constraints).await?;
         tracing::info!(actor = %peer.actor(), name = %service.name, id = %service.id, "service created");
         self.record(AuditEntry {
             service: Some(service.name.clone()),
@@ -292,10 +327,18 @@ impl Admin for AdminService {
         let peer = self.admin(&request).await?;
         let r = request.into_inner();
         let services = self.vault.services()?;
-        let service = if r.replace {
-            services.replace(&r.reference, &r.secrets, &r.configs).await?
+        let (service, ended) = if r.replace {
+            services.replace(&r.reference, &r.secrets, &r.configs, &r.constraints).await?
         } else {
-            services.update(&r.reference, &r.secret_add, &r.secret_rm, &r.config_add, &r.config_rm).await?
+            let changes = crate::services::Changes {
+                secret_add: &r.secret_add,
+                secret_rm: &r.secret_rm,
+                config_add: &r.config_add,
+                config_rm: &r.config_rm,
+                constraint_add: &r.constraint_add,
+                constraint_rm: &r.constraint_rm,
+            };
+            services.update(&r.reference, changes).await?
         };
         tracing::info!(actor = %peer.actor(), name = %service.name, "service updated");
         self.record(AuditEntry {
@@ -303,6 +346,7 @@ impl Admin for AdminService {
             ..AuditEntry::now("service_update").actor(peer.actor())
         })
         .await;
+        self.record_placement_ends(&peer, ended).await;
         Ok(Response::new(pb::ServiceUpdateResponse { id: service.id }))
     }
 
@@ -311,13 +355,65 @@ impl Admin for AdminService {
         request: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
         let peer = self.admin(&request).await?;
-        let rotate = request.into_inner().rotate;
-        let token = self.vault.nodes()?.join_token(rotate).await?;
-        if rotate {
-            tracing::info!(actor = %peer.actor(), "join token rotated");
-            self.record(AuditEntry::now("join_token_rotate").actor(peer.actor())).await;
-        }
-        Ok(Response::new(pb::JoinTokenResponse { token }))
+        let r = request.into_inner();
+        let ttl = match r.ttl_seconds {
+            0 => None,
+            s => Some(
+                i64::try_from(s)
+                    .ok()
+                    .and_then(chrono::Duration::try_seconds)
+                    .ok_or_else(|| Status::invalid_argument(format!("invalid ttl: {s} seconds is too long")))?,
+            ),
+        };
+        let grant = crate::join_token::Grant {
+            ttl,
+            max_uses: (r.uses > 0).then_some(r.uses),
+            labels: r.labels.into_iter().collect(),
+        };
+        let minted = self.vault.nodes()?.mint_token(&grant, r.rotate, &peer.actor()).await?;
+        let record = &minted.record;
+        tracing::info!(actor = %peer.actor(), token = %record.id, revoked = minted.revoked, "join token minted");
+        let op = if r.rotate { "join_token_rotate" } else { "join_token" };
+        self.record(AuditEntry {
+            token: Some(record.id.clone()),
+            count: r.rotate.then_some(minted.revoked as u64),
+            ..AuditEntry::now(op).actor(peer.actor())
+        })
+        .await;
+        Ok(Response::new(pb::JoinTokenResponse {
+            id: record.id.clone(),
+            expires_at: rfc3339(&record.expires_at),
+            uses: record.max_uses.unwrap_or(0),
+            revoked: minted.revoked as u32,
+            token: minted.token,
+        }))
+    }
+
+    async fn node_inspect(
+        &self,
+        request: Request<pb::NodeInspectRequest>,
+    ) -> Result<Response<pb::NodeInspectResponse>, Status> {
+        self.admin(&request).await?;
+        let nodes = self.vault.nodes()?;
+        let node = nodes.find(&request.into_inner().reference).await?;
+        let tasks = self.vault.tasks().of_node(&node.id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let ready = nodes.is_connected(&node.id);
+        Ok(Response::new(pb::NodeInspectResponse { node: Some(to_node_info(node, ready, tasks.len() as u32)) }))
+    }
+
+    async fn node_update(
+        &self,
+        request: Request<pb::NodeUpdateRequest>,
+    ) -> Result<Response<pb::NodeUpdateResponse>, Status> {
+        let peer = self.admin(&request).await?;
+        let r = request.into_inner();
+        let add = r.label_add.into_iter().collect();
+        let (node, ended) = self.vault.nodes()?.update_labels(&r.reference, &add, &r.label_rm).await?;
+        tracing::info!(actor = %peer.actor(), node = %node.id, "node labels updated");
+        self.record(AuditEntry { node: Some(node.id.clone()), ..AuditEntry::now("node_update").actor(peer.actor()) })
+            .await;
+        self.record_placement_ends(&peer, ended).await;
+        Ok(Response::new(pb::NodeUpdateResponse { id: node.id }))
     }
 
     async fn node_list(&self, request: Request<pb::NodeListRequest>) -> Result<Response<pb::NodeListResponse>, Status> {
@@ -330,15 +426,8 @@ impl Admin for AdminService {
             .into_iter()
             .map(|n| {
                 let ready = nodes.is_connected(&n.id);
-                pb::NodeInfo {
-                    ready,
-                    tasks: tasks.iter().filter(|t| t.node_id == n.id).count() as u32,
-                    // A connected node is seen now; the stored time is when its stream last changed.
-                    last_seen: rfc3339(&if ready { chrono::Utc::now() } else { n.last_seen }),
-                    joined_at: rfc3339(&n.joined_at),
-                    id: n.id,
-                    name: n.name,
-                }
+                let count = tasks.iter().filter(|t| t.node_id == n.id).count() as u32;
+                to_node_info(n, ready, count)
             })
             .collect();
         Ok(Response::new(pb::NodeListResponse { nodes: infos }))
@@ -350,6 +439,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NodeRemoveResponse>, Status> {
         let peer = self.admin(&request).await?;
         let node = self.vault.nodes()?.remove(&request.into_inner().reference).await?;
+        self.vault.delivered().forget(&node.id);
         tracing::info!(actor = %peer.actor(), node = %node.id, name = %node.name, "node removed: certificate revoked");
         self.record(AuditEntry { node: Some(node.id.clone()), ..AuditEntry::now("node_rm").actor(peer.actor()) }).await;
         Ok(Response::new(pb::NodeRemoveResponse { id: node.id }))

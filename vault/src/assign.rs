@@ -3,6 +3,7 @@
 //! receives the whole current state; values are opened one at a time, only to be sent.
 
 use crate::model::Kind;
+use crate::nodes::{NodeRecord, node_key};
 use crate::objects::{self, Objects, VaultError};
 use crate::services::{self, Services};
 use crate::store::Op;
@@ -127,17 +128,38 @@ impl Plan {
     pub fn same_assignment(&self, other: &Plan) -> bool {
         self.tasks == other.tasks && self.services == other.services
     }
+
+    /// Every file this plan gives the node with a value: its tasks' first, then the service
+    /// directories it serves to containers (no task).
+    pub fn deliveries(&self) -> impl Iterator<Item = Delivery<'_>> {
+        let tasks = self.tasks.iter().flat_map(|task| {
+            task.files.iter().map(move |file| Delivery::of(Some(&task.task_id), &task.service, file))
+        });
+        let services = self.services.iter().flat_map(|s| s.files.iter().map(move |file| Delivery::of(None, &s.name, file)));
+        tasks.chain(services)
+    }
+}
+
+/// One value sent to a node, for one of its tasks or a service it serves (what a `deliver`
+/// audit entry records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Delivery<'a> {
+    pub task_id: Option<&'a str>,
+    pub service: &'a str,
+    pub kind: Kind,
+    pub name: &'a str,
+    pub object_id: &'a str,
+    pub version: u64,
+}
+
+impl<'a> Delivery<'a> {
+    fn of(task_id: Option<&'a str>, service: &'a str, file: &'a PlannedFile) -> Self {
+        Self { task_id, service, kind: file.kind, name: &file.name, object_id: &file.object_id, version: file.version }
+    }
 }
 
 const TASK_PREFIX: &str = "task/";
 const SERVICE_PREFIX: &str = "service/obj/";
-
-/// Whether node `node_id` may run `service`.
-// FIXME(#8): the placement issue replaces this with the vault's constraint check over node
-// labels; until it lands every service may run everywhere (no constraints exist yet).
-fn may_run(_node_id: &str, _service: &services::ServiceRecord) -> bool {
-    true
-}
 
 /// The files `service` references, at their current versions; records what they were read from.
 async fn plan_files(
@@ -168,11 +190,16 @@ async fn plan_files(
     Ok(files)
 }
 
-/// Reads the metadata a node's assignment is made of.
+/// Reads the metadata a node's assignment is made of. A task whose service's constraints
+/// exclude the node gets nothing (placement is checked again here, not only at `StartTask`).
 pub async fn plan_for(objects: &Arc<Objects>, node_id: &str) -> Result<Plan, VaultError> {
     let services = Services::new(objects.clone());
     let mut service_cache = HashMap::new();
-    let mut depends_on = HashSet::from([format!("node/{node_id}")]);
+    let node = match objects.store().get(&node_key(node_id)).await? {
+        Some(entry) => serde_json::from_slice::<NodeRecord>(&entry.value).ok(),
+        None => None,
+    };
+    let mut depends_on = HashSet::from([node_key(node_id)]);
     let mut tasks = Vec::new();
     let mut node_tasks = Tasks::new(objects.store().clone()).of_node(node_id).await?;
     node_tasks.sort_by(|a, b| a.id.cmp(&b.id));
@@ -188,6 +215,11 @@ pub async fn plan_for(objects: &Arc<Objects>, node_id: &str) -> Result<Plan, Vau
         }
         // A task whose service is gone is about to be removed with it: give it nothing.
         let Some(service) = service_cache[&task.service_id].as_ref() else { continue };
+        // An unreadable or removed node gets nothing either.
+        match &node {
+            Some(node) if crate::placement::may_run(node, service).is_ok() => {}
+            _ => continue,
+        }
         let files = plan_files(objects, service, &mut depends_on).await?;
         tasks.push(PlannedTask { task_id: task.id, name: task.name, service: service.name.clone(), files });
     }
@@ -195,7 +227,9 @@ pub async fn plan_for(objects: &Arc<Objects>, node_id: &str) -> Result<Plan, Vau
     let mut all =
         services.list().await.map_err(|e| VaultError::Corrupt { key: "service/".into(), reason: e.to_string() })?;
     all.sort_by(|a, b| a.name.cmp(&b.name));
-    for service in all.iter().filter(|s| may_run(node_id, s)) {
+    // Only the services placement lets this node run (none for an unreadable or removed node).
+    let may_run = |s: &services::ServiceRecord| node.as_ref().is_some_and(|n| crate::placement::may_run(n, s).is_ok());
+    for service in all.iter().filter(|s| may_run(s)) {
         let files = plan_files(objects, service, &mut depends_on).await?;
         runnable.push(PlannedService { service_id: service.id.clone(), name: service.name.clone(), files });
     }
@@ -221,6 +255,7 @@ mod tests {
     use super::*;
     use crate::crypto::Key;
     use crate::secret::SecretBytes;
+    use crate::store::Store;
     use crate::store::redb::RedbStore;
     use std::collections::BTreeMap;
 
@@ -234,8 +269,20 @@ mod tests {
         let other =
             objects.create(Kind::Secret, "other", BTreeMap::new(), SecretBytes::new(b"v".to_vec())).await.unwrap();
         let service =
-            Services::new(objects.clone()).create("web", &["used".into()], &[], BTreeMap::new()).await.unwrap();
+            Services::new(objects.clone()).create("web", &["used".into()], &[], BTreeMap::new(), &[]).await.unwrap();
         let task = Tasks::new(store.clone()).start("n1", &service.id, "web", "", None).await.unwrap();
+        let now = chrono::Utc::now();
+        let node = NodeRecord {
+            id: "n1".into(),
+            name: "n1".into(),
+            joined_at: now,
+            last_seen: now,
+            labels: BTreeMap::new(),
+            os: String::new(),
+            arch: String::new(),
+            join_token_id: None,
+        };
+        store.commit(crate::store::Txn::new().put(node_key("n1"), serde_json::to_vec(&node).unwrap())).await.unwrap();
 
         let plan = plan_for(&objects, "n1").await.unwrap();
         let put = |key: String, value: Vec<u8>| Op::Put { key, value };

@@ -5,9 +5,10 @@ use crate::assign::{Plan, ValueKey, plan_for, value_part};
 use crate::audit::AuditEntry;
 use crate::identity::{Peer, actor_of, peer_of};
 use crate::join_gate::JoinGate;
-use crate::nodes::NodeError;
+use crate::nodes::{Claimed, NodeError, node_key};
 use crate::objects::Objects;
 use crate::services::ServiceError;
+use crate::store::{Expect, StoreError, Txn};
 use crate::vault::Vault;
 use hush_proto::v1 as pb;
 use hush_proto::v1::assignment_part::Part;
@@ -60,15 +61,53 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    /// Records a task of `service` on the node if placement allows it there (the vault, not the
+    /// node, decides where a service runs). A refusal is audited as `denied`. The task is recorded
+    /// only if neither the node nor the service changed since placement was decided.
+    async fn place_task(
+        &self,
+        node_id: &str,
+        service: &str,
+        name: &str,
+        container: Option<crate::tasks::Container>,
+    ) -> Result<(crate::tasks::TaskRecord, crate::services::ServiceRecord), Status> {
+        for _ in 0..PLACEMENT_RETRIES {
+            let (service, service_revision) = self.vault.services()?.find(service).await?;
+            let (node, node_revision) = self.vault.nodes()?.get_at(node_id).await?;
+            if let Err(excluded) = crate::placement::may_run(&node, &service) {
+                tracing::warn!(node = %node_id, service = %service.name, "task refused by placement");
+                let entry = AuditEntry::denied(format!("node:{node_id}"), format!("start task: {excluded}"));
+                let entry =
+                    AuditEntry { node: Some(node_id.to_string()), service: Some(service.name.clone()), ..entry };
+                self.vault.audit().record(entry).await;
+                return Err(Status::permission_denied(excluded.to_string()));
+            }
+            let unchanged = Txn::new()
+                .check(node_key(node_id), Expect::At(node_revision))
+                .check(crate::services::obj_key(&service.id), Expect::At(service_revision));
+            match self.vault.tasks().start_if(unchanged, node_id, &service.id, &service.name, name, container.clone()).await {
+                Ok(task) => return Ok((task, service)),
+                // The node (its last-seen time, its labels) or the service changed: decide again.
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(Status::unavailable(e.to_string())),
+            }
+        }
+        Err(Status::aborted("the node or the service kept changing while the task was starting: try again"))
+    }
+}
+
+/// How often a task start is decided again when its node or service changed meanwhile.
+const PLACEMENT_RETRIES: usize = 8;
+
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         let message = e.to_string();
         match e {
-            NodeError::MalformedToken | NodeError::OtherVault | NodeError::WrongToken => {
-                Status::unauthenticated(message)
-            }
+            NodeError::MalformedToken | NodeError::OtherVault | NodeError::Token(_) => Status::unauthenticated(message),
             NodeError::Csr(_) => Status::invalid_argument(message),
-            NodeError::NotFound(_) => Status::not_found(message),
+            NodeError::NotFound(_) | NodeError::NoSuchLabel(_) => Status::not_found(message),
+            NodeError::Contended(_) => Status::aborted(message),
             NodeError::Removed(_) => Status::permission_denied(message),
             NodeError::Vault(e) => e.into(),
             NodeError::Store(e) => Status::unavailable(e.to_string()),
@@ -83,7 +122,9 @@ impl From<ServiceError> for Status {
             ServiceError::Spec(_) => Status::invalid_argument(message),
             ServiceError::Object(e) => e.into(),
             ServiceError::NameTaken(_) => Status::already_exists(message),
-            ServiceError::NotFound(_) | ServiceError::NoSuchReference(..) => Status::not_found(message),
+            ServiceError::NotFound(_) | ServiceError::NoSuchReference(..) | ServiceError::NoSuchConstraint(..) => {
+                Status::not_found(message)
+            }
             ServiceError::Corrupt(_) => Status::data_loss(message),
             ServiceError::Store(e) => Status::unavailable(e.to_string()),
         }
@@ -128,25 +169,27 @@ impl Node for NodeService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let peer = request.remote_addr().map(|a| a.ip());
         self.join_gate.admit(peer)?;
-        let pb::JoinRequest { token, csr_pem, hostname } = request.into_inner();
+        let pb::JoinRequest { token, csr_pem, hostname, os, arch } = request.into_inner();
         let nodes = self.vault.nodes()?;
-        let (node, cert_pem) = match nodes.join(&*self.vault.ca()?, &token, &csr_pem, &hostname).await {
+        let claims = Claimed { hostname: &hostname, os: &os, arch: &arch };
+        let (node, cert_pem) = match nodes.join(&*self.vault.ca()?, &token, &csr_pem, &claims).await {
             Ok(joined) => joined,
             Err(e) => {
                 self.join_gate.refused(peer);
                 let from = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
                 let hostname = crate::audit::entry::truncated(&hostname, 64);
                 tracing::warn!(error = %e, ?hostname, peer = %from, "join refused");
-                self.vault
-                    .audit()
-                    .record(AuditEntry::denied(format!("joining:{hostname}"), format!("join from {from}: {e}")))
-                    .await;
+                let entry = AuditEntry::denied(format!("joining:{hostname}"), format!("join from {from}: {e}"));
+                self.vault.audit().record(AuditEntry { token: e.token_id().map(str::to_string), ..entry }).await;
                 return Err(e.into());
             }
         };
-        tracing::info!(node = %node.id, name = %node.name, "node joined");
+        tracing::info!(node = %node.id, name = %node.name, token = ?node.join_token_id, "node joined");
         let entry = AuditEntry::now("node_join").actor(format!("node:{}", node.id));
-        self.vault.audit().record(AuditEntry { node: Some(node.id.clone()), ..entry }).await;
+        self.vault
+            .audit()
+            .record(AuditEntry { node: Some(node.id.clone()), token: node.join_token_id.clone(), ..entry })
+            .await;
         Ok(Response::new(pb::JoinResponse { node_id: node.id, cert_pem, ca_pem: self.vault.ca_cert_pem().to_string() }))
     }
 
@@ -179,18 +222,12 @@ impl Node for NodeService {
     ) -> Result<Response<pb::StartTaskResponse>, Status> {
         let node_id = self.live_node(&request).await?;
         let request = request.into_inner();
-        let (service, _) = self.vault.services()?.find(&request.service).await?;
         let container = (!request.container_id.is_empty()).then(|| crate::tasks::Container {
             id: request.container_id.clone(),
             name: request.container_name.clone(),
             image: request.image.clone(),
         });
-        let task = self
-            .vault
-            .tasks()
-            .start(&node_id, &service.id, &service.name, &request.name, container.clone())
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (task, service) = self.place_task(&node_id, &request.service, &request.name, container.clone()).await?;
         tracing::info!(node = %node_id, service = %service.name, task = %task.id, "task started");
         let entry = AuditEntry::now("task_start").actor(format!("node:{node_id}"));
         let entry = AuditEntry {
@@ -289,6 +326,8 @@ async fn stream_assignments(
             if last_sent.as_ref().is_some_and(|sent| sent.same_assignment(&plan)) {
                 return Ok::<_, Status>((plan, Some(held.clone())));
             }
+            // Recorded before the values leave: every value sent is in the log.
+            vault.audit().record_all(vault.delivered().new_entries(node_id, &plan)).await;
             let sent = send_snapshot(&objects, &plan, &held, revision, tx).await?;
             Ok((plan, sent))
         };

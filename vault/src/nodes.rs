@@ -1,18 +1,20 @@
-//! Nodes: the join token, joining (a signed node certificate in exchange for a valid token),
-//! the node list and removal. A removed node's certificate is refused from then on, because
-//! every node call checks that its record still exists.
+//! Nodes: join tokens and joining (a signed node certificate in exchange for a valid token),
+//! node labels (set by admins only), the node list and removal. A removed node's certificate is
+//! refused from then on, because every node call checks that its record still exists.
 
 use crate::ca::{CertificateAuthority, NODE_OU};
+use crate::join_token::{self, Grant, TokenRecord, TokenRefusal};
 use crate::model;
 use crate::objects::{Objects, VaultError};
 use crate::store::{Entry, Expect, Store, StoreError, Txn};
-use crate::tasks::task_key;
+use crate::tasks::{TaskRecord, task_key};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-const TOKEN_KEY: &str = "cluster/join-token";
+/// How often a join or label update retries when a concurrent change got there first.
+const CONTENDED_RETRIES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -20,38 +22,83 @@ pub enum NodeError {
     MalformedToken,
     #[error("invalid join token: it was issued for another vault (CA fingerprint mismatch)")]
     OtherVault,
-    #[error("invalid join token: it is wrong or has been rotated (get the current one with `hush node join-token`)")]
-    WrongToken,
+    #[error(transparent)]
+    Token(#[from] TokenRefusal),
     #[error("invalid certificate request: {0}")]
     Csr(String),
     #[error("node {0} not found")]
     NotFound(String),
     #[error("node {0} has been removed from this vault")]
     Removed(String),
+    #[error("key {0} doesn't exist in node's labels")]
+    NoSuchLabel(String),
+    #[error("too many concurrent changes to node {0}: try again")]
+    Contended(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+impl NodeError {
+    /// The join token a refused join presented, by its ID, when the token was a real one.
+    pub fn token_id(&self) -> Option<&str> {
+        match self {
+            NodeError::Token(refusal) => refusal.token_id(),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: String,
+    /// The hostname the node gave when it joined (`node.hostname` in constraints).
     pub name: String,
     pub joined_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// Admin-set: by `node update`, or by the join token the node joined with.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What the node reported at join (`node.platform.os`, `node.platform.arch`).
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
+    /// The ID of the token it joined with.
+    #[serde(default)]
+    pub join_token_id: Option<String>,
 }
 
-fn node_key(id: &str) -> String {
+/// What a joining node says about itself: recorded, never trusted for authorization.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed<'a> {
+    pub hostname: &'a str,
+    pub os: &'a str,
+    pub arch: &'a str,
+}
+
+/// A minted join token: the whole token (shown once) and its record.
+pub struct Minted {
+    pub token: String,
+    pub record: TokenRecord,
+    /// Tokens revoked first (`rotate`).
+    pub revoked: usize,
+}
+
+pub fn node_key(id: &str) -> String {
     format!("node/{id}")
 }
 fn decode(entry: &Entry) -> Result<NodeRecord, StoreError> {
     serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt(format!("{}: {e}", entry.key)))
 }
+fn encode(record: &NodeRecord) -> Vec<u8> {
+    serde_json::to_vec(record).expect("record serialises")
+}
 
-/// Compares without an early exit, so timing does not reveal how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// At most `max` characters of what a node claims, without control characters.
+fn claimed(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 /// Nodes with an open assignment stream, and how many (an agent may briefly have two).
@@ -71,54 +118,130 @@ impl Nodes {
         Self { store: objects.store().clone(), objects, ca_fingerprint, presence }
     }
 
-    /// The current join token, made on first use; `rotate` replaces it (old tokens stop working).
-    pub async fn join_token(&self, rotate: bool) -> Result<String, NodeError> {
-        if !rotate && let Some(entry) = self.store.get(TOKEN_KEY).await? {
-            let secret = self.objects.open_internal(TOKEN_KEY, &entry.value)?;
-            return Ok(hush_proto::token::format(
-                &self.ca_fingerprint,
-                &String::from_utf8_lossy(secret.expose_secret()),
-            ));
-        }
-        // 25 base-36 characters: 128 random bits.
-        let secret = model::new_id();
-        let sealed = self.objects.seal_internal(TOKEN_KEY, secret.as_bytes());
-        self.store.commit(Txn::new().put(TOKEN_KEY, sealed)).await?;
-        Ok(hush_proto::token::format(&self.ca_fingerprint, &secret))
+    /// Mints a join token (`rotate`: after revoking every outstanding one). Expired tokens and
+    /// the single sealed token of earlier versions are deleted on the way.
+    pub async fn mint_token(&self, grant: &Grant, rotate: bool, created_by: &str) -> Result<Minted, NodeError> {
+        model::validate_labels(&grant.labels).map_err(VaultError::from)?;
+        let now = Utc::now();
+        let outstanding = self.store.range(join_token::PREFIX).await?.entries;
+        let (secret, record) = join_token::mint(grant, created_by, now);
+        let (txn, revoked) = if rotate {
+            let txn =
+                outstanding.iter().fold(Txn::new().delete(join_token::LEGACY_KEY), |t, e| t.delete(e.key.clone()));
+            (txn, outstanding.iter().filter(|e| join_token::decode(e).is_ok_and(|r| now < r.expires_at)).count())
+        } else {
+            (join_token::sweep(Txn::new(), &outstanding, now), 0)
+        };
+        let key = join_token::key_of(&secret);
+        self.store.commit(txn.check(&key, Expect::Absent).put(key, join_token::encode(&record))).await?;
+        Ok(Minted { token: hush_proto::token::format(&self.ca_fingerprint, &secret), record, revoked })
     }
 
-    /// Checks the token, records the node and signs its certificate.
+    /// Checks the token, records the node (with the token's labels) and signs its certificate.
+    /// The token's use is counted in the same transaction that adds the node, so a token with
+    /// `N` uses admits exactly `N` nodes however many join at once.
     pub async fn join(
         &self,
         ca: &CertificateAuthority,
         token: &str,
         csr_pem: &str,
-        hostname: &str,
+        claims: &Claimed<'_>,
     ) -> Result<(NodeRecord, String), NodeError> {
         let (fingerprint, secret) = hush_proto::token::split(token).ok_or(NodeError::MalformedToken)?;
         if !fingerprint.eq_ignore_ascii_case(&self.ca_fingerprint) {
             return Err(NodeError::OtherVault);
         }
-        let entry = self.store.get(TOKEN_KEY).await?.ok_or(NodeError::WrongToken)?;
-        let expected = self.objects.open_internal(TOKEN_KEY, &entry.value)?;
-        if !constant_time_eq(expected.expose_secret(), secret.as_bytes()) {
-            return Err(NodeError::WrongToken);
+        let key = join_token::key_of(secret);
+        let name = match claimed(claims.hostname, 64) {
+            name if name.is_empty() => "node".to_string(),
+            name => name,
+        };
+        for _ in 0..CONTENDED_RETRIES {
+            let entry = self.store.get(&key).await?.ok_or(TokenRefusal::Unknown)?;
+            let mut grant = join_token::decode(&entry)?;
+            let now = Utc::now();
+            join_token::check(&grant, now)?;
+            grant.uses += 1;
+            let record = NodeRecord {
+                id: model::new_id(),
+                name: name.clone(),
+                joined_at: now,
+                last_seen: now,
+                labels: grant.labels.clone(),
+                os: claimed(claims.os, 32),
+                arch: claimed(claims.arch, 32),
+                join_token_id: Some(grant.id.clone()),
+            };
+            let cert_pem = ca.sign_request(csr_pem, &record.id, NODE_OU).map_err(|e| NodeError::Csr(e.to_string()))?;
+            let txn = Txn::new()
+                .check(&key, Expect::At(entry.mod_revision))
+                .put(&key, join_token::encode(&grant))
+                .check(node_key(&record.id), Expect::Absent)
+                .put(node_key(&record.id), encode(&record));
+            match self.store.commit(txn).await {
+                Ok(_) => return Ok((record, cert_pem)),
+                // Another join used the token meanwhile (or it was rotated): look again.
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        let now = Utc::now();
-        let name = if hostname.is_empty() { "node".to_string() } else { hostname.chars().take(64).collect() };
-        let record = NodeRecord { id: model::new_id(), name, joined_at: now, last_seen: now };
-        let cert_pem = ca.sign_request(csr_pem, &record.id, NODE_OU).map_err(|e| NodeError::Csr(e.to_string()))?;
-        let txn = Txn::new()
-            .check(node_key(&record.id), Expect::Absent)
-            .put(node_key(&record.id), serde_json::to_vec(&record).expect("record serialises"));
-        self.store.commit(txn).await?;
-        Ok((record, cert_pem))
+        Err(NodeError::Contended("(joining)".into()))
+    }
+
+    /// `node update --label-add/--label-rm` (adds first, then removes; removing a missing key is
+    /// an error, as Docker's). Tasks on the node whose service now excludes it are ended in the
+    /// same transaction, as Swarm's constraint enforcer does: their files leave the node at once.
+    pub async fn update_labels(
+        &self,
+        reference: &str,
+        add: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(NodeRecord, Vec<TaskRecord>), NodeError> {
+        model::validate_labels(add).map_err(VaultError::from)?;
+        let services = crate::services::Services::new(self.objects.clone());
+        for _ in 0..CONTENDED_RETRIES {
+            let node = self.find(reference).await?;
+            let Some(entry) = self.store.get(&node_key(&node.id)).await? else { continue };
+            let mut record = decode(&entry)?;
+            record.labels.extend(add.iter().map(|(k, v)| (k.clone(), v.clone())));
+            for key in remove {
+                record.labels.remove(key).ok_or_else(|| NodeError::NoSuchLabel(key.clone()))?;
+            }
+            let mut txn = Txn::new()
+                .check(node_key(&record.id), Expect::At(entry.mod_revision))
+                .put(node_key(&record.id), encode(&record));
+            let mut ended = Vec::new();
+            for task in crate::tasks::Tasks::new(self.store.clone()).of_node(&record.id).await? {
+                let service = services.get(&task.service_id).await.map_err(|e| {
+                    NodeError::Vault(VaultError::Corrupt { key: task.service_id.clone(), reason: e.to_string() })
+                })?;
+                if let Some((service, revision)) = service
+                    && crate::placement::may_run(&record, &service).is_err()
+                {
+                    txn = txn
+                        .check(crate::services::obj_key(&service.id), Expect::At(revision))
+                        .delete(task_key(&task.id));
+                    ended.push(task);
+                }
+            }
+            match self.store.commit(txn).await {
+                Ok(_) => return Ok((record, ended)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(NodeError::Contended(reference.to_string()))
     }
 
     /// The node behind a node certificate, if it has not been removed.
     pub async fn get(&self, id: &str) -> Result<NodeRecord, NodeError> {
+        Ok(self.get_at(id).await?.0)
+    }
+
+    /// [`Nodes::get`], with the store revision the record was read at.
+    pub async fn get_at(&self, id: &str) -> Result<(NodeRecord, u64), NodeError> {
         match self.store.get(&node_key(id)).await? {
-            Some(entry) => Ok(decode(&entry)?),
+            Some(entry) => Ok((decode(&entry)?, entry.mod_revision)),
             None => Err(NodeError::Removed(id.to_string())),
         }
     }
@@ -178,17 +301,5 @@ impl Nodes {
         }
         self.store.commit(txn).await?;
         Ok(node)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

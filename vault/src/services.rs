@@ -1,14 +1,17 @@
-//! Services: named sets of secret and config references. A task runs as one service and gets
-//! exactly the files its service references.
+//! Services: named sets of secret and config references, and the placement constraints that
+//! say which nodes may run them. A task runs as one service and gets exactly the files its
+//! service references.
 //!
 //! Store layout: `service/obj/ID` → [`ServiceRecord`], `service/name/NAME` → ID, and
 //! `service/epoch`, rewritten by every service change so that a secret removal can be made
 //! conditional on "no service changed since I checked that none uses it".
 
 use crate::model::{self, Kind};
+use crate::nodes::{NodeRecord, node_key};
 use crate::objects::{Objects, VaultError};
-use crate::spec::{self, Reference, SpecError};
+use crate::spec::{self, Constraint, Reference, SpecError};
 use crate::store::{Entry, Expect, Store, StoreError, Txn};
+use crate::tasks::{TaskRecord, Tasks, task_key};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,6 +31,8 @@ pub enum ServiceError {
     NotFound(String),
     #[error("service {0} has no {1} reference {2:?}")]
     NoSuchReference(String, Kind, String),
+    #[error("service {0} has no constraint {1}")]
+    NoSuchConstraint(String, String),
     #[error("record {0} is unreadable")]
     Corrupt(String),
     #[error(transparent)]
@@ -52,6 +57,21 @@ pub struct ServiceRecord {
     pub updated_at: DateTime<Utc>,
     pub secrets: Vec<BoundReference>,
     pub configs: Vec<BoundReference>,
+    /// Swarm placement constraints, all of which must hold (see [`crate::placement::may_run`]).
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+}
+
+/// `service update`: references and constraints to add and remove (removals first).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Changes<'a> {
+    pub secret_add: &'a [String],
+    pub secret_rm: &'a [String],
+    pub config_add: &'a [String],
+    pub config_rm: &'a [String],
+    pub constraint_add: &'a [String],
+    /// Each must be one of the service's constraints (compared in canonical spelling).
+    pub constraint_rm: &'a [String],
 }
 
 impl ServiceRecord {
@@ -98,6 +118,18 @@ impl Services {
         Ok(bound)
     }
 
+    /// Parses constraints, dropping repeats (the same constraint twice is one constraint).
+    fn constraints(texts: &[String]) -> Result<Vec<Constraint>, ServiceError> {
+        let mut constraints: Vec<Constraint> = Vec::with_capacity(texts.len());
+        for text in texts {
+            let constraint = spec::parse_constraint(text)?;
+            if !constraints.contains(&constraint) {
+                constraints.push(constraint);
+            }
+        }
+        Ok(constraints)
+    }
+
     fn check_targets(record: &ServiceRecord) -> Result<(), ServiceError> {
         spec::check_unique_targets(record.secrets.iter().chain(&record.configs).map(|b| &b.reference))?;
         Ok(())
@@ -109,9 +141,11 @@ impl Services {
         secrets: &[String],
         configs: &[String],
         labels: BTreeMap<String, String>,
+        constraints: &[String],
     ) -> Result<ServiceRecord, ServiceError> {
         model::validate_name(name).map_err(VaultError::from)?;
         model::validate_labels(&labels).map_err(VaultError::from)?;
+        let constraints = Self::constraints(constraints)?;
         let now = Utc::now();
         let record = ServiceRecord {
             id: model::new_id(),
@@ -121,6 +155,7 @@ impl Services {
             updated_at: now,
             secrets: self.bind(Kind::Secret, secrets).await?,
             configs: self.bind(Kind::Config, configs).await?,
+            constraints,
         };
         Self::check_targets(&record)?;
         let txn = Txn::new()
@@ -176,25 +211,36 @@ impl Services {
             .delete(name_key(&record.name))
             .put(EPOCH_KEY, epoch_value());
         // Its tasks go with it: their files disappear from their nodes.
-        for task in crate::tasks::Tasks::new(self.store.clone()).list().await? {
+        for task in Tasks::new(self.store.clone()).list().await? {
             if task.service_id == record.id {
-                txn = txn.delete(crate::tasks::task_key(&task.id));
+                txn = txn.delete(task_key(&task.id));
             }
         }
         self.store.commit(txn).await?;
         Ok(record)
     }
 
-    /// `service update --secret-add/--secret-rm/--config-add/--config-rm`.
+    /// `service update --secret-add/--secret-rm/--config-add/--config-rm/--constraint-add/--constraint-rm`.
     pub async fn update(
         &self,
         reference: &str,
-        secret_add: &[String],
-        secret_rm: &[String],
-        config_add: &[String],
-        config_rm: &[String],
-    ) -> Result<ServiceRecord, ServiceError> {
+        changes: Changes<'_>,
+    ) -> Result<(ServiceRecord, Vec<TaskRecord>), ServiceError> {
+        let Changes { secret_add, secret_rm, config_add, config_rm, constraint_add, constraint_rm } = changes;
         let (mut record, revision) = self.find(reference).await?;
+        for text in constraint_rm {
+            let constraint = spec::parse_constraint(text)?;
+            let before = record.constraints.len();
+            record.constraints.retain(|c| c != &constraint);
+            if record.constraints.len() == before {
+                return Err(ServiceError::NoSuchConstraint(record.name.clone(), constraint.to_string()));
+            }
+        }
+        for constraint in Self::constraints(constraint_add)? {
+            if !record.constraints.contains(&constraint) {
+                record.constraints.push(constraint);
+            }
+        }
         for (kind, removals) in [(Kind::Secret, secret_rm), (Kind::Config, config_rm)] {
             let list = match kind {
                 Kind::Secret => &mut record.secrets,
@@ -213,26 +259,50 @@ impl Services {
         self.save(record, revision).await
     }
 
-    /// Writes a changed service if nobody changed it since it was read at `revision`.
-    async fn save(&self, mut record: ServiceRecord, revision: u64) -> Result<ServiceRecord, ServiceError> {
+    /// Writes a changed service if nobody changed it since it was read at `revision`. Its tasks
+    /// on nodes its constraints now exclude are ended in the same transaction (their files leave
+    /// those nodes), as Swarm's constraint enforcer does; they are returned.
+    async fn save(
+        &self,
+        mut record: ServiceRecord,
+        revision: u64,
+    ) -> Result<(ServiceRecord, Vec<TaskRecord>), ServiceError> {
         Self::check_targets(&record)?;
         record.updated_at = Utc::now();
-        let txn = Txn::new()
+        let mut txn = Txn::new()
             .check(obj_key(&record.id), Expect::At(revision))
             .put(obj_key(&record.id), serde_json::to_vec(&record).expect("record serialises"))
             .put(EPOCH_KEY, epoch_value());
+        let mut ended = Vec::new();
+        let tasks =
+            if record.constraints.is_empty() { Vec::new() } else { Tasks::new(self.store.clone()).list().await? };
+        for task in tasks {
+            if task.service_id != record.id {
+                continue;
+            }
+            let Some(entry) = self.store.get(&node_key(&task.node_id)).await? else { continue };
+            let node: NodeRecord =
+                serde_json::from_slice(&entry.value).map_err(|_| ServiceError::Corrupt(entry.key.clone()))?;
+            if crate::placement::may_run(&node, &record).is_err() {
+                txn = txn.check(entry.key.clone(), Expect::At(entry.mod_revision)).delete(task_key(&task.id));
+                ended.push(task);
+            }
+        }
         self.store.commit(txn).await?;
-        Ok(record)
+        Ok((record, ended))
     }
 
-    /// Replaces both reference lists (compose re-deploys): running tasks follow live.
+    /// Replaces both reference lists and the constraints (compose re-deploys): running tasks
+    /// follow live.
     pub async fn replace(
         &self,
         reference: &str,
         secrets: &[String],
         configs: &[String],
-    ) -> Result<ServiceRecord, ServiceError> {
+        constraints: &[String],
+    ) -> Result<(ServiceRecord, Vec<TaskRecord>), ServiceError> {
         let (mut record, revision) = self.find(reference).await?;
+        record.constraints = Self::constraints(constraints)?;
         record.secrets = self.bind(Kind::Secret, secrets).await?;
         record.configs = self.bind(Kind::Config, configs).await?;
         self.save(record, revision).await

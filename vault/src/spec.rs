@@ -1,5 +1,6 @@
 //! Docker's `--secret` / `--config` reference syntax: `NAME` or
-//! `source=NAME,target=PATH,uid=N,gid=N,mode=0NNN`, and where the file lands in a task.
+//! `source=NAME,target=PATH,uid=N,gid=N,mode=0NNN`, and where the file lands in a task; and
+//! Swarm's placement constraint syntax (`node.labels.role==db`), evaluated by [`crate::placement`].
 
 use crate::model::Kind;
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,8 @@ pub enum SpecError {
     Target(String),
     #[error("two references have the same target {0}")]
     DuplicateTarget(String),
+    #[error("invalid constraint {spec:?}: {reason}")]
+    Constraint { spec: String, reason: String },
 }
 
 /// One reference of a service to a secret or config, before its source is resolved to an ID.
@@ -123,9 +126,187 @@ pub fn check_unique_targets<'a>(references: impl IntoIterator<Item = &'a Referen
     Ok(())
 }
 
+/// A node attribute a constraint can test: Swarm's, less those Hush nodes do not have.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Attribute {
+    /// `node.id`
+    Id,
+    /// `node.hostname`: the name the node gave when it joined (its hostname).
+    Hostname,
+    /// `node.role`: always `worker` (the vault is the only manager and runs no tasks).
+    Role,
+    /// `node.platform.os`, as the node reported it at join.
+    Os,
+    /// `node.platform.arch`, as the node reported it at join.
+    Arch,
+    /// `node.labels.KEY`: set by admins only. The key is case-sensitive, as Swarm's.
+    Label(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operator {
+    Eq,
+    Ne,
+}
+
+/// One placement constraint, `ATTRIBUTE==VALUE` or `ATTRIBUTE!=VALUE`. Stored and shown in its
+/// canonical spelling (`node.labels.role==db`, no blanks), so ` node.labels.role == db ` and
+/// `node.labels.role==db` are the same constraint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Constraint {
+    pub attribute: Attribute,
+    pub operator: Operator,
+    /// Compared with the node's value ignoring ASCII case, as Swarm does.
+    pub value: String,
+}
+
+const LABEL_PREFIX: &str = "node.labels.";
+
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attribute = match &self.attribute {
+            Attribute::Id => "node.id",
+            Attribute::Hostname => "node.hostname",
+            Attribute::Role => "node.role",
+            Attribute::Os => "node.platform.os",
+            Attribute::Arch => "node.platform.arch",
+            Attribute::Label(key) => return write!(f, "{LABEL_PREFIX}{key}{}{}", self.operator, self.value),
+        };
+        write!(f, "{attribute}{}{}", self.operator, self.value)
+    }
+}
+
+impl std::fmt::Display for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Operator::Eq => "==",
+            Operator::Ne => "!=",
+        })
+    }
+}
+
+impl From<Constraint> for String {
+    fn from(c: Constraint) -> Self {
+        c.to_string()
+    }
+}
+
+impl TryFrom<String> for Constraint {
+    type Error = SpecError;
+    fn try_from(text: String) -> Result<Self, SpecError> {
+        parse_constraint(&text)
+    }
+}
+
+/// Swarm's key syntax: a letter or `_`, then letters, digits, `-`, `_` and `.`.
+fn valid_key(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && key.len() >= 2
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Swarm's value syntax: letters, digits, blanks and `: - _ . * ( ) ? + [ ] \ ^ $ | /` (nothing
+/// that is or may become an operator). Matching is literal: `*` is not a wildcard.
+fn valid_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c')
+                || br":-_.*()?+[]\^$|/".contains(&b)
+        })
+}
+
+/// Parses one `--constraint` as Swarm does (`==` is looked for first, blanks around the key and
+/// the value are ignored, attribute names ignore case). Unlike Swarm, an attribute Hush cannot
+/// test is refused here instead of leaving the service unplaceable without a word.
+pub fn parse_constraint(spec: &str) -> Result<Constraint, SpecError> {
+    let invalid = |reason: String| SpecError::Constraint { spec: spec.to_string(), reason };
+    let (key, operator, value) = if let Some((k, v)) = spec.split_once("==") {
+        (k, Operator::Eq, v)
+    } else if let Some((k, v)) = spec.split_once("!=") {
+        (k, Operator::Ne, v)
+    } else {
+        return Err(invalid("expected KEY==VALUE or KEY!=VALUE, e.g. node.labels.role==db".into()));
+    };
+    let (key, value) = (key.trim(), value.trim());
+    if !valid_key(key) {
+        return Err(invalid(format!("key {key:?} is invalid")));
+    }
+    if !valid_value(value) {
+        return Err(invalid(format!("value {value:?} is invalid")));
+    }
+    let lower = key.to_ascii_lowercase();
+    let attribute = match lower.as_str() {
+        "node.id" => Attribute::Id,
+        "node.hostname" => Attribute::Hostname,
+        "node.role" => Attribute::Role,
+        "node.platform.os" => Attribute::Os,
+        "node.platform.arch" => Attribute::Arch,
+        l if l.starts_with(LABEL_PREFIX) && l.len() > LABEL_PREFIX.len() => {
+            Attribute::Label(key[LABEL_PREFIX.len()..].to_string())
+        }
+        "node.name" => return Err(invalid("Swarm has no node.name: a node's name is node.hostname".into())),
+        l if l.starts_with("engine.labels.") => {
+            return Err(invalid("Hush nodes have no Docker Engine labels: use node.labels.KEY".into()));
+        }
+        _ => {
+            return Err(invalid(format!(
+                "unknown attribute {key}: expected node.id, node.hostname, node.role, node.platform.os, node.platform.arch or node.labels.KEY"
+            )));
+        }
+    };
+    Ok(Constraint { attribute, operator, value: value.to_string() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constraints_parse_as_swarms() {
+        let c = parse_constraint(" node.labels.role == db ").unwrap();
+        assert_eq!(
+            c,
+            Constraint { attribute: Attribute::Label("role".into()), operator: Operator::Eq, value: "db".into() }
+        );
+        assert_eq!(c.to_string(), "node.labels.role==db");
+        let c = parse_constraint("NODE.Hostname!=n2").unwrap();
+        assert_eq!((c.attribute.clone(), c.operator), (Attribute::Hostname, Operator::Ne));
+        assert_eq!(c.to_string(), "node.hostname!=n2");
+        // The label key keeps its case; the prefix does not.
+        assert_eq!(parse_constraint("Node.Labels.Zone==a").unwrap().to_string(), "node.labels.Zone==a");
+        assert_eq!(parse_constraint("node.platform.arch==x86_64").unwrap().attribute, Attribute::Arch);
+        // `==` is found first, as Swarm's parser does: the key `a!` is then invalid.
+        assert!(parse_constraint("node.id!=a==b").is_err());
+        for bad in [
+            "",
+            " ",
+            "nodeabc",
+            "node ~ abc",
+            "node.labels.a>=b",
+            "1node==a",
+            "no de==x",
+            "node.labels.role==",
+            "node.labels.role== ",
+            "node.labels.==x",
+            "node.labels.a==b,c",
+            "node.labels.a==b=c",
+            "node.name==x",
+            "engine.labels.os==linux",
+            "node.ip==10.0.0.1",
+            "color==red",
+        ] {
+            assert!(matches!(parse_constraint(bad), Err(SpecError::Constraint { .. })), "{bad:?} was accepted");
+        }
+        let err = parse_constraint("node.name==n2").unwrap_err().to_string();
+        assert!(err.contains("node.hostname"), "{err}");
+        // Stored as text, read back the same.
+        let json = serde_json::to_string(&parse_constraint("node.id==abc").unwrap()).unwrap();
+        assert_eq!(json, "\"node.id==abc\"");
+        assert!(serde_json::from_str::<Constraint>("\"node.bogus==x\"").is_err());
+    }
 
     #[test]
     fn short_syntax_uses_docker_defaults() {

@@ -62,6 +62,20 @@ impl Tasks {
         name: &str,
         container: Option<Container>,
     ) -> Result<TaskRecord, StoreError> {
+        self.start_if(Txn::new(), node_id, service_id, service_name, name, container).await
+    }
+
+    /// [`Tasks::start`] in a transaction that also holds `checks` (e.g. that the node and the
+    /// service are still as they were when placement allowed the task).
+    pub async fn start_if(
+        &self,
+        checks: Txn,
+        node_id: &str,
+        service_id: &str,
+        service_name: &str,
+        name: &str,
+        container: Option<Container>,
+    ) -> Result<TaskRecord, StoreError> {
         let id = model::new_id();
         let name = if name.is_empty() { format!("{service_name}.{}", &id[..12]) } else { name.to_string() };
         let record = TaskRecord {
@@ -73,9 +87,7 @@ impl Tasks {
             created_at: Utc::now(),
             container,
         };
-        self.store
-            .commit(Txn::new().put(task_key(&id), serde_json::to_vec(&record).expect("record serialises")))
-            .await?;
+        self.store.commit(checks.put(task_key(&id), serde_json::to_vec(&record).expect("record serialises"))).await?;
         Ok(record)
     }
 

@@ -45,6 +45,8 @@ pub struct Vault {
     ca_cert_pem: String,
     tls: Arc<Identities>,
     presence: Arc<Presence>,
+    /// What each node has been sent and audited as `deliver` (see [`crate::deliveries`]).
+    delivered: crate::deliveries::Delivered,
     keyring: tokio::sync::Mutex<Keyring>,
     unlocked: RwLock<Option<Unlocked>>,
     autolock: bool,
@@ -96,6 +98,7 @@ impl Vault {
             ca_cert_pem,
             tls,
             presence: Arc::default(),
+            delivered: Default::default(),
             keyring: tokio::sync::Mutex::new(keyring),
             unlocked: RwLock::new(None),
             autolock,
@@ -153,6 +156,10 @@ impl Vault {
 
     pub fn nodes(&self) -> Result<Nodes, VaultStateError> {
         Ok(Nodes::new(self.objects()?, self.ca_fingerprint.clone(), self.presence.clone()))
+    }
+
+    pub fn delivered(&self) -> &crate::deliveries::Delivered {
+        &self.delivered
     }
 
     pub fn tasks(&self) -> Tasks {

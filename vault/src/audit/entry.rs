@@ -87,6 +87,9 @@ pub struct AuditEntry {
     /// Container tasks: the container's image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The ID of a join token (joins, refused joins, `node join-token`); never the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// The previous line's `mac` (the chain; chain.rs).
     #[serde(default)]
     pub prev: String,
@@ -123,6 +126,7 @@ impl AuditEntry {
             &mut self.command,
             &mut self.container,
             &mut self.container_name,
+            &mut self.token,
         ] {
             cap(field, MAX_FIELD);
         }

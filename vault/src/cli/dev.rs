@@ -25,10 +25,12 @@ pub struct DevArgs {
 }
 
 /// Starts `hush-agent` joined to the dev vault; returns once it serves its control socket.
+/// The token goes in the agent's environment, never on its command line.
 fn start_agent(temp: &Path, addr: &str, token: &str) -> anyhow::Result<Child> {
     let agent = std::env::current_exe()?.with_file_name("hush-agent");
     let mut child = Command::new(&agent)
-        .args(["--vault", addr, "--join-token", token])
+        .args(["--vault", addr])
+        .env("HUSH_JOIN_TOKEN", token)
         .arg("--state-dir")
         .arg(temp.join("agent"))
         .arg("--mount-root")
@@ -59,7 +61,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let dir = DataDir::new(temp.path().join("vault"));
     init(&dir, &InitOptions::default())?;
     let vault = Arc::new(Vault::open(&dir)?);
-    let token = vault.nodes()?.join_token(false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // One join, soon: the dev agent's token admits one node for a minute.
+    let grant = crate::join_token::Grant {
+        ttl: Some(chrono::Duration::minutes(1)),
+        max_uses: Some(1),
+        labels: Default::default(),
+    };
+    let token = vault.nodes()?.mint_token(&grant, false, "dev").await.map_err(|e| anyhow::anyhow!("{e}"))?.token;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

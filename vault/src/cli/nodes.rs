@@ -1,11 +1,12 @@
-//! `hush node join-token|ls|rm`.
+//! `hush node join-token|ls|inspect|update|rm`.
 
-use super::output::{Format, Listing, ago, print_listing};
+use super::output::{Format, Listing, ago, print_json, print_listing};
 use super::{Connection, call_error};
 use crate::client::connect_admin;
 use clap::{Args, Subcommand};
 use hush_proto::v1 as pb;
-use serde_json::json;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
@@ -18,12 +19,21 @@ pub struct NodeArgs {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// Print the token agents join with
+    /// Make a token agents join with (shown once: the vault keeps only its hash)
     JoinToken {
         /// Only the token
         #[arg(short, long)]
         quiet: bool,
-        /// Replace the token; the old one stops working (joined nodes are not affected)
+        /// How long the token admits nodes
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// How many nodes may join with it (default: any number until it expires)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        uses: Option<u64>,
+        /// A label for every node that joins with it (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Revoke every outstanding token first (joined nodes are not affected)
         #[arg(long)]
         rotate: bool,
     },
@@ -35,6 +45,24 @@ enum NodeCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Show nodes (JSON, or text with --pretty)
+    Inspect {
+        #[arg(required = true, value_name = "NODE")]
+        references: Vec<String>,
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Change a node's labels (services are placed by them)
+    Update {
+        #[arg(value_name = "NODE")]
+        reference: String,
+        /// Add or change a label, KEY=VALUE or KEY (repeatable)
+        #[arg(long = "label-add", value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        /// Remove a label (repeatable; it must exist)
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+    },
     /// Remove nodes: their certificates are refused and their streams cut at once
     #[command(alias = "remove")]
     Rm {
@@ -44,39 +72,160 @@ enum NodeCommand {
     },
 }
 
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 30m, 24h, 7d)"))?;
+    match ttl.as_secs() {
+        0 => Err("the ttl must be at least one second".into()),
+        s => Ok(s),
+    }
+}
+
+/// Docker's label syntax: `KEY=VALUE`, or `KEY` for an empty value.
+fn parse_labels(texts: &[String]) -> BTreeMap<String, String> {
+    texts
+        .iter()
+        .map(|t| {
+            let (k, v) = t.split_once('=').unwrap_or((t, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn status(n: &pb::NodeInfo) -> &'static str {
+    if n.ready { "Ready" } else { "Down" }
+}
+
+fn sorted(labels: &std::collections::HashMap<String, String>) -> BTreeMap<&String, &String> {
+    labels.iter().collect()
+}
+
+fn node_json(n: &pb::NodeInfo) -> Value {
+    json!({"ID": n.id, "Name": n.name, "Status": status(n), "Labels": sorted(&n.labels), "LastSeen": n.last_seen, "JoinedAt": n.joined_at, "Tasks": n.tasks})
+}
+
+fn inspect_json(n: &pb::NodeInfo) -> Value {
+    json!({
+        "ID": n.id,
+        "Name": n.name,
+        "Status": status(n),
+        "Role": crate::placement::NODE_ROLE,
+        "Labels": sorted(&n.labels),
+        "Platform": {"OS": n.os, "Architecture": n.arch},
+        "Tasks": n.tasks,
+        "JoinedAt": n.joined_at,
+        "LastSeen": n.last_seen,
+        "JoinToken": n.join_token_id,
+    })
+}
+
+fn print_pretty(nodes: &[pb::NodeInfo]) {
+    for (i, n) in nodes.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("ID:              {}", n.id);
+        println!("Name:            {}", n.name);
+        println!("Status:          {}", status(n));
+        println!("Role:            {}", crate::placement::NODE_ROLE);
+        if !n.labels.is_empty() {
+            println!("Labels:");
+            for (k, v) in sorted(&n.labels) {
+                println!(" - {k}={v}");
+            }
+        }
+        println!("Platform:");
+        println!(" OS:             {}", n.os);
+        println!(" Architecture:   {}", n.arch);
+        println!("Tasks:           {}", n.tasks);
+        println!("Joined at:       {}", n.joined_at);
+        println!("Last seen:       {}", n.last_seen);
+        if !n.join_token_id.is_empty() {
+            println!("Join token:      {}", n.join_token_id);
+        }
+    }
+}
+
+fn print_token(response: &pb::JoinTokenResponse, vault: &str) {
+    println!("To add a node to this vault, put this token in a file on the node that only root can read:");
+    println!();
+    println!("    {}", response.token);
+    println!();
+    println!("then run there, as root:");
+    println!();
+    println!(
+        "    hush-agent --vault {vault} --join-token-file FILE --state-dir /var/lib/hush-agent --mount-root /run/hush"
+    );
+    println!();
+    let uses = match response.uses {
+        0 => "any number of nodes".to_string(),
+        1 => "one node".to_string(),
+        n => format!("up to {n} nodes"),
+    };
+    println!("Token {} admits {uses} until {}. It is shown only now.", response.id, response.expires_at);
+    if response.revoked > 0 {
+        println!("Revoked {} earlier token(s).", response.revoked);
+    }
+}
+
 pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect_admin(&args.connection.target()).await?;
     match args.command {
-        NodeCommand::JoinToken { quiet, rotate } => {
-            let token =
-                client.join_token(pb::JoinTokenRequest { rotate }).await.map_err(call_error)?.into_inner().token;
+        NodeCommand::JoinToken { quiet, ttl, uses, labels, rotate } => {
+            let request = pb::JoinTokenRequest {
+                rotate,
+                ttl_seconds: ttl,
+                uses: uses.unwrap_or(0),
+                labels: parse_labels(&labels).into_iter().collect(),
+            };
+            let response = client.join_token(request).await.map_err(call_error)?.into_inner();
             if quiet {
-                println!("{token}");
+                println!("{}", response.token);
             } else {
-                let vault = args.connection.vault.unwrap_or_else(|| "VAULT:7443".into());
-                println!("To add a node to this vault, run on it:");
-                println!();
-                println!(
-                    "    hush-agent --vault {vault} --join-token {token} --state-dir /var/lib/hush-agent --mount-root /run/hush"
-                );
-                println!();
+                print_token(&response, args.connection.vault.as_deref().unwrap_or("VAULT:7443"));
             }
         }
         NodeCommand::Ls { quiet, format } => {
             let nodes = client.node_list(pb::NodeListRequest {}).await.map_err(call_error)?.into_inner().nodes;
-            let status = |n: &pb::NodeInfo| if n.ready { "Ready" } else { "Down" };
             let now = chrono::Utc::now();
-            let json = |n: &pb::NodeInfo| json!({"ID": n.id, "Name": n.name, "Status": status(n), "LastSeen": n.last_seen, "JoinedAt": n.joined_at, "Tasks": n.tasks});
             let row = |n: &pb::NodeInfo| {
                 vec![n.id.clone(), n.name.clone(), status(n).to_string(), n.tasks.to_string(), ago(&n.last_seen, now)]
             };
             let listing = Listing {
                 id: |n: &pb::NodeInfo| &n.id,
-                json: &json,
+                json: &node_json,
                 header: &["ID", "NAME", "STATUS", "TASKS", "LAST SEEN"],
                 row: &row,
             };
             print_listing(&nodes, quiet, format, &listing)?;
+        }
+        NodeCommand::Inspect { references, pretty } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for reference in references {
+                match client.node_inspect(pb::NodeInspectRequest { reference }).await {
+                    Ok(r) => found.extend(r.into_inner().node),
+                    Err(status) => {
+                        eprintln!("error: {}", call_error(status));
+                        failed = true;
+                    }
+                }
+            }
+            if pretty {
+                print_pretty(&found);
+            } else if !found.is_empty() || !failed {
+                print_json(&Value::Array(found.iter().map(inspect_json).collect()))?;
+            }
+            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        }
+        NodeCommand::Update { reference, label_add, label_rm } => {
+            let request = pb::NodeUpdateRequest {
+                reference: reference.clone(),
+                label_add: parse_labels(&label_add).into_iter().collect(),
+                label_rm,
+            };
+            client.node_update(request).await.map_err(call_error)?;
+            // As Docker: the node as it was named.
+            println!("{reference}");
         }
         NodeCommand::Rm { references } => {
             let client = &client;

@@ -28,6 +28,9 @@ enum ServiceCommand {
         /// NAME or source=NAME,target=/PATH,uid=N,gid=N,mode=0NNN (repeatable)
         #[arg(long = "config", value_name = "SPEC")]
         configs: Vec<String>,
+        /// Placement constraint, e.g. node.labels.role==db (repeatable; all must hold)
+        #[arg(long = "constraint", value_name = "EXPR")]
+        constraints: Vec<String>,
     },
     /// List services
     #[command(alias = "list")]
@@ -65,6 +68,12 @@ enum ServiceCommand {
         config_add: Vec<String>,
         #[arg(long = "config-rm", value_name = "NAME")]
         config_rm: Vec<String>,
+        /// Add a placement constraint; tasks on nodes it excludes end
+        #[arg(long = "constraint-add", value_name = "EXPR")]
+        constraint_add: Vec<String>,
+        /// Remove a placement constraint
+        #[arg(long = "constraint-rm", value_name = "EXPR")]
+        constraint_rm: Vec<String>,
     },
 }
 
@@ -80,6 +89,7 @@ fn service_json(s: &pb::ServiceSpec) -> Value {
         "UpdatedAt": s.updated_at,
         "Secrets": s.secrets.iter().map(reference_json).collect::<Vec<_>>(),
         "Configs": s.configs.iter().map(reference_json).collect::<Vec<_>>(),
+        "Placement": {"Constraints": s.constraints},
     })
 }
 
@@ -90,8 +100,8 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect_admin(&args.connection.target()).await?;
     match args.command {
         ServiceCommand::Mounts(_) => unreachable!("handled above"),
-        ServiceCommand::Create { name, secrets, configs } => {
-            let request = pb::ServiceCreateRequest { name, secrets, configs, labels: Default::default() };
+        ServiceCommand::Create { name, secrets, configs, constraints } => {
+            let request = pb::ServiceCreateRequest { name, secrets, configs, labels: Default::default(), constraints };
             println!("{}", client.service_create(request).await.map_err(call_error)?.into_inner().id);
         }
         ServiceCommand::Ls { quiet, format } => {
@@ -131,13 +141,23 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
             })
             .await);
         }
-        ServiceCommand::Update { reference, secret_add, secret_rm, config_add, config_rm } => {
+        ServiceCommand::Update {
+            reference,
+            secret_add,
+            secret_rm,
+            config_add,
+            config_rm,
+            constraint_add,
+            constraint_rm,
+        } => {
             let request = pb::ServiceUpdateRequest {
                 reference,
                 secret_add,
                 secret_rm,
                 config_add,
                 config_rm,
+                constraint_add,
+                constraint_rm,
                 ..Default::default()
             };
             println!("{}", client.service_update(request).await.map_err(call_error)?.into_inner().id);

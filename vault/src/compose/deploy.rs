@@ -151,7 +151,7 @@ fn same_references(spec: &ServiceSpec, now: &pb::ServiceSpec) -> bool {
                 (&r.source, &r.target, r.uid, r.gid, r.mode) == (&c.source, &c.target, c.uid, c.gid, c.mode)
             })
     };
-    same(Kind::Secret, &now.secrets) && same(Kind::Config, &now.configs)
+    same(Kind::Secret, &now.secrets) && same(Kind::Config, &now.configs) && spec.constraints == now.constraints
 }
 
 fn specs(list: &[super::resolve::ReferenceSpec]) -> Vec<String> {
@@ -239,6 +239,7 @@ async fn apply<'a>(
             secrets: specs(&spec.secrets),
             configs: specs(&spec.configs),
             labels: labels(),
+            constraints: spec.constraints.clone(),
         };
         report.push(format!("Creating service {}", spec.name));
         client.service_create(request).await.map_err(|s| service_error(key, s))?;
@@ -251,6 +252,7 @@ async fn apply<'a>(
             replace: true,
             secrets: specs(&spec.secrets),
             configs: specs(&spec.configs),
+            constraints: spec.constraints.clone(),
             ..Default::default()
         };
         report.push(format!("Updating service {}", spec.name));
@@ -279,6 +281,7 @@ async fn undo(
             replace: true,
             secrets: current_specs(&before.secrets),
             configs: current_specs(&before.configs),
+            constraints: before.constraints.clone(),
             ..Default::default()
         };
         if let Err(s) = client.service_update(request).await {

@@ -39,6 +39,15 @@ pub fn merge(files: Vec<FileModel>) -> FileModel {
                     merge_references(kind, base_list.get_or_insert_with(Vec::new), list);
                 }
             }
+            // A sequence: appended (a repeated constraint is the same constraint).
+            if let Some(constraints) = service.constraints {
+                let base = base.constraints.get_or_insert_with(Vec::new);
+                for constraint in constraints {
+                    if !base.contains(&constraint) {
+                        base.push(constraint);
+                    }
+                }
+            }
         }
     }
     merged

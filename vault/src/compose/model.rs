@@ -34,6 +34,8 @@ pub struct ObjectDef {
 pub struct ServiceDef {
     pub secrets: Option<Vec<ReferenceDef>>,
     pub configs: Option<Vec<ReferenceDef>>,
+    /// `deploy.placement.constraints`, each already checked (canonical spelling).
+    pub constraints: Option<Vec<String>>,
 }
 
 /// One entry of a service's `secrets:` or `configs:` list, short or long syntax.

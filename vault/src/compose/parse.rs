@@ -282,6 +282,7 @@ impl Walker<'_> {
             match key.as_str() {
                 "secrets" => service.secrets = Some(self.references(Kind::Secret, &at, value)?),
                 "configs" => service.configs = Some(self.references(Kind::Config, &at, value)?),
+                "deploy" => service.constraints = self.placement_constraints(&at, value)?,
                 "extends" => {
                     return Err(
                         self.error(&at, "extends is not supported by hush: repeat the references or use anchors")
@@ -292,6 +293,30 @@ impl Walker<'_> {
             }
         }
         Ok(service)
+    }
+
+    /// `deploy.placement.constraints`: a list of Swarm constraints (the rest of `deploy` is the
+    /// container runtime's).
+    fn placement_constraints(&self, path: &str, deploy: &Value) -> Result<Option<Vec<String>>, ComposeError> {
+        let Some(placement) = self.map_or_null(path, deploy)?.and_then(|d| d.get("placement")) else { return Ok(None) };
+        let path = join(path, "placement");
+        let Some(constraints) = self.map_or_null(&path, placement)?.and_then(|p| p.get("constraints")) else {
+            return Ok(None);
+        };
+        let path = join(&path, "constraints");
+        let items = match constraints {
+            Value::Null => return Ok(Some(Vec::new())),
+            Value::Array(items) => items,
+            other => return Err(self.expected(&path, "a list of constraints such as node.labels.role==db", other)),
+        };
+        let mut parsed = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let text = self.string(&at, item)?;
+            let constraint = crate::spec::parse_constraint(&text).map_err(|e| self.error(&at, e.to_string()))?;
+            parsed.push(constraint.to_string());
+        }
+        Ok(Some(parsed))
     }
 
     fn references(&self, kind: Kind, path: &str, value: &Value) -> Result<Vec<ReferenceDef>, ComposeError> {

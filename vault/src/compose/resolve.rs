@@ -60,6 +60,8 @@ pub struct ServiceSpec {
     pub name: String,
     pub secrets: Vec<ReferenceSpec>,
     pub configs: Vec<ReferenceSpec>,
+    /// Placement constraints, canonical and without repeats.
+    pub constraints: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -136,6 +138,9 @@ impl Project {
                 }
                 if !s.configs.is_empty() {
                     v["configs"] = references(&s.configs);
+                }
+                if !s.constraints.is_empty() {
+                    v["deploy"] = json!({ "placement": { "constraints": s.constraints } });
                 }
                 (key.clone(), v)
             })
@@ -232,7 +237,10 @@ pub fn resolve(merged: FileModel, dir: &Path, flag: Option<&str>, env: &Environm
         let service_name = format!("{name}_{key}");
         let origin = Origin { file: first_file_of(service), path: format!("services.{key}") };
         model::validate_name(&service_name).map_err(|e| origin.error(format!("service name: {e}")))?;
-        let mut spec = ServiceSpec { name: service_name, secrets: Vec::new(), configs: Vec::new() };
+        let mut constraints = service.constraints.clone().unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        constraints.retain(|c| seen.insert(c.clone()));
+        let mut spec = ServiceSpec { name: service_name, secrets: Vec::new(), configs: Vec::new(), constraints };
         let mut targets: BTreeMap<String, ()> = BTreeMap::new();
         for (kind, list) in [(Kind::Secret, &service.secrets), (Kind::Config, &service.configs)] {
             for def in list.iter().flatten() {
