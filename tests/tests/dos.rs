@@ -53,6 +53,7 @@ async fn refused_joins_with_huge_fields_cost_bounded_log_and_audit_bytes() {
             token: wrong.clone(),
             csr_pem: "C".repeat(64 << 10),
             hostname: format!("h{}\n\u{1b}[2J", "o".repeat(big)),
+            ..Default::default()
         };
         let status = NodeClient::new(channel.clone()).join(request).await.unwrap_err();
         codes.push(status.code());
