@@ -82,7 +82,7 @@ pub struct Claimed<'a> {
 pub struct Minted {
     pub token: String,
     pub record: TokenRecord,
-    /// Tokens revoked first (`rotate`).
+    /// Tokens that could still admit nodes, revoked first (`rotate`).
     pub revoked: usize,
 }
 
@@ -128,7 +128,13 @@ impl Nodes {
         let (txn, revoked) = if rotate {
             let txn =
                 outstanding.iter().fold(Txn::new().delete(join_token::LEGACY_KEY), |t, e| t.delete(e.key.clone()));
-            (txn, outstanding.iter().filter(|e| join_token::decode(e).is_ok_and(|r| now < r.expires_at)).count())
+            (
+                txn,
+                outstanding
+                    .iter()
+                    .filter(|e| join_token::decode(e).is_ok_and(|r| join_token::check(&r, now).is_ok()))
+                    .count(),
+            )
         } else {
             (join_token::sweep(Txn::new(), &outstanding, now), 0)
         };
