@@ -132,10 +132,12 @@ impl Plan {
     /// Every file this plan gives the node with a value: its tasks' first, then the service
     /// directories it serves to containers (no task).
     pub fn deliveries(&self) -> impl Iterator<Item = Delivery<'_>> {
-        let tasks = self.tasks.iter().flat_map(|task| {
-            task.files.iter().map(move |file| Delivery::of(Some(&task.task_id), &task.service, file))
-        });
-        let services = self.services.iter().flat_map(|s| s.files.iter().map(move |file| Delivery::of(None, &s.name, file)));
+        let tasks = self
+            .tasks
+            .iter()
+            .flat_map(|task| task.files.iter().map(move |file| Delivery::of(Some(&task.task_id), &task.service, file)));
+        let services =
+            self.services.iter().flat_map(|s| s.files.iter().map(move |file| Delivery::of(None, &s.name, file)));
         tasks.chain(services)
     }
 }

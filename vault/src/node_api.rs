@@ -86,7 +86,12 @@ impl NodeService {
             let unchanged = Txn::new()
                 .check(node_key(node_id), Expect::At(node_revision))
                 .check(crate::services::obj_key(&service.id), Expect::At(service_revision));
-            match self.vault.tasks().start_if(unchanged, node_id, &service.id, &service.name, name, container.clone()).await {
+            match self
+                .vault
+                .tasks()
+                .start_if(unchanged, node_id, &service.id, &service.name, name, container.clone())
+                .await
+            {
                 Ok(task) => return Ok((task, service)),
                 // The node (its last-seen time, its labels) or the service changed: decide again.
                 Err(StoreError::Conflict { .. }) => continue,
