@@ -1,6 +1,11 @@
 //! Agent benchmark, end to end: a real vault, a real agent and a task started by `hush run`.
 //!
 //! Run: `cargo build --release --bins && cargo bench -p hush-tests --bench agent` (root, /dev/fuse).
+//! One run on 2 shared cores (2026-12-01, debug build of hush's crates, dependencies optimised, as
+//! the disk had no room for a release build): 1 reader 43.4k/s vs tmpfs 305k/s = 7.0x (median
+//! 6.5x); 4 readers 7.4x; 16 readers 6.6x; p99 60 us (1 reader); 1.0 audit entry/s for a loop of
+//! 31.7k opens/s; 1 MB config 6.2 GB/s vs 15.7 GB/s (2.5x); agent RSS 55.8 MB idle, 75.2 MB
+//! serving the task.
 //!
 //! - **Reads**: open + read + close of a 1 KiB secret at `/run/secrets/x` inside the task, by 1, 4 and
 //!   16 concurrent reader threads, against the same bytes on a tmpfs mounted inside the same task;
