@@ -1,5 +1,10 @@
 //! `hush-agent`: the node daemon, and `hush-agent run` (what `hush run` executes).
 
+/// Every freed block is zeroed before it is reused or returned, so plaintext that passed
+/// through a buffer (a decoded message, a grown vector) does not linger in freed memory.
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> = zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::process::ExitCode;

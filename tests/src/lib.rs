@@ -386,6 +386,10 @@ impl TestAgent {
         child.wait().expect("agent exits")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Waits for the agent to exit by itself (e.g. after its node was removed).
     pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

@@ -1,5 +1,10 @@
 //! `hush`: parses arguments and hands over to the library.
 
+/// Every freed block is zeroed before it is reused or returned, so plaintext that passed
+/// through a buffer (a decoded message, a grown vector) does not linger in freed memory.
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> = zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 use clap::Parser;
 use std::process::ExitCode;
 

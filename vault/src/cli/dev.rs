@@ -2,7 +2,7 @@
 //! `hush-agent` binary beside `hush`, run as a child process so the vault needs no FUSE code).
 
 use super::vault::shutdown_signal;
-use crate::hardening::disable_core_dumps;
+use crate::hardening::{disable_core_dumps, lock_memory};
 use crate::init::{InitOptions, init};
 use crate::layout::DataDir;
 use crate::server::serve_vault;
@@ -57,6 +57,7 @@ fn start_agent(temp: &Path, addr: &str, token: &str) -> anyhow::Result<Child> {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     disable_core_dumps();
+    lock_memory();
     let temp = tempfile::Builder::new().prefix("hush-dev-").tempdir().context("cannot create a temp dir")?;
     let dir = DataDir::new(temp.path().join("vault"));
     init(&dir, &InitOptions::default())?;

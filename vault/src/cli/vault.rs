@@ -2,7 +2,7 @@
 
 use super::{Connection, call_error};
 use crate::client::{connect_admin, connect_admin_for_unlock};
-use crate::hardening::disable_core_dumps;
+use crate::hardening::{disable_core_dumps, lock_memory};
 use crate::init::{InitOptions, init};
 use crate::layout::DataDir;
 use crate::replica::{self, StoreArgs};
@@ -122,6 +122,7 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
         }
         VaultCommand::Serve { data_dir, listen, advertise, store } => {
             disable_core_dumps();
+            lock_memory();
             let dir = DataDir::new(&data_dir);
             // Open before listening, so a bad data dir fails before anything is announced.
             let vault = match store.etcd()? {
