@@ -416,3 +416,97 @@ fn repeated_accesses_fold_into_counted_entries() {
     assert!(folded["last_time"].as_str().unwrap() >= folded["time"].as_str().unwrap(), "{folded}");
     task.finish();
 }
+
+/// A node's certificate, as a `TlsBundle` directory (`ca.pem`, `cert.pem`, `key.pem`).
+fn node_bundle(agent: &TestAgent) -> hush_vault::client::TlsBundle {
+    let bundle = agent.dir.path().join("node-bundle-for-reports");
+    std::fs::create_dir_all(&bundle).unwrap();
+    for (from, to) in [("ca.pem", "ca.pem"), ("node.pem", "cert.pem"), ("node.key", "key.pem")] {
+        std::fs::copy(agent.state_dir().join(from), bundle.join(to)).unwrap();
+    }
+    hush_vault::client::TlsBundle::read(&bundle).unwrap()
+}
+
+/// A node reporting for itself with its own certificate may not write what the vault would not:
+/// other ops, other nodes' or unknown tasks, its own time or service, huge fields, huge batches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_can_only_report_accesses_to_its_own_tasks_as_the_vault_states_them() {
+    use hush_proto::v1 as pb;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let vault = TestVault::start_new();
+    let agent = TestAgent::join(&vault);
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
+    vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
+    vault.hush(&["service", "create", "other", "--secret", "s"]).ok();
+    let channel = hush_vault::client::connect_channel(&vault.addr, &node_bundle(&agent)).await.unwrap();
+    let mut node = hush_proto::v1::node_client::NodeClient::new(channel);
+    let task = node
+        .start_task(pb::StartTaskRequest { service: "web".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let event = |op: &str, task_id: &str| pb::AccessEvent {
+        time: "2001-01-01T00:00:00Z".into(),
+        op: op.into(),
+        task_id: task_id.into(),
+        service: "other".into(),
+        kind: pb::Kind::Secret as i32,
+        name: "s".into(),
+        version: 1,
+        pid: 4242,
+        command: format!("forged{}", "c".repeat(10_000)),
+        ..Default::default()
+    };
+    let report = vec![
+        event("open", &task),
+        event("create", &task),
+        event("read", "0123456789abcdefghijklmno"),
+        event("open", "not-a-task"),
+    ];
+    node.report_access(pb::AccessReport { events: report }).await.unwrap();
+    let too_many = vec![pb::AccessEvent { command: "cat".into(), ..event("read", &task) }; 2001];
+    let refused = node.report_access(pb::AccessReport { events: too_many }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
+    let entries = wait_for_entries(&vault, &[], "the report's entries", |e| e.iter().any(|x| x["pid"] == 4242));
+    let by_node: Vec<&Value> =
+        entries.iter().filter(|e| e["actor"].as_str().is_some_and(|a| a.starts_with("node:"))).collect();
+    let accepted: Vec<&&Value> = by_node.iter().filter(|e| e["pid"] == 4242).collect();
+    assert_eq!(accepted.len(), 1, "{by_node:?}");
+    let open = accepted[0];
+    assert_eq!((open["op"].as_str(), open["task"].as_str()), (Some("open"), Some(task.as_str())));
+    assert_eq!(open["service"], "web", "the service is the task's, not the node's claim");
+    assert!(!open["time"].as_str().unwrap().starts_with("2001"), "the time is the vault's");
+    assert!(open["command"].as_str().unwrap().len() < 200, "the command is capped");
+    assert!(!by_node.iter().any(|e| e["op"] == "create"), "a node wrote an admin's op");
+    let denied = by_node.iter().find(|e| e["op"] == "denied").expect("refused events counted");
+    assert_eq!(denied["count"], 3);
+    assert!(denied["reason"].as_str().unwrap().contains("\"create\" is not one a node may report"), "{denied}");
+    assert!(vault.hush(&["audit", "verify"]).ok().contains("verified"));
+}
+
+/// A task runs a binary under a hostile name (its `/proc/PID/comm` ends a row and starts a fake
+/// one with terminal escapes): the table shows it escaped, one row per entry.
+#[test]
+fn a_hostile_command_name_cannot_forge_table_rows() {
+    let vault = TestVault::start_new();
+    let agent = TestAgent::join(&vault);
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
+    vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
+    // 15 bytes, the most comm keeps: a newline, a fake time, an escape that clears the line.
+    let hostile = "x\n2026\u{1b}[2Kroot";
+    assert!(hostile.len() <= 15);
+    let bin = agent.dir.path().join(hostile);
+    std::os::unix::fs::symlink(std::fs::canonicalize("/bin/cat").unwrap(), &bin).unwrap();
+    let script = "exec \"$0\" /run/secrets/s";
+    agent.run(&vault, &["--service", "web", "--", "sh", "-c", script, bin.to_str().unwrap()]).ok();
+    let entries = wait_for_entries(&vault, &["--secret", "s"], "the hostile read", |e| {
+        e.iter().any(|x| x["op"] == "read" && x["command"] == hostile)
+    });
+    let table = vault.hush(&["audit", "--secret", "s"]);
+    let out = table.ok();
+    assert!(!out.contains('\u{1b}'), "an escape sequence reached the terminal: {out:?}");
+    assert_eq!(out.lines().count(), entries.len() + 1, "{out}");
+    assert!(out.contains("x\\n2026\\u{1b}[2Kroot"), "{out}");
+}

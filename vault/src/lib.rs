@@ -28,6 +28,7 @@ pub mod objects;
 pub mod placement;
 pub mod ratelimit;
 pub mod replica;
+pub mod reports;
 pub mod secret;
 pub mod server;
 pub mod services;

@@ -25,6 +25,8 @@ pub struct NodeService {
     vault: Arc<Vault>,
     /// Refused joins per peer address (join_gate.rs).
     join_gate: Arc<JoinGate>,
+    /// Audit events per node (reports.rs).
+    reports: crate::reports::ReportLimiter,
 }
 
 impl NodeService {
@@ -32,7 +34,7 @@ impl NodeService {
     pub fn new(vault: Arc<Vault>) -> Self {
         let join_gate = Arc::new(JoinGate::default());
         join_gate.spawn_flusher(vault.clone());
-        Self { vault, join_gate }
+        Self { vault, join_gate, reports: Default::default() }
     }
 
     /// The calling node's ID, if its certificate is a node's and the node has not been removed.
@@ -133,37 +135,6 @@ impl From<ServiceError> for Status {
             ServiceError::Corrupt(_) => Status::data_loss(message),
             ServiceError::Store(e) => Status::unavailable(e.to_string()),
         }
-    }
-}
-
-/// A node's access event as an audit entry: the vault adds who reported it.
-fn access_entry(event: pb::AccessEvent, actor: &str, node_id: &str) -> AuditEntry {
-    let some = |s: String| (!s.is_empty()).then_some(s);
-    let kind =
-        if event.kind == pb::Kind::Config as i32 { crate::model::Kind::Config } else { crate::model::Kind::Secret };
-    let named = some(event.name.clone()).map(|name| AuditEntry::default().object(kind, &name)).unwrap_or_default();
-    let dropped = event.op == "dropped";
-    AuditEntry {
-        time: event.time,
-        op: event.op,
-        actor: Some(actor.to_string()),
-        node: Some(node_id.to_string()),
-        service: some(event.service),
-        task: some(event.task_id),
-        version: (event.version > 0).then_some(event.version),
-        pid: (!dropped).then_some(event.pid),
-        uid: (!dropped).then_some(event.uid),
-        gid: (!dropped).then_some(event.gid),
-        command: some(event.command),
-        bytes: (event.bytes > 0).then_some(event.bytes),
-        count: (event.count > 0).then_some(event.count),
-        last_time: some(event.last_time),
-        reason: some(event.reason),
-        path: some(event.path),
-        container: some(event.container),
-        container_name: some(event.container_name),
-        image: some(event.image),
-        ..named
     }
 }
 
@@ -276,9 +247,9 @@ impl Node for NodeService {
 
     async fn report_access(&self, request: Request<pb::AccessReport>) -> Result<Response<pb::AccessAck>, Status> {
         let node_id = self.live_node(&request).await?;
-        let actor = format!("node:{node_id}");
-        let entries =
-            request.into_inner().events.into_iter().map(|event| access_entry(event, &actor, &node_id)).collect();
+        let events = request.into_inner().events;
+        self.reports.admit(&node_id, events.len())?;
+        let entries = crate::reports::entries_for(&self.vault.tasks(), &node_id, events).await;
         self.vault.audit().record_all(entries).await;
         Ok(Response::new(pb::AccessAck {}))
     }

@@ -1,5 +1,7 @@
 //! Tasks: running instances of a service on a node. A task exists in the store from
 //! `StartTask` to `EndTask` (or its node's removal); the node's assignment carries its files.
+//! Which node started a task is kept longer ([`TaskOwner`], [`OWNER_DAYS`]): a node's audit
+//! reports may arrive after the task ended, and are accepted only about its own tasks.
 
 use crate::model;
 use crate::store::{Entry, Store, StoreError, Txn};
@@ -30,6 +32,21 @@ pub struct Container {
 
 pub fn task_key(id: &str) -> String {
     format!("task/{id}")
+}
+
+/// How long the owner of a task is remembered after it started.
+pub const OWNER_DAYS: i64 = 7;
+
+/// Who started a task, kept after it ends (store key `task-owner/NODE/TASK`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOwner {
+    pub node_id: String,
+    pub service_name: String,
+    pub started_at: DateTime<Utc>,
+}
+
+fn owner_key(node_id: &str, task_id: &str) -> String {
+    format!("task-owner/{node_id}/{task_id}")
 }
 
 fn decode(entry: &Entry) -> Result<TaskRecord, StoreError> {
@@ -87,7 +104,18 @@ impl Tasks {
             created_at: Utc::now(),
             container,
         };
-        self.store.commit(checks.put(task_key(&id), serde_json::to_vec(&record).expect("record serialises"))).await?;
+        let owner = TaskOwner {
+            node_id: node_id.to_string(),
+            service_name: service_name.to_string(),
+            started_at: record.created_at,
+        };
+        self.store
+            .commit(
+                checks
+                    .put(task_key(&id), serde_json::to_vec(&record).expect("record serialises"))
+                    .put(owner_key(node_id, &id), serde_json::to_vec(&owner).expect("owner serialises")),
+            )
+            .await?;
         Ok(record)
     }
 
@@ -101,8 +129,21 @@ impl Tasks {
         if gone.is_empty() {
             return Ok(gone);
         }
-        let txn = gone.iter().fold(Txn::new(), |txn, t| txn.delete(task_key(&t.id)));
+        let mut txn = gone.iter().fold(Txn::new(), |txn, t| txn.delete(task_key(&t.id)));
+        // Owners older than OWNER_DAYS go too, so the records stay bounded per node.
+        let cutoff = Utc::now() - chrono::Duration::days(OWNER_DAYS);
+        for entry in self.store.range(&format!("task-owner/{node_id}/")).await?.entries {
+            if serde_json::from_slice::<TaskOwner>(&entry.value).is_ok_and(|o| o.started_at < cutoff) {
+                txn = txn.delete(entry.key.clone());
+            }
+        }
         self.store.commit(txn).await?;
         Ok(gone)
+    }
+
+    /// The task's owner, if `node_id` started it (within [`OWNER_DAYS`]).
+    pub async fn owner(&self, node_id: &str, task_id: &str) -> Result<Option<TaskOwner>, StoreError> {
+        let Some(entry) = self.store.get(&owner_key(node_id, task_id)).await? else { return Ok(None) };
+        serde_json::from_slice(&entry.value).map(Some).map_err(|e| StoreError::Corrupt(format!("{}: {e}", entry.key)))
     }
 }

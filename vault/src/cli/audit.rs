@@ -161,7 +161,7 @@ fn row(entry: &Value) -> Vec<String> {
     };
     let time = text("time");
     let task = text("task");
-    vec![
+    [
         time.get(..19).unwrap_or(&time).replace('T', " "),
         text("op"),
         text("actor"),
@@ -174,11 +174,44 @@ fn row(entry: &Value) -> Vec<String> {
         text("count"),
         text("command"),
     ]
+    .iter()
+    .map(|cell| printable(cell))
+    .collect()
+}
+
+/// `text` with control characters (C0, DEL, C1), bidirectional overrides and backslashes
+/// shown escaped (`\n`, `\u{1b}`, `\\`): a task names its own command, and a cell must stay
+/// one cell of one row whatever it named it.
+fn printable(text: &str) -> String {
+    let bidi =
+        |c: char| matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || bidi(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_in_cells() {
+        assert_eq!(printable("cat"), "cat");
+        assert_eq!(printable("x\n2026\u{1b}[2K\u{202e}\\"), "x\\n2026\\u{1b}[2K\\u{202e}\\\\");
+        let entry = serde_json::json!({"op": "read", "command": "\"}\n{\u{1b}[31m", "service": "a\rb"});
+        let cells = row(&entry);
+        assert!(cells.iter().all(|c| !c.chars().any(char::is_control)), "{cells:?}");
+        assert_eq!(cells[8], "\"}\\n{\\u{1b}[31m");
+    }
 
     #[test]
     fn follow_rows_line_up_with_their_header() {
