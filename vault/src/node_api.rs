@@ -249,7 +249,8 @@ impl Node for NodeService {
         let node_id = self.live_node(&request).await?;
         let events = request.into_inner().events;
         self.reports.admit(&node_id, events.len())?;
-        let entries = crate::reports::entries_for(&self.vault.tasks(), &node_id, events).await;
+        let services = self.vault.services().ok();
+        let entries = crate::reports::entries_for(&self.vault.tasks(), services.as_ref(), &node_id, events).await;
         self.vault.audit().record_all(entries).await;
         Ok(Response::new(pb::AccessAck {}))
     }

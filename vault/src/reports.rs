@@ -13,9 +13,10 @@
 use crate::audit::AuditEntry;
 use crate::model::{Kind, validate_name};
 use crate::ratelimit::{Limiter, Rate};
+use crate::services::Services;
 use crate::tasks::{TaskOwner, Tasks};
 use hush_proto::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tonic::Status;
 
 /// Events in one report (the agent sends at most 2,000).
@@ -63,13 +64,18 @@ fn is_task_id(id: &str) -> bool {
 
 /// The entries to write for `events` from `node_id`: the valid ones as the vault states them,
 /// then one `denied` entry counting the refused ones, if any.
-pub async fn entries_for(tasks: &Tasks, node_id: &str, events: Vec<pb::AccessEvent>) -> Vec<AuditEntry> {
+pub async fn entries_for(
+    tasks: &Tasks,
+    services: Option<&Services>,
+    node_id: &str,
+    events: Vec<pb::AccessEvent>,
+) -> Vec<AuditEntry> {
     let actor = format!("node:{node_id}");
-    let mut owners: HashMap<String, Option<TaskOwner>> = HashMap::new();
+    let mut known = Known { services, names: None, owners: HashMap::new() };
     let mut entries = Vec::with_capacity(events.len());
     let (mut refused, mut first_problem) = (0u64, None::<String>);
     for event in events {
-        match checked(tasks, node_id, &actor, event, &mut owners).await {
+        match checked(tasks, node_id, &actor, event, &mut known).await {
             Ok(entry) => entries.push(entry),
             Err(problem) => {
                 refused += 1;
@@ -88,13 +94,35 @@ pub async fn entries_for(tasks: &Tasks, node_id: &str, events: Vec<pb::AccessEve
     entries
 }
 
+/// What one report's checks looked up, so each is looked up once.
+struct Known<'a> {
+    services: Option<&'a Services>,
+    names: Option<HashSet<String>>,
+    owners: HashMap<String, Option<TaskOwner>>,
+}
+
+impl Known<'_> {
+    /// Whether a service of that name exists.
+    async fn is_service(&mut self, name: &str) -> bool {
+        if self.names.is_none() {
+            let names = match self.services {
+                Some(services) => services.list().await.map(|l| l.into_iter().map(|s| s.name).collect()),
+                None => Ok(HashSet::new()),
+            };
+            self.names = Some(names.unwrap_or_default());
+        }
+        self.names.as_ref().is_some_and(|names| names.contains(name))
+    }
+}
+
 async fn checked(
     tasks: &Tasks,
     node_id: &str,
     actor: &str,
     event: pb::AccessEvent,
-    owners: &mut HashMap<String, Option<TaskOwner>>,
+    known: &mut Known<'_>,
 ) -> Result<AuditEntry, String> {
+    let owners = &mut known.owners;
     let stated = AuditEntry { node: Some(node_id.to_string()), ..AuditEntry::now(&event.op).actor(actor) };
     match event.op.as_str() {
         "dropped" => {
@@ -131,9 +159,11 @@ async fn checked(
         image: capped(event.image.clone(), MAX_PATH),
         ..entry
     };
-    // A refused open of something that belongs to no task (the mount's root, say).
+    // A refused open of a file that belongs to no task: a service's directory (a container
+    // of another service, say) or the mount's root. The service is kept if it exists.
     if event.task_id.is_empty() && event.op == "denied" {
-        return object(described(stated));
+        let service = if known.is_service(&event.service).await { Some(event.service.clone()) } else { None };
+        return object(described(AuditEntry { service, ..stated }));
     }
     if !is_task_id(&event.task_id) {
         return Err("it names no task ID".into());
