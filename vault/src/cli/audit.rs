@@ -210,7 +210,7 @@ mod tests {
         let entry = serde_json::json!({"op": "read", "command": "\"}\n{\u{1b}[31m", "service": "a\rb"});
         let cells = row(&entry);
         assert!(cells.iter().all(|c| !c.chars().any(char::is_control)), "{cells:?}");
-        assert_eq!(cells[8], "\"}\\n{\\u{1b}[31m");
+        assert!(cells.iter().any(|c| c == "\"}\\n{\\u{1b}[31m"), "{cells:?}");
     }
 
     #[test]
