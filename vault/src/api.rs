@@ -480,7 +480,8 @@ impl Admin for AdminService {
         let audit = self.vault.audit();
         // Subscribe before reading the files, so nothing written in between is missed.
         let mut live = r.follow.then(|| audit.subscribe());
-        let stored = audit.read_lines().map_err(|e| Status::internal(e.to_string()))?;
+        // Read as sent, a page of lines at a time: a query's memory does not grow with the log.
+        let mut stored = audit.stream_lines(256);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let mut stopping = self.vault.stopping();
         tokio::spawn(async move {
@@ -489,7 +490,14 @@ impl Admin for AdminService {
             let read = |line: &str| {
                 serde_json::from_str::<AuditEntry>(line).map_or((0, false), |e| (e.seq, query.matches(&e)))
             };
-            for line in stored {
+            while let Some(line) = stored.recv().await {
+                let line = match line {
+                    Ok(line) => line,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
                 let (seq, wanted) = read(&line);
                 last_seq = last_seq.max(seq);
                 if wanted && tx.send(Ok(pb::AuditLine { json: line })).await.is_err() {

@@ -168,6 +168,40 @@ impl AuditLog {
         Ok(lines)
     }
 
+    /// Every stored line, in order, read file by file and line by line on a blocking thread:
+    /// a query holds at most `buffer` lines in memory, however long the log.
+    pub fn stream_lines(&self, buffer: usize) -> tokio::sync::mpsc::Receiver<Result<String, AuditError>> {
+        use std::io::BufRead;
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer);
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let files = match chain::log_files(&dir) {
+                Ok(files) => files,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(io_error(&dir)(e)));
+                    return;
+                }
+            };
+            for file in files {
+                let reader = match File::open(&file) {
+                    Ok(f) => std::io::BufReader::new(f),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(io_error(&file)(e)));
+                        return;
+                    }
+                };
+                for line in reader.lines() {
+                    let line = line.map_err(io_error(&file));
+                    let failed = line.is_err();
+                    if tx.blocking_send(line).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
     /// Checks the chain end to end (every MAC, every link) against the recorded head.
     pub async fn verify(&self) -> Result<chain::Verified, String> {
         let key = self.key.lock().expect("not poisoned").clone().ok_or_else(|| AuditError::Locked.to_string())?;
