@@ -13,11 +13,13 @@ use tonic::{Request, Response, Status};
 
 pub struct AdminService {
     vault: Arc<Vault>,
+    /// Open `hush audit --follow` streams, by admin (follow.rs).
+    follows: Arc<crate::follow::Follows>,
 }
 
 impl AdminService {
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+        Self { vault, follows: Arc::default() }
     }
 
     /// The admin behind a request; a refusal is audited as `denied`.
@@ -451,7 +453,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::AuditQueryStream>, Status> {
-        self.admin(&request).await?;
+        let admin = self.admin(&request).await?;
+        let follow_slot = if request.get_ref().follow { Some(self.follows.acquire(&admin.actor())?) } else { None };
         let r = request.into_inner();
         let time = |t: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
             if t.is_empty() {
@@ -485,6 +488,7 @@ impl Admin for AdminService {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let mut stopping = self.vault.stopping();
         tokio::spawn(async move {
+            let _follow_slot = follow_slot;
             let mut last_seq = 0;
             // Each line parsed once: its sequence number, and whether the query wants it.
             let read = |line: &str| {

@@ -11,6 +11,7 @@ pub mod client;
 pub mod compose;
 pub mod crypto;
 pub mod deliveries;
+pub mod follow;
 pub mod fsutil;
 pub mod hardening;
 pub mod identity;
