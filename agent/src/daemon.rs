@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// Vault address (host:port); needed for the first join
+    /// Vault address (host:port), or every replica's (a:7443,b:7443,c:7443: the agent moves to
+    /// another when one fails); needed for the first join, replaces the saved list when given later
     #[arg(long, env = "HUSH_VAULT")]
     pub vault: Option<String>,
     /// Refused: a command line is readable by every local user (see --join-token-file)
@@ -99,7 +100,8 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     let mount = hush_fuse::mount(fs.clone(), &args.mount_root)
         .with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
 
-    let channel = vault_link::node_channel(&identity).map_err(anyhow::Error::msg)?;
+    let vaults = args.vault.clone().unwrap_or_else(|| identity.info.vault.clone());
+    let channel = vault_link::node_channel(&identity, &vaults).map_err(anyhow::Error::msg)?;
     // Service directories are owned by "containers of the service"; the registry that decides
     // it needs the reconciler, so it is filled in right after.
     let registry = Arc::new(std::sync::OnceLock::new());

@@ -42,18 +42,54 @@ fn endpoint(addr: &str, tls: ClientTlsConfig) -> Result<Endpoint, String> {
         .keep_alive_timeout(Duration::from_secs(5)))
 }
 
-/// The node's mTLS channel; connects lazily and reconnects by itself.
-pub fn node_channel(identity: &NodeIdentity) -> Result<Channel, String> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&identity.ca_pem))
-        .identity(Identity::from_pem(&identity.cert_pem, identity.key_pem.as_bytes()))
-        .domain_name(host_of(&identity.info.vault).to_string());
-    Ok(endpoint(&identity.info.vault, tls)?.connect_lazy())
+/// The vault replicas in a `--vault` value: `a:7443,b:7443,c:7443`.
+pub fn vault_addresses(vaults: &str) -> Vec<String> {
+    vaults.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()
 }
 
-/// Joins the vault: pins its CA by the token's fingerprint, makes a key here (it never leaves
-/// the node), has the vault sign it, and saves the identity in the state dir.
-pub async fn join(vault: &str, token: &str, state: &StateDir) -> Result<NodeIdentity, JoinError> {
+/// The node's mTLS channel to every replica in `vaults` (comma-separated); connects lazily,
+/// reconnects by itself, and sends each call to a replica that is up: when one dies, a broken
+/// stream is opened again on another (which reads the same store, so it resumes where the
+/// first left off or later, never earlier).
+pub fn node_channel(identity: &NodeIdentity, vaults: &str) -> Result<Channel, String> {
+    let mut endpoints = Vec::new();
+    for addr in vault_addresses(vaults) {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&identity.ca_pem))
+            .identity(Identity::from_pem(&identity.cert_pem, identity.key_pem.as_bytes()))
+            .domain_name(host_of(&addr).to_string());
+        endpoints.push(endpoint(&addr, tls)?);
+    }
+    match endpoints.len() {
+        0 => Err(format!("no vault address in {vaults:?}")),
+        1 => Ok(endpoints.remove(0).connect_lazy()),
+        _ => Ok(Channel::balance_list(endpoints.into_iter())),
+    }
+}
+
+/// Joins through the first replica in `vaults` (comma-separated) that answers, and keeps the
+/// whole list in the state dir.
+pub async fn join(vaults: &str, token: &str, state: &StateDir) -> Result<NodeIdentity, JoinError> {
+    let mut last = None;
+    for addr in vault_addresses(vaults) {
+        match join_one(&addr, vaults, token, state).await {
+            Err(JoinError::Unreachable(addr, why)) => {
+                tracing::warn!(vault = %addr, error = %why, "vault replica unreachable; trying the next");
+                last = Some(JoinError::Unreachable(addr, why));
+            }
+            Err(JoinError::Pin(e)) => {
+                tracing::warn!(vault = %addr, error = %e, "vault replica unreachable; trying the next");
+                last = Some(JoinError::Pin(e));
+            }
+            result => return result,
+        }
+    }
+    Err(last.unwrap_or_else(|| JoinError::Unreachable(vaults.to_string(), "no address given".into())))
+}
+
+/// Joins the vault at `vault`: pins its CA by the token's fingerprint, makes a key here (it
+/// never leaves the node), has the vault sign it, and saves the identity (with `vaults`).
+async fn join_one(vault: &str, vaults: &str, token: &str, state: &StateDir) -> Result<NodeIdentity, JoinError> {
     let (fingerprint, _) = hush_proto::token::split(token).ok_or(JoinError::MalformedToken)?;
     let ca_pem = pin::fetch_pinned_ca(vault, fingerprint).await?;
     let key = rcgen::KeyPair::generate().map_err(|e| JoinError::Key(e.to_string()))?;
@@ -78,7 +114,7 @@ pub async fn join(vault: &str, token: &str, state: &StateDir) -> Result<NodeIden
         .map_err(|status| JoinError::Refused(status.message().to_string()))?
         .into_inner();
     let identity = NodeIdentity {
-        info: NodeInfo { node_id: response.node_id, vault: vault.to_string() },
+        info: NodeInfo { node_id: response.node_id, vault: vaults.to_string() },
         ca_pem: response.ca_pem,
         cert_pem: response.cert_pem,
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),

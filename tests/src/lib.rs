@@ -315,10 +315,19 @@ impl TestAgent {
 
     /// [`TestAgent::join`] with extra agent arguments (e.g. `--podman-socket`).
     pub fn join_with(vault: &TestVault, extra: &[&str]) -> Self {
+        Self::join_any_with(vault, &vault.addr, extra)
+    }
+
+    /// Joins with `vault`'s token, giving the agent `vaults` (several replicas: `a,b,c`).
+    pub fn join_any(vault: &TestVault, vaults: &str) -> Self {
+        Self::join_any_with(vault, vaults, &[])
+    }
+
+    fn join_any_with(vault: &TestVault, vaults: &str, extra: &[&str]) -> Self {
         let token = vault.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
         let mut agent = Self::new();
         let file = agent.token_file(&token);
-        let mut args = vec!["--vault", &vault.addr, "--join-token-file", file.to_str().expect("utf-8 path")];
+        let mut args = vec!["--vault", vaults, "--join-token-file", file.to_str().expect("utf-8 path")];
         args.extend_from_slice(extra);
         agent.start(&args).expect("agent starts");
         agent

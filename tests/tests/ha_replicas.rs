@@ -121,6 +121,14 @@ async fn replicas_share_objects_keys_ca_and_nodes() {
     assert!(!status.success() || agent.log_text().contains("removed"), "{}", agent.log_text());
     assert!(elapsed < Duration::from_secs(5), "cut off after {elapsed:?}");
     drop(task);
+
+    // Each replica keeps its own audit chain (its own head in etcd), and each verifies.
+    for replica in [&a, &b] {
+        let verified = replica.hush(&["audit", "verify"]);
+        verified.ok();
+    }
+    let heads: Vec<_> = raw_etcd(&cluster, "/ha2/audit/head/").await;
+    assert_eq!(heads.len(), 2, "one chain head per replica");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,21 @@ pub async fn fetch(dir: &DataDir, store: &dyn Store, url: &str) -> Result<(), Re
     Ok(())
 }
 
+/// This replica's id: made at its first start and kept in `DATA_DIR/replica-id`. It names the
+/// replica's audit chain in the store.
+pub fn replica_id(dir: &DataDir) -> Result<String, ReplicaError> {
+    let path = dir.root().join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(ReplicaError::Io { path: path.display().to_string(), error }),
+    }
+    let id = crate::model::new_id();
+    crate::fsutil::write_private_atomic(&path, id.as_bytes()).map_err(io(&path))?;
+    Ok(id)
+}
+
 /// `--store` and the TLS files for etcd, as given on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct StoreArgs {

@@ -86,8 +86,13 @@ impl Vault {
         let autolock = keyring.is_autolock();
         let data_key = if autolock { None } else { Some(keyring.open_with_key_file()?) };
         // The audit chain is keyed from the data key: a locked vault's log waits for unlock.
+        // Replicas sharing a store each keep their own chain, named by the replica's id.
+        let head_key = match &replica {
+            Some(_) => crate::audit::replica_head_key(&crate::replica::replica_id(dir).map_err(|e| open_err(&e))?),
+            None => crate::audit::HEAD_KEY.to_string(),
+        };
         let audit = Arc::new(
-            AuditLog::open(&dir.audit_dir(), store.clone(), data_key.as_ref())
+            AuditLog::open_with_head(&dir.audit_dir(), store.clone(), data_key.as_ref(), head_key)
                 .map_err(|e| VaultStateError::Open(e.to_string()))?,
         );
         let vault = Self {

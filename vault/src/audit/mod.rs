@@ -27,6 +27,12 @@ use tokio::sync::{broadcast, oneshot};
 
 /// Store key of the chain's head.
 pub const HEAD_KEY: &str = "audit/head";
+
+/// Store key of one replica's chain head when several replicas share a store: each replica
+/// keeps its own chain, so they never contend on one head.
+pub fn replica_head_key(replica_id: &str) -> String {
+    format!("{HEAD_KEY}/{replica_id}")
+}
 /// A log file is closed and a new one started past this size (the chain continues).
 const DEFAULT_FILE_BYTES: u64 = 8 * 1024 * 1024;
 const MAX_BATCH: usize = 4096;
@@ -64,6 +70,7 @@ pub struct AuditLog {
     lines: broadcast::Sender<String>,
     store: Arc<dyn Store>,
     key: Mutex<Option<Key>>,
+    head_key: String,
 }
 
 /// Where the chain stands.
@@ -81,6 +88,7 @@ struct Writer {
     chain: Option<Chain>,
     held: Vec<AuditEntry>,
     held_dropped: u64,
+    head_key: String,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -91,6 +99,16 @@ impl AuditLog {
     /// Opens the log in `dir`. With the data key, checks the log against its recorded head and
     /// continues the chain; without it (a locked vault) holds entries until [`Self::unlock`].
     pub fn open(dir: &Path, store: Arc<dyn Store>, data_key: Option<&Key>) -> Result<Self, AuditError> {
+        Self::open_with_head(dir, store, data_key, HEAD_KEY.to_string())
+    }
+
+    /// [`Self::open`] with the chain's head kept at `head_key` (one per replica).
+    pub fn open_with_head(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        data_key: Option<&Key>,
+        head_key: String,
+    ) -> Result<Self, AuditError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let max_file_bytes =
             std::env::var("HUSH_AUDIT_FILE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_FILE_BYTES);
@@ -102,6 +120,7 @@ impl AuditLog {
             chain: None,
             held: Vec::new(),
             held_dropped: 0,
+            head_key: head_key.clone(),
         };
         let (queue, receiver) = mpsc::channel::<Msg>();
         let (lines, _) = broadcast::channel(8192);
@@ -110,7 +129,7 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || writer.run(&receiver, &thread_lines, thread_store.as_ref()))
             .map_err(io_error(dir))?;
-        let log = Self { dir: dir.to_path_buf(), queue, lines, store, key: Mutex::new(None) };
+        let log = Self { dir: dir.to_path_buf(), queue, lines, store, key: Mutex::new(None), head_key };
         if let Some(data_key) = data_key {
             futures::executor::block_on(log.unlock(data_key))?;
         }
@@ -205,7 +224,7 @@ impl AuditLog {
     /// Checks the chain end to end (every MAC, every link) against the recorded head.
     pub async fn verify(&self) -> Result<chain::Verified, String> {
         let key = self.key.lock().expect("not poisoned").clone().ok_or_else(|| AuditError::Locked.to_string())?;
-        let head = match self.store.get(HEAD_KEY).await {
+        let head = match self.store.get(&self.head_key).await {
             Ok(entry) => StoredHead::parse(entry.as_ref().map(|e| e.value.as_slice())),
             Err(e) => return Err(format!("cannot read the chain head: {e}")),
         };
@@ -254,9 +273,9 @@ fn lines_after(files: &[PathBuf], after: u64) -> Result<Vec<String>, AuditError>
 
 /// Checks the log's tail against the recorded head. Lines past the head that chain from it
 /// and verify are a batch whose head a crash did not record: they are kept.
-fn prepare(dir: &Path, store: &dyn Store, key: &Key) -> Result<Start, AuditError> {
+fn prepare(dir: &Path, store: &dyn Store, head_key: &str, key: &Key) -> Result<Start, AuditError> {
     let files = chain::log_files(dir).map_err(io_error(dir))?;
-    let head = futures::executor::block_on(store.get(HEAD_KEY))
+    let head = futures::executor::block_on(store.get(head_key))
         .map(|entry| StoredHead::parse(entry.as_ref().map(|e| e.value.as_slice())))
         .unwrap_or(StoredHead::Unreadable);
     let fresh = Start { seq: 0, prev: chain::genesis(key), append_to: None, damage: None };
@@ -370,7 +389,8 @@ impl Writer {
                             let _ = reply.send(Ok(()));
                             continue;
                         }
-                        let result = prepare(&self.dir, store, &key).and_then(|start| self.start(key, start));
+                        let result =
+                            prepare(&self.dir, store, &self.head_key, &key).and_then(|start| self.start(key, start));
                         if result.is_ok() {
                             entries.extend(self.take_held().into_iter().map(|e| (e, None)));
                         }
@@ -437,7 +457,8 @@ impl Writer {
         }
         let chain = self.chain.as_ref().expect("set above");
         let head = Head::sealed(&chain.key, chain.seq, &chain.prev);
-        let commit = store.commit(Txn::new().put(HEAD_KEY, serde_json::to_vec(&head).expect("head serialises")));
+        let commit =
+            store.commit(Txn::new().put(self.head_key.clone(), serde_json::to_vec(&head).expect("head serialises")));
         if let Err(e) = futures::executor::block_on(commit) {
             tracing::error!(error = %e, "audit log: cannot record the chain head");
         }
