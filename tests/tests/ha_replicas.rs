@@ -161,3 +161,27 @@ async fn a_replica_cut_off_from_etcd_stops_taking_agent_streams() {
     a.hush_stdin(&["secret", "rotate", "s", "-"], b"two").ok();
     wait_for("the rotation once B is back", || (task.ask() == "two").then_some(()));
 }
+
+/// Autolock: a replica started on an empty data dir is locked until `hush vault unlock` with
+/// the unlock key `init` printed; then it serves what the first replica stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autolocked_replica_on_an_empty_data_dir_unlocks_with_the_unlock_key() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cluster = EtcdCluster::start(1);
+    let url = cluster.url("/ha4");
+    let mut a = TestVault::init(&["--autolock", "--store", &url]);
+    let unlock_key = a.init_stdout.lines().map(str::trim).find(|l| l.starts_with("HUSHKEY-1-")).unwrap().to_string();
+    a.serve_args = vec!["--store".into(), url.clone()];
+    a.start();
+    a.hush_stdin(&["vault", "unlock"], unlock_key.as_bytes()).ok();
+    a.hush_stdin(&["secret", "create", "db_password", "-"], b"s3cr3t").ok();
+
+    let b = second_replica(&a, &url);
+    assert!(
+        std::fs::read_dir(&b.data_dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("kek-"))
+    );
+    b.hush(&["secret", "ls"]).fails_with("locked");
+    b.hush_stdin(&["vault", "unlock"], b"HUSHKEY-1-wrong").fails_with("wrong unlock key");
+    b.hush_stdin(&["vault", "unlock"], unlock_key.as_bytes()).ok();
+    assert!(b.hush(&["secret", "ls"]).ok().contains("db_password"));
+}
