@@ -49,6 +49,20 @@ pub struct AgentArgs {
     /// Podman's API socket (`podman system service`), for Podman containers
     #[arg(long)]
     pub podman_socket: Option<PathBuf>,
+    /// Shut down when the process PID, our parent, dies (what `hush dev` asks)
+    #[arg(long, value_name = "PID", hide = true)]
+    pub die_with_parent: Option<i32>,
+}
+
+/// Asks for SIGTERM (a clean shutdown) when our parent `parent` dies; fails if it already has.
+/// Call it from the main thread: the kernel sends the signal when the thread that forked us ends.
+pub fn die_with_parent(parent: i32) -> anyhow::Result<()> {
+    use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+    set_parent_process_death_signal(Some(Signal::TERM)).context("cannot ask to die with the parent process")?;
+    if getppid().map(|pid| pid.as_raw_nonzero().get()) != Some(parent) {
+        bail!("the parent process {parent} is gone");
+    }
+    Ok(())
 }
 
 pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -131,13 +145,14 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     let listener = tokio::net::UnixListener::bind(&args.socket)
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let control = ControlService {
         vault: NodeClient::new(channel.clone()),
         reconciler: reconciler.clone(),
         mount_root: args.mount_root.clone(),
+        stopping: stopped.clone(),
     };
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);

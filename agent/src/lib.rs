@@ -2,6 +2,7 @@
 //! task its secrets and configs from memory through the FUSE filesystem (`hush-fuse`).
 
 pub mod audit;
+pub mod caps;
 pub mod control;
 pub mod daemon;
 pub mod hardening;
@@ -11,5 +12,6 @@ pub mod reconcile;
 pub mod run;
 pub mod runtime;
 pub mod state;
+pub mod task_init;
 pub mod task_ns;
 pub mod vault_link;

@@ -25,8 +25,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a command as a task of a service (what `hush run` does)
+    /// Run a command as a task of a service, with its secrets at /run/secrets (`hush run`)
     Run(hush_agent::run::RunArgs),
+    /// PID 1 of a task's PID namespace (started by `hush run`, not by hand)
+    #[command(hide = true)]
+    TaskInit(hush_agent::task_init::InitArgs),
 }
 
 fn init_logging() {
@@ -53,7 +56,14 @@ fn main() -> ExitCode {
                 ExitCode::from(125)
             }
         },
+        Some(Command::TaskInit(args)) => ExitCode::from(hush_agent::task_init::run(args).clamp(0, 255) as u8),
         None => {
+            if let Some(parent) = cli.agent.die_with_parent
+                && let Err(e) = hush_agent::daemon::die_with_parent(parent)
+            {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
             match runtime.block_on(hush_agent::daemon::run(cli.agent, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

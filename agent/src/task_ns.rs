@@ -136,7 +136,8 @@ impl fmt::Display for Text {
 /// Call it while the process is single-threaded (before any runtime starts): a mount namespace belongs to
 /// a thread, and the other threads would stay in the host's namespace.
 pub fn unshare_mount_namespace() -> Result<(), NsError> {
-    unshare_newns().map_err(|errno| NsError::Unshare { step: "unshare the mount namespace", errno })?;
+    unshare(rustix::thread::UnshareFlags::NEWNS)
+        .map_err(|errno| NsError::Unshare { step: "unshare the mount namespace", errno })?;
     mount_change("/", MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM)
         .map_err(|errno| NsError::Unshare { step: "make / a recursive slave", errno })?;
     let namespace = current_namespace().map_err(|errno| NsError::Unshare { step: "stat the new namespace", errno })?;
@@ -145,10 +146,19 @@ pub fn unshare_mount_namespace() -> Result<(), NsError> {
 }
 
 #[allow(unsafe_code)]
-fn unshare_newns() -> rustix::io::Result<()> {
+fn unshare(flags: rustix::thread::UnshareFlags) -> rustix::io::Result<()> {
+    debug_assert!(!flags.contains(rustix::thread::UnshareFlags::FILES));
     // SAFETY: the hazard `unshare_unsafe` documents is CLONE_FILES (threads no longer sharing a file
-    // descriptor table). CLONE_NEWNS only implies CLONE_FS (cwd, root, umask), which shares no fds.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+    // descriptor table), never passed here. CLONE_NEWNS only implies CLONE_FS (cwd, root, umask) and
+    // CLONE_NEWPID implies nothing: neither touches file descriptors.
+    unsafe { rustix::thread::unshare_unsafe(flags) }
+}
+
+/// Makes the next child of the calling thread the init of a new PID namespace (this process stays
+/// where it is). Its processes then see only each other: no other task to signal, trace or enter.
+pub fn unshare_pid_namespace() -> Result<(), NsError> {
+    unshare(rustix::thread::UnshareFlags::NEWPID)
+        .map_err(|errno| NsError::Unshare { step: "unshare the PID namespace", errno })
 }
 
 /// Sets up the task's view in the current mount namespace: `secrets_dir` read-only at `/run/secrets`,

@@ -399,6 +399,13 @@ impl TestAgent {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGKILL, then reap: the agent gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Waits for the agent to exit by itself (e.g. after its node was removed).
     pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

@@ -203,20 +203,39 @@ impl Node for NodeService {
             name: request.container_name.clone(),
             image: request.image.clone(),
         });
-        let (task, service) = self.place_task(&node_id, &request.service, &request.name, container.clone()).await?;
-        tracing::info!(node = %node_id, service = %service.name, task = %task.id, "task started");
-        let entry = AuditEntry::now("task_start").actor(format!("node:{node_id}"));
-        let entry = AuditEntry {
-            node: Some(node_id.clone()),
-            service: Some(service.name.clone()),
-            task: Some(task.id.clone()),
-            container: container.as_ref().map(|c| c.id.clone()),
-            container_name: container.as_ref().map(|c| c.name.clone()),
-            image: container.map(|c| c.image),
-            ..entry
-        };
-        self.vault.audit().record(entry).await;
-        Ok(Response::new(pb::StartTaskResponse { task_id: task.id, name: task.name }))
+        // Placed, recorded and audited on a task of its own: if this call is dropped midway (its
+        // agent went away), the task is still recorded in full and then ended again, rather than
+        // left behind with no agent knowing its ID.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let this = NodeService::new(self.vault.clone());
+        tokio::spawn(async move {
+            let placed = this.place_task(&node_id, &request.service, &request.name, container.clone()).await;
+            let (task, service) = match placed {
+                Ok(placed) => placed,
+                Err(status) => {
+                    let _ = answer.send(Err(status));
+                    return;
+                }
+            };
+            tracing::info!(node = %node_id, service = %service.name, task = %task.id, "task started");
+            let entry = AuditEntry::now("task_start").actor(format!("node:{node_id}"));
+            let entry = AuditEntry {
+                node: Some(node_id.clone()),
+                service: Some(service.name.clone()),
+                task: Some(task.id.clone()),
+                container: container.as_ref().map(|c| c.id.clone()),
+                container_name: container.as_ref().map(|c| c.name.clone()),
+                image: container.map(|c| c.image),
+                ..entry
+            };
+            this.vault.audit().record(entry).await;
+            let response = pb::StartTaskResponse { task_id: task.id.clone(), name: task.name };
+            if answer.send(Ok(response)).is_err() {
+                abandon(&this.vault, &node_id, &service.name, &task.id).await;
+            }
+        });
+        let response = answered.await.map_err(|_| Status::internal("the task could not be recorded"))??;
+        Ok(Response::new(response))
     }
 
     async fn end_task(&self, request: Request<pb::EndTaskRequest>) -> Result<Response<pb::EndTaskResponse>, Status> {
@@ -386,4 +405,17 @@ async fn send_snapshot(
         }
     }
     Ok(send(Part::End(revision)).await.then_some(now_held))
+}
+
+/// Ends a task whose `StartTask` call went away before its answer: no agent knows its ID.
+async fn abandon(vault: &Vault, node_id: &str, service: &str, task_id: &str) {
+    if let Err(e) = vault.tasks().end_where(node_id, |t| t.id == task_id).await {
+        tracing::warn!(node = %node_id, task = %task_id, error = %e, "cannot end an abandoned task");
+        return;
+    }
+    tracing::info!(node = %node_id, task = %task_id, "task ended: its agent left before the start was answered");
+    let entry = AuditEntry::now("task_end").actor(format!("node:{node_id}"));
+    let reason = Some("the agent left before the task started".to_string());
+    let (node, task, service) = (Some(node_id.to_string()), Some(task_id.to_string()), Some(service.to_string()));
+    vault.audit().record(AuditEntry { node, task, service, reason, ..entry }).await;
 }

@@ -1,6 +1,7 @@
 //! `hush dev`: a throw-away vault in a temp dir on loopback, plus an agent joined to it (the
 //! `hush-agent` binary beside `hush`, run as a child process so the vault needs no FUSE code).
 
+use super::dev_dir::DevDir;
 use super::vault::shutdown_signal;
 use crate::hardening::{disable_core_dumps, lock_memory};
 use crate::init::{InitOptions, init};
@@ -11,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
@@ -24,41 +25,72 @@ pub struct DevArgs {
     no_agent: bool,
 }
 
-/// Starts `hush-agent` joined to the dev vault; returns once it serves its control socket.
-/// The token goes in the agent's environment, never on its command line.
-fn start_agent(temp: &Path, addr: &str, token: &str) -> anyhow::Result<Child> {
-    let agent = std::env::current_exe()?.with_file_name("hush-agent");
-    let mut child = Command::new(&agent)
-        .args(["--vault", addr])
-        .env("HUSH_JOIN_TOKEN", token)
-        .arg("--state-dir")
-        .arg(temp.join("agent"))
-        .arg("--mount-root")
-        .arg(temp.join("mnt"))
-        .arg("--socket")
-        .arg(temp.join("agent.sock"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", agent.display()))?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut lines = BufReader::new(stdout).lines();
-    // The agent prints one line once it serves; anything else means it failed (its error is on stderr).
-    match lines.next() {
-        Some(Ok(line)) if line.starts_with("hush-agent: node") => {
-            std::thread::spawn(move || lines.for_each(drop));
-            Ok(child)
-        }
-        _ => {
-            let status = child.wait()?;
-            anyhow::bail!("the agent did not start ({status})")
-        }
+/// The agent's mount point inside the dev dir.
+pub(super) const MOUNT_DIR: &str = "mnt";
+
+/// The dev agent, a child process that dies with this one.
+struct Agent {
+    pid: rustix::process::Pid,
+    exited: std::sync::mpsc::Receiver<std::io::Result<std::process::ExitStatus>>,
+}
+
+impl Agent {
+    /// Starts `hush-agent` joined to the dev vault; returns once it serves its control socket.
+    ///
+    /// The child is spawned from a thread that lives as long as the child (`PR_SET_PDEATHSIG`
+    /// fires when the spawning *thread* ends): with `--die-with-parent` it gets SIGTERM when this
+    /// process dies, even by SIGKILL, so it unmounts and exits instead of serving on under PID 1.
+    fn start(temp: &Path, addr: &str, token: &str) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?.with_file_name("hush-agent");
+        let mut command = Command::new(&exe);
+        command
+            .args(["--vault", addr])
+            .env("HUSH_JOIN_TOKEN", token)
+            .arg("--state-dir")
+            .arg(temp.join("agent"))
+            .arg("--mount-root")
+            .arg(temp.join(MOUNT_DIR))
+            .arg("--socket")
+            .arg(temp.join("agent.sock"))
+            .arg(format!("--die-with-parent={}", rustix::process::getpid().as_raw_nonzero()))
+            .stdout(Stdio::piped());
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (exited_tx, exited) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("dev-agent".into()).spawn(move || {
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = started_tx.send(Err(anyhow::anyhow!("cannot start {}: {e}", exe.display())));
+                    return;
+                }
+            };
+            let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            // The agent prints one line once it serves; anything else means it failed (its error
+            // is on stderr).
+            let ready = matches!(lines.next(), Some(Ok(line)) if line.starts_with("hush-agent: node"));
+            let pid = rustix::process::Pid::from_child(&child);
+            let _ = started_tx.send(if ready { Ok(pid) } else { Err(anyhow::anyhow!("the agent did not start")) });
+            lines.for_each(drop);
+            let _ = exited_tx.send(child.wait());
+        })?;
+        let pid = started.recv().context("the agent's thread ended")??;
+        Ok(Self { pid, exited })
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    fn stop(self) {
+        let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::TERM);
+        let _ = self.exited.recv();
     }
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     disable_core_dumps();
     lock_memory();
-    let temp = tempfile::Builder::new().prefix("hush-dev-").tempdir().context("cannot create a temp dir")?;
+    for path in DevDir::remove_leftovers(MOUNT_DIR) {
+        eprintln!("hush dev: removed {} (left by a hush dev that was killed)", path.display());
+    }
+    let temp = DevDir::create()?;
     let dir = DataDir::new(temp.path().join("vault"));
     init(&dir, &InitOptions::default())?;
     let vault = Arc::new(Vault::open(&dir)?);
@@ -82,7 +114,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let (temp_path, addr, token) = (temp.path().to_path_buf(), addr.to_string(), token.clone());
-        match tokio::task::spawn_blocking(move || start_agent(&temp_path, &addr, &token)).await? {
+        match tokio::task::spawn_blocking(move || Agent::start(&temp_path, &addr, &token)).await? {
             Ok(child) => Some(child),
             Err(e) => {
                 eprintln!("warning: {e:#}; continuing with the vault only");
@@ -106,10 +138,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!();
     std::io::stdout().flush().ok();
     let served = server.await?;
-    if let Some(mut child) = agent {
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("child pid");
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let _ = child.wait();
+    if let Some(agent) = agent {
+        tokio::task::spawn_blocking(move || agent.stop()).await?;
     }
     served?;
     drop(temp);

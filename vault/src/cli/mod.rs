@@ -5,6 +5,7 @@ mod audit;
 mod compose;
 mod compose_docker;
 mod dev;
+mod dev_dir;
 mod docker;
 mod import;
 mod input;
@@ -54,11 +55,17 @@ enum Command {
     Dev(dev::DevArgs),
 }
 
-/// `hush run`: the task side lives with the agent (it sets up the task's mount namespace and
-/// talks to the agent's control socket), so `hush run` hands over to `hush-agent run`.
+/// `hush run`: the task side lives with the agent (it sets up the task's namespaces and talks to the
+/// agent's control socket), so `hush run` hands its arguments, `--help` included, to `hush-agent run`,
+/// named `hush` so that its usage and errors say `hush run`.
 #[derive(Debug, Args)]
+#[command(
+    disable_help_flag = true,
+    override_usage = "hush run [OPTIONS] --service <SERVICE> -- <COMMAND>...",
+    after_help = "Options: see `hush run --help`."
+)]
 pub struct RunArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., hide = true)]
     args: Vec<std::ffi::OsString>,
 }
 
@@ -67,7 +74,7 @@ fn run_task(args: RunArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let agent = exe.with_file_name("hush-agent");
     let agent = if agent.exists() { agent } else { PathBuf::from("hush-agent") };
-    let error = std::process::Command::new(&agent).arg("run").args(&args.args).exec();
+    let error = std::process::Command::new(&agent).arg0("hush").arg("run").args(&args.args).exec();
     anyhow::bail!("cannot start {}: {error}", agent.display())
 }
 
