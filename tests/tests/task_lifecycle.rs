@@ -15,7 +15,10 @@ fn node_state(vault: &TestVault) -> (String, u64) {
 
 /// Task directories the agent's FUSE mount shows (one per task whose files it serves).
 fn served_tasks(agent: &TestAgent) -> usize {
-    std::fs::read_dir(agent.mount_root()).map(|dir| dir.count()).unwrap_or(0)
+    // `services/` holds the service directories containers bind, not tasks.
+    std::fs::read_dir(agent.mount_root())
+        .map(|dir| dir.flatten().filter(|e| e.file_name() != "services").count())
+        .unwrap_or(0)
 }
 
 fn kill9(child: &mut Child) {
