@@ -304,6 +304,13 @@ impl TestAgent {
     pub fn mount_root(&self) -> PathBuf {
         self.dir.path().join("mnt")
     }
+    /// The task directories the agent's FUSE mount shows (`services/` holds the service
+    /// directories containers bind, not tasks).
+    pub fn task_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.mount_root())
+            .map(|dir| dir.flatten().filter(|e| e.file_name() != "services").map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
     }

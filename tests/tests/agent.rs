@@ -84,7 +84,7 @@ fn only_the_task_reads_its_files() {
     assert_eq!(first.trim(), "only-for-the-task");
 
     // Host root, outside the task: refused by the filesystem itself.
-    let task_dir = std::fs::read_dir(agent.mount_root()).unwrap().next().expect("task dir").unwrap().path();
+    let task_dir = agent.task_dirs().into_iter().next().expect("task dir");
     let file = task_dir.join("root/run/secrets/s");
     let err = std::fs::read(&file).expect_err("host root read a task's secret");
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
