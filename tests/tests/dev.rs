@@ -6,27 +6,7 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn dev_prints_exports_that_work_and_removes_its_data_on_exit() {
-    let mut child = Command::new(bin("hush"))
-        .args(["dev", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut exports = std::collections::HashMap::new();
-    // Vault address, TLS bundle and the agent's socket.
-    while exports.len() < 3 {
-        let line = rx.recv_timeout(hush_tests::DEADLINE).expect("hush dev prints its exports");
-        if let Some((key, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-            exports.insert(key.to_string(), value.to_string());
-        }
-    }
+    let (mut child, exports, _stderr) = start_dev();
     let tls_dir = std::path::PathBuf::from(&exports["HUSH_TLS_DIR"]);
     let hush = |args: &[&str]| Run::from_command(Command::new(bin("hush")).envs(&exports).args(args));
     let created = Command::new(bin("hush"))

@@ -261,20 +261,18 @@ fn service_references_behave_as_dockers() {
     // References both refuse: an ID or ID prefix as source, another case, a duplicate target.
     let id = both.hush(&["secret", "inspect", "-f", "{{.ID}}", &name("a")]).ok().trim().to_string();
     let docker_id = both.docker(&["secret", "inspect", "-f", "{{.ID}}", &name("a")]).ok().trim().to_string();
+    // `docker service create` of service x (no replicas, image by ID) with these --secret SPECs.
+    let docker_create = |specs: &[&str]| {
+        let x = name("x");
+        let mut args = vec!["service", "create", "-d", "--replicas", "0", "--no-resolve-image", "--name", &x];
+        for spec in specs {
+            args.extend(["--secret", spec]);
+        }
+        args.push(&image);
+        both.docker(&args)
+    };
     let refused = |hush_spec: &str, docker_spec: &str| {
-        let d = both.docker(&[
-            "service",
-            "create",
-            "-d",
-            "--replicas",
-            "0",
-            "--no-resolve-image",
-            "--name",
-            &name("x"),
-            "--secret",
-            docker_spec,
-            &image,
-        ]);
+        let d = docker_create(&[docker_spec]);
         let _gone = SwarmService(name("x"));
         let h = both.hush(&["service", "create", &name("x"), "--secret", hush_spec]);
         assert!(!d.status.success() && !h.status.success(), "{hush_spec}: docker {d:?} hush {h:?}");
@@ -283,21 +281,7 @@ fn service_references_behave_as_dockers() {
     refused(&format!("source={id}"), &format!("source={docker_id}"));
     refused(&name("A").to_uppercase(), &name("A").to_uppercase());
     let dup = format!("{},target=same", name("a"));
-    let d = both.docker(&[
-        "service",
-        "create",
-        "-d",
-        "--replicas",
-        "0",
-        "--no-resolve-image",
-        "--name",
-        &name("x"),
-        "--secret",
-        &format!("source={dup}"),
-        "--secret",
-        &format!("source={},target=same", name("b")),
-        &image,
-    ]);
+    let d = docker_create(&[&format!("source={dup}"), &format!("source={},target=same", name("b"))]);
     drop(SwarmService(name("x")));
     let h = both.hush(&[
         "service",
