@@ -118,9 +118,10 @@ fn not_sent(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect"))
 }
 
-/// Whether a read may simply be asked again (the member was down or had no leader).
+/// Whether a read may simply be asked again (the member was down or had no leader, or its
+/// connection closed under the call: `Cancelled`).
 fn transient(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::GRpcStatus(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded))
+    matches!(e, etcd_client::Error::GRpcStatus(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled))
         || matches!(e, etcd_client::Error::TransportError(_))
 }
 
@@ -407,7 +408,11 @@ async fn watch_loop(
                     Err(e) => lost(&health, e.to_string()),
                 }
             }
-            WatchEnd::Broken(why) => {
+            WatchEnd::Broken(why, was_created) => {
+                // A watch that ran is resumed at once; only repeated failures back off.
+                if was_created {
+                    backoff = RETRY_MIN;
+                }
                 lost(&health, why);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_MAX);
@@ -432,7 +437,8 @@ fn lost(health: &watch::Sender<Health>, why: String) {
 
 enum WatchEnd {
     Compacted,
-    Broken(String),
+    /// Why, and whether the watch had been created (changes were flowing) before it broke.
+    Broken(String, bool),
 }
 
 /// One watch stream from `last + 1`, delivering whole revisions in order, each once.
@@ -448,21 +454,23 @@ async fn watch_once(
     let mut watch_client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
     let mut stream = match watch_client.watch(prefix.as_bytes(), Some(options)).await {
         Ok(stream) => stream,
-        Err(e) => return WatchEnd::Broken(e.to_string()),
+        Err(e) => return WatchEnd::Broken(e.to_string(), false),
     };
+    let mut created = false;
     loop {
         let response = match stream.message().await {
             Ok(Some(response)) => response,
-            Ok(None) => return WatchEnd::Broken("watch stream closed".into()),
-            Err(e) => return WatchEnd::Broken(e.to_string()),
+            Ok(None) => return WatchEnd::Broken("watch stream closed".into(), created),
+            Err(e) => return WatchEnd::Broken(e.to_string(), created),
         };
         if response.compact_revision() > 0 {
             return WatchEnd::Compacted;
         }
         if response.canceled() {
-            return WatchEnd::Broken(format!("watch canceled: {}", response.cancel_reason()));
+            return WatchEnd::Broken(format!("watch canceled: {}", response.cancel_reason()), created);
         }
         if response.created() {
+            created = true;
             health.send_if_modified(|h| std::mem::replace(h, Health::Connected) != Health::Connected);
         }
         // Events of one revision always arrive in one response (no fragmenting is asked for).
