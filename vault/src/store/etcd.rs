@@ -156,7 +156,7 @@ impl EtcdStore {
         let start = kv
             .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_count_only()))
             .await
-            .map_err(unavailable)?
+            .map_err(|e| unreachable(config, &e))?
             .header()
             .map_or(0, |h| h.revision()) as Revision;
         let (changes, _) = broadcast::channel(4096);
@@ -209,9 +209,41 @@ async fn connect_client(config: &EtcdConfig) -> Result<Client, StoreError> {
     let connect = Client::connect(endpoints, Some(options));
     let client = tokio::time::timeout(REQUEST_TIMEOUT, connect)
         .await
-        .map_err(|_| StoreError::Io(format!("etcd: no answer from {} in time", config.endpoints.join(","))))?
-        .map_err(unavailable)?;
+        .map_err(|_| StoreError::Unreachable(format!("cannot reach etcd at {}: no answer in time", config.url())))?
+        .map_err(|e| unreachable(config, &e))?;
     Ok(client)
+}
+
+/// Why no member could be reached, in one line: the innermost cause (a refused connection, a
+/// certificate that does not verify, a TLS alert) and, for TLS failures, which flag to check.
+fn unreachable(config: &EtcdConfig, error: &etcd_client::Error) -> StoreError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match error {
+        etcd_client::Error::GRpcStatus(status) => std::error::Error::source(status),
+        etcd_client::Error::TransportError(e) => Some(e),
+        _ => None,
+    };
+    let mut root = error.to_string();
+    while let Some(e) = cause {
+        root = e.to_string();
+        cause = e.source();
+    }
+    let hint = if root.contains("invalid peer certificate") {
+        " (etcd's certificate does not verify with --etcd-ca)"
+    } else if ["fatal alert", "broken pipe", "connection reset", "connection closed", "eof"]
+        .iter()
+        .any(|w| root.to_ascii_lowercase().contains(w))
+    {
+        match &config.tls {
+            None => " (etcd closed the connection: if it serves TLS, give --etcd-ca, and --etcd-cert/--etcd-key)",
+            Some(EtcdTls { identity: None, .. }) => {
+                " (etcd closed the connection: it may require a client certificate, --etcd-cert/--etcd-key)"
+            }
+            Some(_) => " (etcd refused the client certificate: --etcd-cert must be signed by a CA etcd trusts)",
+        }
+    } else {
+        ""
+    };
+    StoreError::Unreachable(format!("cannot reach etcd at {}: {root}{hint}", config.url()))
 }
 
 fn kv_entry(prefix: &str, kv: &etcd_client::KeyValue) -> Result<Entry, StoreError> {

@@ -92,6 +92,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store is closed")]
     Closed,
+    /// A remote store could not be reached at all (the message names it and why).
+    #[error("{0}")]
+    Unreachable(String),
     #[error("{0}")]
     Config(String),
 }
