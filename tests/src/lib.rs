@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod etcd;
+pub mod node_client;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader, Write};
