@@ -276,8 +276,9 @@ impl World {
         panic!("no replica answered an inspect");
     }
 
-    /// Every check on what was recorded since the start.
-    async fn check(&self, phase: &str) {
+    /// The checks on what the writer, the nodes and the tasks recorded; returns the acknowledged
+    /// creates and how many rotations were acknowledged.
+    fn check_recorded(&self, phase: &str) -> (Vec<String>, usize) {
         let ledger = self.ledger.lock().unwrap();
         // Acknowledged rotations got strictly increasing versions: none was lost and re-used.
         let acked: Vec<u64> = ledger.rotations.iter().filter_map(|(_, v)| *v).collect();
@@ -297,7 +298,12 @@ impl World {
         }
         let acked_creates: Vec<String> = ledger.creates.iter().filter(|(_, ok)| *ok).map(|(n, _)| n.clone()).collect();
         let rotations_acked = acked.len();
-        drop(ledger);
+        (acked_creates, rotations_acked)
+    }
+
+    /// Every check on what was recorded since the start.
+    async fn check(&self, phase: &str) {
+        let (acked_creates, rotations_acked) = self.check_recorded(phase);
         for (i, vault) in self.vaults.iter().enumerate().filter(|(i, _)| self.up[*i]) {
             let listed = self.admins[i]
                 .clone()
@@ -345,7 +351,7 @@ fn secret(name: &str, value: &str) -> pb::CreateRequest {
 async fn write_once(admin: &AdminClient<Channel>, ledger: &Mutex<Ledger>) {
     let attempt = write_rotation(admin, ledger).await;
     let n = ledger.lock().unwrap().attempt;
-    if attempt.is_some() && n % 4 == 0 {
+    if attempt.is_some() && n.is_multiple_of(4) {
         let name = format!("c{n}");
         let answered = tokio::time::timeout(CALL_TIMEOUT, admin.clone().create(secret(&name, "x"))).await;
         ledger.lock().unwrap().creates.push((name, matches!(answered, Ok(Ok(_)))));
