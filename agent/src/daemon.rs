@@ -102,6 +102,9 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         )),
         None => None,
     };
+    // What a crashed agent left (its dead mount's device, its tasks), noted before the mount goes.
+    let records = Arc::new(crate::task_record::Records::new(&args.state_dir));
+    let mut leftovers = crate::recovery::Leftovers::find(records.clone(), &args.mount_root);
     // A dead mount left by a crashed agent first: until it is gone the path cannot even be stat'ed.
     if hush_fuse::clean_stale_mount(&args.mount_root).context("cleaning a stale mount")? {
         tracing::warn!(path = %args.mount_root.display(), "removed a stale mount left by an earlier agent");
@@ -113,6 +116,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         .with_context(|| format!("cannot resolve {}", args.mount_root.display()))?;
     let mount = hush_fuse::mount(fs.clone(), &args.mount_root)
         .with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
+    leftovers.mounted().context("recording the mount in the state dir")?;
 
     let vaults = args.vault.clone().unwrap_or_else(|| identity.info.vault.clone());
     let channel = vault_link::node_channel(&identity, &vaults).map_err(anyhow::Error::msg)?;
@@ -130,7 +134,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         clients.push(Arc::new(EngineApi::connect(*kind, socket).map_err(anyhow::Error::msg)?));
     }
     let containers = Arc::new(Containers::new(
-        clients,
+        clients.clone(),
         &canonical_root,
         NodeClient::new(channel.clone()),
         reconciler.clone(),
@@ -151,7 +155,21 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         reconciler: reconciler.clone(),
         mount_root: args.mount_root.clone(),
         stopping: stopped.clone(),
+        records: records.clone(),
+        restored: Default::default(),
     };
+    // After a crash: the tasks that still run are served again (before the assignment stream tells
+    // the vault which tasks run here), and every view is repaired once their files are back.
+    let restored = leftovers.restore_tasks(&control, &NodeClient::new(channel.clone()));
+    tokio::spawn(crate::recovery::repair_views(
+        leftovers.views(),
+        canonical_root.clone(),
+        restored,
+        clients,
+        reconciler.clone(),
+        control.restored.clone(),
+        records,
+    ));
 
     tokio::spawn(async move {
         shutdown.await;

@@ -10,8 +10,12 @@
 //!   it passes the signal to the command (through the init) and keeps waiting for it.
 //! - `hush run` is killed (SIGKILL): the init dies with it (`PR_SET_PDEATHSIG`), and with the init
 //!   every process of the task. The agent sees the control call close and withdraws the task's files.
-//! - The agent goes away (stopped, restarted, killed): the task's files are gone with it, so the task
-//!   is stopped as `docker stop` stops a container: SIGTERM, then SIGKILL after `--stop-timeout`.
+//! - The agent shuts down (or ends the task on purpose): the task's files are gone with it, so the
+//!   task is stopped as `docker stop` stops a container: SIGTERM, then SIGKILL after `--stop-timeout`.
+//! - The agent crashes (its call breaks without saying why): the task runs on while `hush run` asks
+//!   the socket every 100 ms, for `--reconnect-timeout` seconds, for an agent that takes it back
+//!   (`ResumeTask`: a restarted agent repairs the task's view and serves it again). If none does, the
+//!   task is stopped as above.
 
 use crate::caps;
 use crate::task_init::FORWARDED;
@@ -55,6 +59,10 @@ pub struct RunArgs {
     /// Seconds the task has to exit after SIGTERM once its agent is gone, before SIGKILL
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub stop_timeout: u64,
+    /// Seconds a task whose agent crashed keeps running while waiting for a restarted agent to
+    /// take it back, before it is stopped
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub reconnect_timeout: u64,
     /// Command and arguments (after `--`)
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -103,7 +111,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             let ready = first.and_then(|e| e.ready).context("the agent ended the task before it was ready")?;
             anyhow::Ok((ready, events))
         };
-        let (ready, mut events) = tokio::select! {
+        let (ready, events) = tokio::select! {
             started = start => started?,
             signal = next_signal(&mut signals) => return Ok(128 + signal.as_raw()),
         };
@@ -116,7 +124,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         let init = spawn_init(&args, keep, &ready)?;
         // The call (and the connection) stays open while the task runs: the agent ends the task when
         // it closes.
-        supervise(init, &mut signals, &mut events, Duration::from_secs(args.stop_timeout)).await
+        supervise(init, &mut signals, events, &args, &ready.task_id).await
     })
 }
 
@@ -151,33 +159,98 @@ struct Child {
     _alive: std::io::PipeWriter,
 }
 
-/// Waits for the task to end, forwarding signals to it; stops it if the agent goes away.
+/// Waits for the task to end, forwarding signals to it; stops it if the agent goes away for good.
 async fn supervise(
     mut init: Child,
     signals: &mut [(Signal, tokio::signal::unix::Signal)],
-    events: &mut Streaming<pb::RunTaskEvent>,
-    stop_timeout: Duration,
+    mut events: Streaming<pb::RunTaskEvent>,
+    args: &RunArgs,
+    task_id: &str,
 ) -> anyhow::Result<i32> {
-    let lost = loop {
-        let forwarded = next_signal(signals);
-        tokio::select! {
-            status = init.child.wait() => return Ok(exit_code(status?)),
-            signal = forwarded => { let _ = rustix::process::kill_process(init.pid, signal); }
-            event = events.message() => match event {
-                Ok(Some(_)) => {}
-                Ok(None) => break "the agent ended the task".to_string(),
-                Err(status) => break format!("lost the agent: {}", status.message()),
-            },
+    let lost = 'task: loop {
+        let broken = loop {
+            let forwarded = next_signal(signals);
+            tokio::select! {
+                status = init.child.wait() => return Ok(exit_code(status?)),
+                signal = forwarded => { let _ = rustix::process::kill_process(init.pid, signal); }
+                event = events.message() => match event {
+                    Ok(Some(event)) if !event.ended.is_empty() => break 'task format!("lost the agent: {}", event.ended),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break 'task "the agent ended the task".to_string(),
+                    Err(status) => break status.message().to_string(),
+                },
+            }
+        };
+        // The call broke without a word: the agent crashed. A restarted agent may take the task back.
+        tracing::debug!(error = %broken, "lost the agent; waiting for it to come back");
+        match resume(&mut init, signals, args, task_id).await? {
+            Resumed::Yes(stream) => events = *stream,
+            Resumed::Exited(code) => return Ok(code),
+            Resumed::No(why) => break format!("lost the agent: {broken}; {why}"),
         }
     };
     // The task's files are gone: stop it as `docker stop` does.
     let _ = rustix::process::kill_process(init.pid, Signal::TERM);
-    let stopped = tokio::time::timeout(stop_timeout, init.child.wait()).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(args.stop_timeout), init.child.wait()).await;
     if stopped.is_err() {
         let _ = rustix::process::kill_process(init.pid, Signal::KILL);
         let _ = init.child.wait().await;
     }
     bail!("{lost}; its files are gone, so the task was stopped")
+}
+
+/// How waiting for a restarted agent ended.
+enum Resumed {
+    /// An agent took the task back: its stream.
+    Yes(Box<Streaming<pb::RunTaskEvent>>),
+    /// The task exited meanwhile, with this code.
+    Exited(i32),
+    /// No agent took it back: why.
+    No(String),
+}
+
+/// Asks the agent's socket every 100 ms, for `--reconnect-timeout`, to resume the task, while
+/// the task runs on (its signals still forwarded).
+async fn resume(
+    init: &mut Child,
+    signals: &mut [(Signal, tokio::signal::unix::Signal)],
+    args: &RunArgs,
+    task_id: &str,
+) -> anyhow::Result<Resumed> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.reconnect_timeout);
+    loop {
+        let attempt = async {
+            let mut client = connect(&args.socket).await.map_err(|_| None)?;
+            let request = pb::ResumeTaskRequest { task_id: task_id.to_string() };
+            let mut stream = client.resume_task(request).await.map_err(refusal)?.into_inner();
+            match stream.message().await {
+                Ok(Some(event)) if event.ready.is_some() => Ok(stream),
+                Ok(_) => Err(Some("the agent ended the task".to_string())),
+                Err(status) => Err(refusal(status)),
+            }
+        };
+        tokio::select! {
+            status = init.child.wait() => return Ok(Resumed::Exited(exit_code(status?))),
+            signal = next_signal(signals) => { let _ = rustix::process::kill_process(init.pid, signal); }
+            result = attempt => match result {
+                Ok(stream) => return Ok(Resumed::Yes(Box::new(stream))),
+                Err(Some(refused)) => return Ok(Resumed::No(refused)),
+                Err(None) if tokio::time::Instant::now() >= deadline => {
+                    return Ok(Resumed::No(format!("no agent took the task back within {} s", args.reconnect_timeout)));
+                }
+                Err(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+        }
+    }
+}
+
+/// A final refusal (`Some`: the agent answered it does not run this task) or a reason to try
+/// again (`None`: no agent answers yet).
+fn refusal(status: tonic::Status) -> Option<String> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => None,
+        _ => Some(format!("the restarted agent refused the task: {}", status.message())),
+    }
 }
 
 /// The next of the forwarded signals that arrives.

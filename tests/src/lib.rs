@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod etcd;
+pub mod loops;
 pub mod node_client;
 pub mod proxy;
 

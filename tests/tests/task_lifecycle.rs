@@ -181,14 +181,15 @@ fn signals_are_forwarded_and_the_status_comes_back() {
     no_task_left(&vault, &agent);
 }
 
-/// The agent killed under a running task: the task's files are gone, so `hush run` stops it (SIGTERM,
-/// SIGKILL after --stop-timeout for a task that ignores SIGTERM) and says why; the restarted agent
-/// tells the vault.
+/// The agent killed under a running task and not back within --reconnect-timeout: the task's files
+/// are gone, so `hush run` stops it (SIGTERM, SIGKILL after --stop-timeout for a task that ignores
+/// SIGTERM) and says why; the agent started later ends the task at the vault.
 #[test]
 fn agent_gone_stops_its_tasks() {
     let (vault, mut agent) = setup();
     let script = "trap '' TERM; cat /run/secrets/s; echo; echo ready; exec sleep 3600";
-    let mut run = agent.spawn_run(&vault, &["--service", "web", "--stop-timeout", "1", "--", "sh", "-c", script]);
+    let args = ["--service", "web", "--stop-timeout", "1", "--reconnect-timeout", "1", "--", "sh", "-c", script];
+    let mut run = agent.spawn_run(&vault, &args);
     wait_ready(&mut run);
     let task = descendants(run.id());
     agent.kill9();
