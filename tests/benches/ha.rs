@@ -23,14 +23,16 @@
 //! Figures are printed, never asserted.
 //!
 //! One run on 2 cores shared with seven other engineers' builds (2026-12-01, debug build of
-//! hush's crates, dependencies optimised; no release build fitted in the time): creates/s redb
-//! 987, etcd replicas 768 (0.78x redb, 0.15x bare puts at 5,125/s); rotations/s redb 806, etcd
-//! 404 (0.50x, 0.08x); fan-out to 100 streams p50 206 ms / p99 314 ms per delivery, last node
-//! p99 318 ms; to 1,000 streams p50 2.17 s / p99 2.94 s, last node p99 3.05 s; replicas' RSS
-//! 65.4 -> 165.1 MiB summed with 1,000 streams (99.7 MiB per 1,000); failover of 333 nodes p50
-//! 3.29 s, last 3.70 s. Fan-out cost grows with streams because every stream re-reads its plan
-//! and its values from etcd and records its `deliver` audit entry on each change: about eight
-//! etcd round trips per stream per rotation, none shared between streams of one replica.
+//! hush's crates, dependencies optimised; no release build fitted in the time; an earlier run
+//! on a quieter machine was about 1.5x faster throughout, ratios alike):
+//! creates/s redb 743, etcd replicas 357 (0.48x redb, 0.11x bare puts at 3,217/s); rotations/s
+//! redb 695, etcd 222 (0.32x, 0.07x); fan-out to 100 streams p50 332 ms / p99 736 ms per
+//! delivery (one embedded vault: 68 / 193 ms, 3.8x), to 1,000 streams p50 2.81 s / p99 4.83 s
+//! (embedded: 626 ms / 1.56 s, 3.1x), last node p99 4.94 s; replicas' RSS 65.2 -> 163.8 MiB
+//! summed with 1,000 streams (98.7 MiB per 1,000); failover of 333 nodes p50 4.43 s, last
+//! 4.79 s. Fan-out cost grows with streams on either store because every stream re-reads its
+//! plan and values from the store and records its `deliver` audit entry on each change (about
+//! eight etcd round trips per stream per rotation, none shared between a replica's streams).
 
 use etcd_client::Client;
 use hush_proto::v1 as pb;
@@ -209,6 +211,37 @@ async fn fan_out(admin: &mut AdminClient<Channel>, nodes: &[StreamNode], secret_
     FanOut { every, last }
 }
 
+/// One fan-out stage: streams, rotations' delivery times, how long joining took, retried joins.
+struct Stage {
+    count: usize,
+    result: FanOut,
+    joined: Duration,
+    retried: usize,
+}
+
+/// Creates `s` and a service using it through `vault`, then for each size in [`FANOUT`] joins
+/// nodes (a share on each of `addrs`) and measures [`ROTATIONS`] rotations reaching them all.
+/// Returns the nodes (still streaming), the secret's ID and each stage.
+async fn fan_outs(vault: &TestVault, channel: Channel, addrs: &[String]) -> (Vec<StreamNode>, String, Vec<Stage>) {
+    let mut admin = AdminClient::new(channel);
+    let created = admin.create(create("s".into())).await.expect("create s").into_inner();
+    vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
+    let token = vault.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
+    let ca = std::fs::read_to_string(vault.admin_dir().join("ca.pem")).expect("ca.pem");
+    let mut nodes = Vec::new();
+    let mut stages = Vec::new();
+    for count in FANOUT {
+        let joining = Instant::now();
+        let (more, retried) = join_nodes(addrs, &token, &ca, nodes.len(), count - nodes.len()).await;
+        nodes.extend(more);
+        all_hold(&nodes, &created.id, 1, Duration::from_secs(120)).await;
+        let joined = joining.elapsed();
+        let result = fan_out(&mut admin, &nodes, &created.id).await;
+        stages.push(Stage { count, result, joined, retried });
+    }
+    (nodes, created.id, stages)
+}
+
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -222,7 +255,9 @@ async fn main() {
     let embedded = TestVault::start_new();
     let bundle = TlsBundle::read(&embedded.admin_dir()).expect("bundle");
     let channel = connect_channel(&embedded.addr, &bundle).await.expect("connect");
-    let (redb_creates, redb_rotations) = writes(&[channel], "w").await;
+    let (redb_creates, redb_rotations) = writes(std::slice::from_ref(&channel), "w").await;
+    let (redb_nodes, _, redb_stages) = fan_outs(&embedded, channel, std::slice::from_ref(&embedded.addr)).await;
+    drop(redb_nodes);
     drop(embedded);
 
     let cluster = EtcdCluster::start(3);
@@ -257,32 +292,34 @@ async fn main() {
     row("  rotations: etcd replicas / redb", format!("{:.2}x", ha_rotations / redb_rotations));
     row("  rotations: etcd replicas / bare puts", format!("{:.2}x", ha_rotations / puts));
 
-    // Fan-out.
-    let mut admin = AdminClient::new(channels[0].clone());
-    let created = admin.create(create("s".into())).await.expect("create s").into_inner();
-    vaults[0].hush(&["service", "create", "web", "--secret", "s"]).ok();
-    let token = vaults[0].hush(&["node", "join-token", "-q"]).ok().trim().to_string();
-    let ca = std::fs::read_to_string(vaults[0].admin_dir().join("ca.pem")).expect("ca.pem");
+    // Fan-out, against the same on the embedded vault.
     let addrs: Vec<String> = vaults.iter().map(|v| v.addr.clone()).collect();
     let rss_idle: u64 = vaults.iter().map(|v| rss_kib(v.pid())).sum();
-    let mut nodes = Vec::new();
-    for (step, &count) in FANOUT.iter().enumerate() {
-        let joining = Instant::now();
-        let (more, retried) = join_nodes(&addrs, &token, &ca, nodes.len(), count - nodes.len()).await;
-        nodes.extend(more);
-        all_hold(&nodes, &created.id, 1, Duration::from_secs(120)).await;
-        let joined = joining.elapsed();
-        let result = fan_out(&mut admin, &nodes, &created.id).await;
+    let (nodes, secret_id, stages) = fan_outs(&vaults[0], channels[0].clone(), &addrs).await;
+    let mut joined_before = 0;
+    for (stage, embedded) in stages.iter().zip(&redb_stages) {
+        let (count, result) = (stage.count, &stage.result);
+        let p99 = percentile(&result.every, 0.99);
         row(&format!("fan-out to {count} streams: delivery p50"), ms(percentile(&result.every, 0.5)));
-        row(&format!("fan-out to {count} streams: delivery p99"), ms(percentile(&result.every, 0.99)));
+        row(&format!("fan-out to {count} streams: delivery p99"), ms(p99));
         row(
             &format!("fan-out to {count} streams: last node p50 ({ROTATIONS} rotations)"),
             ms(percentile(&result.last, 0.5)),
         );
         row(&format!("fan-out to {count} streams: last node p99"), ms(percentile(&result.last, 0.99)));
-        let new = count - if step == 0 { 0 } else { FANOUT[step - 1] };
-        row(&format!("  {new} nodes joined ({JOINING} at a time) and streaming in"), ms(joined));
-        row("  joins refused as contended (one token) and made again", retried.to_string());
+        let embedded_p99 = percentile(&embedded.result.every, 0.99);
+        row("  same on one embedded vault: delivery p50", ms(percentile(&embedded.result.every, 0.5)));
+        row("  same on one embedded vault: delivery p99", ms(embedded_p99));
+        row(
+            "  delivery p99: etcd replicas / embedded",
+            format!("{:.2}x", p99.as_secs_f64() / embedded_p99.as_secs_f64()),
+        );
+        row(
+            &format!("  {} nodes joined ({JOINING} at a time) and streaming in", count - joined_before),
+            ms(stage.joined),
+        );
+        row("  joins refused as contended (one token) and made again", (stage.retried + embedded.retried).to_string());
+        joined_before = count;
     }
     let rss_streams: u64 = vaults.iter().map(|v| rss_kib(v.pid())).sum();
     let streams = nodes.len();
@@ -299,6 +336,7 @@ async fn main() {
     vaults[victim].kill9();
     let killed = Instant::now();
     // One rotation, committed while the nodes move.
+    let mut admin = AdminClient::new(channels[0].clone());
     let response = admin.rotate(rotate("s", b"after-kill".to_vec())).await.expect("rotate");
     let version = response.into_inner().version;
     let moved = loop {
@@ -306,7 +344,7 @@ async fn main() {
             .iter()
             .map(|n| {
                 let seen = n.seen().into_iter().find(|s| {
-                    s.at > killed && s.replica != victim && s.versions.get(&created.id).is_some_and(|v| *v >= version)
+                    s.at > killed && s.replica != victim && s.versions.get(&secret_id).is_some_and(|v| *v >= version)
                 });
                 seen.map(|s| s.at)
             })
