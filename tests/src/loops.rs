@@ -31,8 +31,9 @@ pub struct ReadLoop {
 impl ReadLoop {
     /// Starts `command` (which runs [`script`]) with its stdout read line by line.
     pub fn spawn(command: &mut Command) -> Self {
+        // stderr is not read: a pipe nobody drains would block the loop once full.
         let mut child =
-            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("loop starts");
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("loop starts");
         let out = BufReader::new(child.stdout.take().expect("piped"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
