@@ -163,7 +163,7 @@ pub async fn repair_views(
         let namespace = task.namespace;
         match tokio::task::spawn_blocking(move || repair::repair(&namespace, &view)).await {
             Ok(Ok(done)) => {
-                tracing::info!(task = %task.task_id, replaced = ?done.replaced, skipped = ?done.skipped, "task view repaired");
+                tracing::info!(task = %task.task_id, replaced = ?done.replaced, beneath = done.beneath, skipped = ?done.skipped, "task view repaired");
                 if !done.replaced.is_empty() {
                     repair::count(Outcome::TaskRepaired);
                     repaired += 1;
@@ -229,6 +229,6 @@ async fn repair_container(engine: &dyn Engine, id: &str, mount_root: &Path, stal
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    tracing::info!(container = %info.name, service, replaced = ?done.replaced, skipped = ?done.skipped, "container view repaired");
+    tracing::info!(container = %info.name, service, replaced = ?done.replaced, beneath = done.beneath, skipped = ?done.skipped, "container view repaired");
     Ok(!done.replaced.is_empty())
 }

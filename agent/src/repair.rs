@@ -16,10 +16,14 @@
 //! 3. goes back to the agent's namespace and clones each path in the new mount
 //!    (`open_tree(OPEN_TREE_CLONE)`: a detached bind, which carries the new mount's options
 //!    `ro,nosuid,nodev,noexec`);
-//! 4. enters the target namespace again and, for each mount, puts the clone beneath the dead
-//!    mount (`move_mount(MOVE_MOUNT_BENEATH)`) and detaches the dead one (`umount2(MNT_DETACH)`),
-//!    so the path never shows an empty directory; where mounting beneath is refused, detaches
-//!    first and then moves the clone into place.
+//! 4. enters the target namespace again and, for each mount, tries to put the clone beneath the
+//!    dead mount (`move_mount(MOVE_MOUNT_BENEATH)`, Linux 6.5) and detach the dead one
+//!    (`umount2(MNT_DETACH)`), so the path never shows an empty directory. The kernel refuses it
+//!    in many places (beneath a mount that sits on the namespace's root mount, as a container's
+//!    `/run/secrets` does; where propagation would put a copy on top): every repair in this
+//!    project's tests was refused (`Repaired::beneath` stayed 0). Then the dead mount is detached
+//!    first and the clone moved into place right after, a window of two system calls in which
+//!    the path shows the directory below.
 //!
 //! The thread ends with the work: nothing else in the agent ever runs in a task's namespace.
 //!
@@ -289,6 +293,9 @@ pub struct View {
 pub struct Repaired {
     /// Mount points whose dead mount was replaced.
     pub replaced: Vec<PathBuf>,
+    /// How many of them had the new mount put beneath the dead one (no window without a mount);
+    /// the others were detached first.
+    pub beneath: usize,
     /// Mounts of the dead filesystem left as they were, and why (hidden, live, not allowed, gone
     /// from the new mount).
     pub skipped: Vec<(PathBuf, &'static str)>,
