@@ -185,3 +185,50 @@ async fn half_open_connections_from_one_peer_leave_other_admins_served() {
 fn is_open(stream: &tokio::net::TcpStream) -> bool {
     matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
+
+/// `hush audit --follow` in the background; `Some` once the vault accepted it (the table's
+/// header is printed after the stream opened), `None` with its stderr if it exited instead.
+fn follow(vault: &TestVault) -> Result<std::process::Child, String> {
+    use std::io::BufRead;
+    let mut child = vault
+        .command()
+        .args(["audit", "--follow"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut header = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufReader::new(stdout).read_line(&mut header).unwrap();
+    if header.starts_with("TIME") {
+        return Ok(child);
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success(), "a follow that printed no header succeeded");
+    Err(String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn an_admins_17th_follow_stream_is_refused_until_one_closes() {
+    let vault = TestVault::start_new();
+    let mut open: Vec<_> = (0..hush_vault::follow::PER_ADMIN).map(|_| follow(&vault).expect("under the cap")).collect();
+    let refused = follow(&vault).expect_err("the 17th follow stream was accepted");
+    let lines: Vec<&str> = refused.lines().collect();
+    assert_eq!(lines.len(), 1, "{refused:?}");
+    assert!(lines[0].starts_with("error: too many `hush audit --follow` streams open (16 for admin"), "{}", lines[0]);
+    assert!(lines[0].contains("at most 16 per admin and 256 in all): close one first"), "{}", lines[0]);
+    // Queries without --follow are not capped.
+    assert!(vault.hush(&["audit", "--format", "json"]).status.success());
+
+    // A follower killed: its slot comes back once the vault sees the connection go.
+    let mut gone = open.pop().unwrap();
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    let mut back = wait_for("a follow slot to come back", || follow(&vault).ok());
+    assert!(follow(&vault).is_err(), "the cap holds again");
+    for child in open.iter_mut().chain([&mut back]) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

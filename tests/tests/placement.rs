@@ -239,3 +239,83 @@ fn join_tokens_expire_run_out_rotate_and_never_go_on_a_command_line() {
         assert!(!vault.log_text().contains(secret));
     }
 }
+
+#[test]
+fn single_join_tokens_are_listed_and_revoked_by_id() {
+    let vault = TestVault::start_new();
+    let mint = |args: &[&str]| {
+        let mut full = vec!["node", "join-token"];
+        full.extend_from_slice(args);
+        let out = vault.hush(&full).ok().to_string();
+        let token = out.lines().map(str::trim).find(|l| l.starts_with("HUSHTKN-")).unwrap().to_string();
+        let id = out.split("Token ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap().to_string();
+        (token, id)
+    };
+    let (web_token, web_id) = mint(&["--uses", "3", "--label", "role=web", "--label", "zone=a"]);
+    let (db_token, db_id) = mint(&["--ttl", "1h", "--label", "role=db"]);
+    let (spare_token, spare_id) = mint(&[]);
+
+    // Listed: ID, uses left, expiry, labels; never the token.
+    let table = vault.hush(&["node", "join-token", "ls"]).ok().to_string();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["ID", "USES", "LEFT", "EXPIRES", "LABELS"], "{table}");
+    let row = |id: &str| lines.iter().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} not in {table}"));
+    assert!(row(&web_id).contains(" 3 ") && row(&web_id).ends_with("role=web,zone=a"), "{table}");
+    assert!(row(&db_id).contains("unlimited") && row(&db_id).contains("in 59 minutes"), "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    let json: Value = serde_json::from_str(vault.hush(&["node", "join-token", "ls", "--format", "json"]).ok()).unwrap();
+    let web = json.as_array().unwrap().iter().find(|t| t["ID"] == web_id.as_str()).unwrap();
+    assert_eq!((web["UsesLeft"].as_u64(), web["MaxUses"].as_u64(), web["Uses"].as_u64()), (Some(3), Some(3), Some(0)));
+    assert_eq!(web["Labels"], serde_json::json!({"role": "web", "zone": "a"}));
+    assert_eq!(web["Expired"], false);
+    assert!(
+        web["ExpiresAt"].as_str().unwrap().ends_with('Z') && web["CreatedBy"].as_str().unwrap().starts_with("admin")
+    );
+    assert_eq!(json[0]["ID"], web_id.as_str(), "oldest first");
+    let mut quiet: Vec<String> =
+        vault.hush(&["node", "join-token", "ls", "-q"]).ok().lines().map(String::from).collect();
+    quiet.sort();
+    let mut ids = vec![web_id.clone(), db_id.clone(), spare_id.clone()];
+    ids.sort();
+    assert_eq!(quiet, ids);
+    for token in [&web_token, &db_token, &spare_token] {
+        let (_, secret) = token.rsplit_once('-').unwrap();
+        assert!(!table.contains(secret) && !json.to_string().contains(secret), "a token's secret was listed");
+    }
+
+    // A join uses one of web's three.
+    TestAgent::new().start_joining(&vault, &web_token).unwrap_or_else(|e| panic!("join: {}", e.stderr));
+    let json: Value = serde_json::from_str(vault.hush(&["node", "join-token", "ls", "--format", "json"]).ok()).unwrap();
+    let web = json.as_array().unwrap().iter().find(|t| t["ID"] == web_id.as_str()).unwrap();
+    assert_eq!(web["UsesLeft"].as_u64(), Some(2));
+
+    // Revoked one by one (ID or unique prefix); the others still admit nodes; a joined node stays.
+    let nodes_before = node_ids(&vault);
+    assert_eq!(vault.hush(&["node", "join-token", "rm", &web_id]).ok(), format!("{web_id}\n"));
+    let err = TestAgent::new().start_joining(&vault, &web_token).unwrap_err();
+    let lines: Vec<&str> = err.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{:?}", err.stderr);
+    assert!(lines[0].starts_with("error: ") && lines[0].contains("wrong or has been revoked"), "{}", lines[0]);
+    assert_eq!(node_ids(&vault), nodes_before, "revoking a token keeps its nodes");
+    let prefix = &db_id[..8];
+    assert_eq!(vault.hush(&["node", "join-token", "remove", prefix]).ok(), format!("{prefix}\n"));
+    TestAgent::new().start_joining(&vault, &spare_token).unwrap_or_else(|e| panic!("join: {}", e.stderr));
+    assert_eq!(vault.hush(&["node", "join-token", "ls", "-q"]).ok(), format!("{spare_id}\n"));
+
+    // Unknown IDs: one error line each, exit 1, the known ones still removed.
+    vault.hush(&["node", "join-token", "rm", "nosuchtoken"]).fails_with("join token nosuchtoken not found");
+    let mixed = vault.hush(&["node", "join-token", "rm", &web_id, &spare_id]);
+    assert!(!mixed.status.success());
+    assert_eq!(mixed.stdout, format!("{spare_id}\n"));
+    assert_eq!(mixed.stderr.lines().count(), 1, "{}", mixed.stderr);
+    assert!(mixed.stderr.contains(&format!("join token {web_id} not found")), "{}", mixed.stderr);
+    assert_eq!(vault.hush(&["node", "join-token", "ls", "-q"]).ok(), "");
+    // Flags of a new token do not mix with ls/rm.
+    assert!(!vault.hush(&["node", "join-token", "--uses", "2", "ls"]).status.success());
+
+    // Audited with the token's ID, by the admin.
+    let removed: Vec<Value> = audit(&vault, &[]).into_iter().filter(|e| e["op"] == "join_token_rm").collect();
+    let removed_ids: Vec<&str> = removed.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert_eq!(removed_ids, [web_id.as_str(), db_id.as_str(), spare_id.as_str()]);
+    assert!(removed.iter().all(|e| e["actor"].as_str().unwrap().starts_with("admin")));
+}

@@ -391,6 +391,43 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn join_token_list(
+        &self,
+        request: Request<pb::JoinTokenListRequest>,
+    ) -> Result<Response<pb::JoinTokenListResponse>, Status> {
+        self.admin(&request).await?;
+        let tokens = self.vault.nodes()?.tokens().await?;
+        let tokens = tokens
+            .into_iter()
+            .map(|t| pb::JoinTokenInfo {
+                id: t.id,
+                created_at: rfc3339(&t.created_at),
+                created_by: t.created_by,
+                expires_at: rfc3339(&t.expires_at),
+                max_uses: t.max_uses.unwrap_or(0),
+                uses: t.uses,
+                labels: t.labels.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::JoinTokenListResponse { tokens }))
+    }
+
+    async fn join_token_remove(
+        &self,
+        request: Request<pb::JoinTokenRemoveRequest>,
+    ) -> Result<Response<pb::JoinTokenRemoveResponse>, Status> {
+        let peer = self.admin(&request).await?;
+        let reference = request.into_inner().reference;
+        let record = self.vault.nodes()?.remove_token(&reference).await?;
+        tracing::info!(actor = %peer.actor(), token = %record.id, "join token revoked");
+        self.record(AuditEntry {
+            token: Some(record.id.clone()),
+            ..AuditEntry::now("join_token_rm").actor(peer.actor())
+        })
+        .await;
+        Ok(Response::new(pb::JoinTokenRemoveResponse { id: record.id }))
+    }
+
     async fn node_inspect(
         &self,
         request: Request<pb::NodeInspectRequest>,
@@ -494,6 +531,9 @@ impl Admin for AdminService {
             let read = |line: &str| {
                 serde_json::from_str::<AuditEntry>(line).map_or((0, false), |e| (e.seq, query.matches(&e)))
             };
+            // A line without the query's needles is not parsed; if it is the last, for its seq.
+            let needles = query.needles();
+            let mut unparsed = None::<String>;
             while let Some(line) = stored.recv().await {
                 let line = match line {
                     Ok(line) => line,
@@ -502,11 +542,19 @@ impl Admin for AdminService {
                         return;
                     }
                 };
+                if !needles.iter().all(|n| line.contains(n.as_str())) {
+                    unparsed = Some(line);
+                    continue;
+                }
+                unparsed = None;
                 let (seq, wanted) = read(&line);
                 last_seq = last_seq.max(seq);
                 if wanted && tx.send(Ok(pb::AuditLine { json: line })).await.is_err() {
                     return;
                 }
+            }
+            if let Some(line) = unparsed {
+                last_seq = last_seq.max(read(&line).0);
             }
             let Some(live) = live.as_mut() else { return };
             loop {

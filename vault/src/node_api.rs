@@ -113,7 +113,9 @@ impl From<NodeError> for Status {
         match e {
             NodeError::MalformedToken | NodeError::OtherVault | NodeError::Token(_) => Status::unauthenticated(message),
             NodeError::Csr(_) => Status::invalid_argument(message),
-            NodeError::NotFound(_) | NodeError::NoSuchLabel(_) => Status::not_found(message),
+            NodeError::NotFound(_) | NodeError::TokenNotFound(_) | NodeError::NoSuchLabel(_) => {
+                Status::not_found(message)
+            }
             NodeError::Contended(_) => Status::aborted(message),
             NodeError::Removed(_) => Status::permission_denied(message),
             NodeError::Vault(e) => e.into(),

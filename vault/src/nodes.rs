@@ -28,6 +28,8 @@ pub enum NodeError {
     Csr(String),
     #[error("node {0} not found")]
     NotFound(String),
+    #[error("join token {0} not found (`hush node join-token ls` lists them)")]
+    TokenNotFound(String),
     #[error("node {0} has been removed from this vault")]
     Removed(String),
     #[error("key {0} doesn't exist in node's labels")]
@@ -141,6 +143,47 @@ impl Nodes {
         let key = join_token::key_of(&secret);
         self.store.commit(txn.check(&key, Expect::Absent).put(key, join_token::encode(&record))).await?;
         Ok(Minted { token: hush_proto::token::format(&self.ca_fingerprint, &secret), record, revoked })
+    }
+
+    /// Every stored join token (expired ones too, until the next mint deletes them), by
+    /// creation time. Records hold no secret: only its hash, which is their store key.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, NodeError> {
+        let entries = self.store.range(join_token::PREFIX).await?.entries;
+        let mut tokens = entries.iter().map(join_token::decode).collect::<Result<Vec<_>, _>>()?;
+        tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(tokens)
+    }
+
+    /// Revokes one join token, named by its ID or a unique ID prefix: it admits no node from
+    /// now on. Nodes that joined with it stay.
+    pub async fn remove_token(&self, reference: &str) -> Result<TokenRecord, NodeError> {
+        let not_found = || NodeError::TokenNotFound(reference.to_string());
+        for _ in 0..CONTENDED_RETRIES {
+            let entries = self.store.range(join_token::PREFIX).await?.entries;
+            let decoded: Vec<(&Entry, TokenRecord)> =
+                entries.iter().filter_map(|e| join_token::decode(e).ok().map(|r| (e, r))).collect();
+            let found = match decoded.iter().find(|(_, r)| r.id == reference) {
+                Some(exact) => exact,
+                None => match decoded
+                    .iter()
+                    .filter(|(_, r)| !reference.is_empty() && r.id.starts_with(reference))
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
+                    [one] => *one,
+                    _ => return Err(not_found()),
+                },
+            };
+            let (entry, record) = found;
+            let txn = Txn::new().check(&entry.key, Expect::At(entry.mod_revision)).delete(entry.key.clone());
+            match self.store.commit(txn).await {
+                Ok(_) => return Ok(record.clone()),
+                // A join used it meanwhile: look again (it may be used up or gone).
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(NodeError::Contended(format!("(join token {reference})")))
     }
 
     /// Checks the token, records the node (with the token's labels) and signs its certificate.

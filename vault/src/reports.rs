@@ -62,20 +62,60 @@ fn is_task_id(id: &str) -> bool {
     id.len() == 25 && id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
-/// The entries to write for `events` from `node_id`: the valid ones as the vault states them,
-/// then one `denied` entry counting the refused ones, if any.
+/// What the store says about the tasks and services a report names, looked up before the
+/// report is checked so that [`validated`] needs no store and no runtime (the fuzz target calls
+/// it too).
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The owner of each task ID the report names (`None`: not a task this node started;
+    /// `Err`: the lookup failed, so the events about it are refused).
+    pub owners: HashMap<String, Result<Option<TaskOwner>, String>>,
+    /// Every service's name, when the report holds a refused open that belongs to no task.
+    pub services: HashSet<String>,
+}
+
+/// Whether `event` names a task whose owner [`validated`] needs.
+fn names_task(event: &pb::AccessEvent) -> bool {
+    matches!(event.op.as_str(), "open" | "read" | "denied") && is_task_id(&event.task_id)
+}
+
+/// Whether `event` is a refused open that belongs to no task (its service is kept if it exists).
+fn taskless_denial(event: &pb::AccessEvent) -> bool {
+    event.task_id.is_empty() && event.op == "denied"
+}
+
+/// The entries to write for `events` from `node_id`: the store's [`Facts`] looked up once per
+/// task and report, then [`validated`].
 pub async fn entries_for(
     tasks: &Tasks,
     services: Option<&Services>,
     node_id: &str,
     events: Vec<pb::AccessEvent>,
 ) -> Vec<AuditEntry> {
+    let mut facts = Facts::default();
+    for event in events.iter().filter(|e| names_task(e)) {
+        if !facts.owners.contains_key(&event.task_id) {
+            let owner = tasks.owner(node_id, &event.task_id).await.map_err(|e| e.to_string());
+            facts.owners.insert(event.task_id.clone(), owner);
+        }
+    }
+    if events.iter().any(taskless_denial)
+        && let Some(services) = services
+    {
+        facts.services = services.list().await.map(|l| l.into_iter().map(|s| s.name).collect()).unwrap_or_default();
+    }
+    validated(node_id, events, &facts)
+}
+
+/// The entries to write for `events` from `node_id`, given what the store says ([`Facts`]):
+/// the valid ones as the vault states them, then one `denied` entry counting the refused ones,
+/// if any. Pure: no store, no clock but the vault's own for times.
+pub fn validated(node_id: &str, events: Vec<pb::AccessEvent>, facts: &Facts) -> Vec<AuditEntry> {
     let actor = format!("node:{node_id}");
-    let mut known = Known { services, names: None, owners: HashMap::new() };
     let mut entries = Vec::with_capacity(events.len());
     let (mut refused, mut first_problem) = (0u64, None::<String>);
     for event in events {
-        match checked(tasks, node_id, &actor, event, &mut known).await {
+        match checked(node_id, &actor, event, facts) {
             Ok(entry) => entries.push(entry),
             Err(problem) => {
                 refused += 1;
@@ -94,35 +134,7 @@ pub async fn entries_for(
     entries
 }
 
-/// What one report's checks looked up, so each is looked up once.
-struct Known<'a> {
-    services: Option<&'a Services>,
-    names: Option<HashSet<String>>,
-    owners: HashMap<String, Option<TaskOwner>>,
-}
-
-impl Known<'_> {
-    /// Whether a service of that name exists.
-    async fn is_service(&mut self, name: &str) -> bool {
-        if self.names.is_none() {
-            let names = match self.services {
-                Some(services) => services.list().await.map(|l| l.into_iter().map(|s| s.name).collect()),
-                None => Ok(HashSet::new()),
-            };
-            self.names = Some(names.unwrap_or_default());
-        }
-        self.names.as_ref().is_some_and(|names| names.contains(name))
-    }
-}
-
-async fn checked(
-    tasks: &Tasks,
-    node_id: &str,
-    actor: &str,
-    event: pb::AccessEvent,
-    known: &mut Known<'_>,
-) -> Result<AuditEntry, String> {
-    let owners = &mut known.owners;
+fn checked(node_id: &str, actor: &str, event: pb::AccessEvent, facts: &Facts) -> Result<AuditEntry, String> {
     let stated = AuditEntry { node: Some(node_id.to_string()), ..AuditEntry::now(&event.op).actor(actor) };
     match event.op.as_str() {
         "dropped" => {
@@ -161,20 +173,17 @@ async fn checked(
     };
     // A refused open of a file that belongs to no task: a service's directory (a container
     // of another service, say) or the mount's root. The service is kept if it exists.
-    if event.task_id.is_empty() && event.op == "denied" {
-        let service = if known.is_service(&event.service).await { Some(event.service.clone()) } else { None };
+    if taskless_denial(&event) {
+        let service = facts.services.contains(&event.service).then(|| event.service.clone());
         return object(described(AuditEntry { service, ..stated }));
     }
     if !is_task_id(&event.task_id) {
         return Err("it names no task ID".into());
     }
-    let owner = match owners.get(&event.task_id) {
-        Some(owner) => owner.clone(),
-        None => {
-            let owner = tasks.owner(node_id, &event.task_id).await.map_err(|e| format!("its task: {e}"))?;
-            owners.insert(event.task_id.clone(), owner.clone());
-            owner
-        }
+    let owner = match facts.owners.get(&event.task_id) {
+        Some(Ok(owner)) => owner.clone(),
+        Some(Err(e)) => return Err(format!("its task: {e}")),
+        None => None,
     };
     let Some(owner) = owner else {
         return Err(format!("task {} is not one this node started", event.task_id));
@@ -185,6 +194,54 @@ async fn checked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MINE: &str = "t0000000000000000000000mn";
+
+    fn event(op: &str, task: &str) -> pb::AccessEvent {
+        pb::AccessEvent {
+            op: op.into(),
+            task_id: task.into(),
+            service: "admin-console".into(),
+            name: "db_pw".into(),
+            command: "x".repeat(10_000),
+            time: "1999-01-01T00:00:00Z".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reports_are_stated_as_the_vault_knows_them() {
+        let mut facts = Facts::default();
+        let owner = TaskOwner { node_id: "n1".into(), service_name: "web".into(), started_at: chrono::Utc::now() };
+        facts.owners.insert(MINE.into(), Ok(Some(owner)));
+        facts.services.insert("db".into());
+        let mut taskless = event("denied", "");
+        taskless.service = "db".into();
+        let events = vec![
+            event("read", MINE),
+            event("read", "t00000000000000000000othr"),
+            event("rotate", MINE),
+            event("open", "not-a-task"),
+            taskless,
+            event("denied", ""),
+        ];
+        let entries = validated("n1", events, &facts);
+        assert_eq!(entries.len(), 4, "{entries:#?}");
+        let read = &entries[0];
+        assert_eq!(
+            (read.service.as_deref(), read.task.as_deref()),
+            (Some("web"), Some(MINE)),
+            "service from the store"
+        );
+        assert_eq!((read.node.as_deref(), read.actor.as_deref()), (Some("n1"), Some("node:n1")));
+        assert!(!read.time.starts_with("1999"), "time is the vault's");
+        assert!(read.command.as_ref().unwrap().len() < 100, "capped");
+        assert_eq!(entries[1].service.as_deref(), Some("db"), "a taskless denial keeps a service that exists");
+        assert_eq!(entries[2].service, None, "and drops one that does not");
+        let refused = &entries[3];
+        assert_eq!((refused.op.as_str(), refused.count), ("denied", Some(3)));
+        assert!(refused.reason.as_ref().unwrap().contains("is not one this node started"), "{refused:?}");
+    }
 
     #[test]
     fn a_report_is_bounded_in_size_and_rate() {

@@ -19,24 +19,9 @@ pub struct NodeArgs {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// Make a token agents join with (shown once: the vault keeps only its hash)
-    JoinToken {
-        /// Only the token
-        #[arg(short, long)]
-        quiet: bool,
-        /// How long the token admits nodes
-        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
-        ttl: u64,
-        /// How many nodes may join with it (default: any number until it expires)
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-        uses: Option<u64>,
-        /// A label for every node that joins with it (repeatable)
-        #[arg(long = "label", value_name = "KEY=VALUE")]
-        labels: Vec<String>,
-        /// Revoke every outstanding token first (joined nodes are not affected)
-        #[arg(long)]
-        rotate: bool,
-    },
+    /// Make a token agents join with (shown once: the vault keeps only its hash); `ls` and
+    /// `rm` list and revoke the outstanding ones
+    JoinToken(JoinTokenArgs),
     /// List nodes
     #[command(alias = "list")]
     Ls {
@@ -70,6 +55,119 @@ enum NodeCommand {
         #[arg(required = true, value_name = "NODE")]
         references: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct JoinTokenArgs {
+    #[command(subcommand)]
+    action: Option<TokenAction>,
+    /// Only the token
+    #[arg(short, long)]
+    quiet: bool,
+    /// How long the token admits nodes
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
+    ttl: u64,
+    /// How many nodes may join with it (default: any number until it expires)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    uses: Option<u64>,
+    /// A label for every node that joins with it (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Revoke every outstanding token first (joined nodes are not affected)
+    #[arg(long)]
+    rotate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// List the outstanding join tokens: ID, uses left, expiry, labels (never the token itself)
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Revoke join tokens by ID (nodes that joined with them stay)
+    #[command(alias = "remove")]
+    Rm {
+        /// Token ID or unique ID prefix, as `ls` shows it
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+}
+
+fn uses_left(t: &pb::JoinTokenInfo) -> Option<u64> {
+    (t.max_uses > 0).then(|| t.max_uses.saturating_sub(t.uses))
+}
+
+fn token_json(t: &pb::JoinTokenInfo) -> Value {
+    let expired = chrono::DateTime::parse_from_rfc3339(&t.expires_at).is_ok_and(|e| e <= chrono::Utc::now());
+    json!({
+        "ID": t.id,
+        "Labels": sorted(&t.labels),
+        "Uses": t.uses,
+        "MaxUses": (t.max_uses > 0).then_some(t.max_uses),
+        "UsesLeft": uses_left(t),
+        "ExpiresAt": t.expires_at,
+        "Expired": expired,
+        "CreatedAt": t.created_at,
+        "CreatedBy": t.created_by,
+    })
+}
+
+async fn join_token(
+    client: &mut hush_proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
+    args: JoinTokenArgs,
+    vault: &str,
+) -> anyhow::Result<ExitCode> {
+    match args.action {
+        None => {
+            let request = pb::JoinTokenRequest {
+                rotate: args.rotate,
+                ttl_seconds: args.ttl,
+                uses: args.uses.unwrap_or(0),
+                labels: parse_labels(&args.labels).into_iter().collect(),
+            };
+            let response = client.join_token(request).await.map_err(call_error)?.into_inner();
+            if args.quiet {
+                println!("{}", response.token);
+            } else {
+                print_token(&response, vault);
+            }
+        }
+        Some(TokenAction::Ls { quiet, format }) => {
+            let tokens =
+                client.join_token_list(pb::JoinTokenListRequest {}).await.map_err(call_error)?.into_inner().tokens;
+            let now = chrono::Utc::now();
+            let row = |t: &pb::JoinTokenInfo| {
+                let labels: Vec<String> = sorted(&t.labels).iter().map(|(k, v)| format!("{k}={v}")).collect();
+                vec![
+                    t.id.clone(),
+                    uses_left(t).map_or("unlimited".to_string(), |n| n.to_string()),
+                    super::output::expiry(&t.expires_at, now),
+                    labels.join(","),
+                ]
+            };
+            let listing = Listing {
+                id: |t: &pb::JoinTokenInfo| &t.id,
+                json: &token_json,
+                header: &["ID", "USES LEFT", "EXPIRES", "LABELS"],
+                row: &row,
+            };
+            print_listing(&tokens, quiet, format, &listing)?;
+        }
+        Some(TokenAction::Rm { ids }) => {
+            let client = &*client;
+            return Ok(super::remove_each(ids, |reference| {
+                let mut client = client.clone();
+                async move { client.join_token_remove(pb::JoinTokenRemoveRequest { reference }).await.map(drop) }
+            })
+            .await);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_ttl(text: &str) -> Result<u64, String> {
@@ -170,19 +268,8 @@ fn print_token(response: &pb::JoinTokenResponse, vault: &str) {
 pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect_admin(&args.connection.target()).await?;
     match args.command {
-        NodeCommand::JoinToken { quiet, ttl, uses, labels, rotate } => {
-            let request = pb::JoinTokenRequest {
-                rotate,
-                ttl_seconds: ttl,
-                uses: uses.unwrap_or(0),
-                labels: parse_labels(&labels).into_iter().collect(),
-            };
-            let response = client.join_token(request).await.map_err(call_error)?.into_inner();
-            if quiet {
-                println!("{}", response.token);
-            } else {
-                print_token(&response, args.connection.vault.as_deref().unwrap_or("VAULT:7443"));
-            }
+        NodeCommand::JoinToken(token_args) => {
+            return join_token(&mut client, token_args, args.connection.vault.as_deref().unwrap_or("VAULT:7443")).await;
         }
         NodeCommand::Ls { quiet, format } => {
             let nodes = client.node_list(pb::NodeListRequest {}).await.map_err(call_error)?.into_inner().nodes;

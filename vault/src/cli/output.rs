@@ -63,6 +63,17 @@ pub fn ago(when: &str, now: DateTime<Utc>) -> String {
     }
 }
 
+/// "in 23 hours", or "expired 3 minutes ago" once `when` has passed.
+pub fn expiry(when: &str, now: DateTime<Utc>) -> String {
+    match DateTime::parse_from_rfc3339(when) {
+        Ok(t) => match (t.with_timezone(&Utc) - now).num_seconds() {
+            left if left > 0 => format!("in {}", human_duration(left).to_lowercase()),
+            past => format!("expired {} ago", human_duration(-past).to_lowercase()),
+        },
+        Err(_) => when.to_string(),
+    }
+}
+
 fn human_duration(seconds: i64) -> String {
     let (minutes, hours) = (seconds / 60, seconds / 3600);
     match seconds {
