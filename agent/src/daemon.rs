@@ -76,13 +76,21 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     let identity = match state.load().context("reading the state dir")? {
         Some(identity) => identity,
         None => {
-            let (Some(vault), Some(token)) = (&args.vault, crate::join_token::read(args.join_token_file.as_deref())?)
-            else {
+            let Some(token) = crate::join_token::read(args.join_token_file.as_deref())? else {
                 bail!(
                     "this node has not joined a vault yet: pass --vault HOST:PORT and a join token (--join-token-file FILE or HUSH_JOIN_TOKEN)"
                 );
             };
-            let identity = vault_link::join(vault, &token, &state).await?;
+            // --vault overrides the replicas a token made by replicas on etcd lists.
+            let listed = hush_proto::token::parse(&token).map(|t| t.vaults.join(",")).unwrap_or_default();
+            let vault = match &args.vault {
+                Some(vault) => vault.clone(),
+                None if !listed.is_empty() => listed,
+                None => bail!(
+                    "this node has not joined a vault yet and its join token lists no vault address: pass --vault HOST:PORT"
+                ),
+            };
+            let identity = vault_link::join(&vault, &token, &state).await?;
             tracing::info!(node = %identity.info.node_id, "joined the vault");
             identity
         }

@@ -518,6 +518,21 @@ impl Admin for AdminService {
             until: time(&r.until)?,
         };
         let audit = self.vault.audit();
+        if audit.is_shared() {
+            // Replicas on etcd: every replica's chain, merged (audit/shared.rs).
+            let lines = crate::audit::shared::query(audit.store(), query, r.follow, self.vault.stopping());
+            let stream =
+                tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(lines), move |line| {
+                    let _follow_slot = &follow_slot;
+                    line.map(|json| pb::AuditLine { json }).map_err(|end| match end {
+                        crate::audit::shared::QueryEnd::Store(e) => Status::unavailable(e),
+                        crate::audit::shared::QueryEnd::Lagged(n) => {
+                            Status::data_loss(format!("follower fell behind by {n} changes; query again"))
+                        }
+                    })
+                });
+            return Ok(Response::new(Box::pin(stream)));
+        }
         // Subscribe before reading the files, so nothing written in between is missed.
         let mut live = r.follow.then(|| audit.subscribe());
         // Read as sent, a page of lines at a time: a query's memory does not grow with the log.
@@ -588,8 +603,15 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
         self.admin(&request).await?;
         let response = match self.vault.audit().verify().await {
-            Ok(v) => pb::AuditVerifyResponse { ok: true, entries: v.entries, files: v.files, problem: String::new() },
-            Err(problem) => pb::AuditVerifyResponse { ok: false, entries: 0, files: 0, problem },
+            Ok(v) => pb::AuditVerifyResponse {
+                ok: true,
+                entries: v.entries,
+                files: v.files,
+                problem: String::new(),
+                chains: v.chains,
+                links: v.links,
+            },
+            Err(problem) => pb::AuditVerifyResponse { ok: false, problem, ..Default::default() },
         };
         Ok(Response::new(response))
     }

@@ -22,6 +22,7 @@ pub mod k8s;
 pub mod keyring;
 pub mod layout;
 pub mod logging;
+pub mod migrate;
 pub mod model;
 pub mod node_api;
 pub mod nodes;

@@ -142,7 +142,10 @@ impl Nodes {
         };
         let key = join_token::key_of(&secret);
         self.store.commit(txn.check(&key, Expect::Absent).put(key, join_token::encode(&record))).await?;
-        Ok(Minted { token: hush_proto::token::format(&self.ca_fingerprint, &secret), record, revoked })
+        // Replicas on etcd: the token lists where agents reach them (none for an embedded vault).
+        let vaults = crate::replica::advertised(self.store.as_ref()).await?;
+        let token = hush_proto::token::format_with_vaults(&self.ca_fingerprint, &secret, &vaults);
+        Ok(Minted { token, record, revoked })
     }
 
     /// Every stored join token (expired ones too, until the next mint deletes them), by

@@ -63,7 +63,12 @@ pub async fn ensure_vacant(store: &dyn Store, url: &str) -> Result<(), ReplicaEr
 
 /// Publishes a freshly initialised dir's shared material, all or nothing, create-only.
 pub async fn publish(dir: &DataDir, store: &dyn Store, url: &str) -> Result<(), ReplicaError> {
-    let mut txn = Txn::new();
+    publish_with(dir, store, url, Txn::new()).await
+}
+
+/// [`publish`], with `txn`'s operations in the same transaction (`vault migrate` removes its
+/// marker so).
+pub async fn publish_with(dir: &DataDir, store: &dyn Store, url: &str, mut txn: Txn) -> Result<(), ReplicaError> {
     for (key, path) in shared_files(dir) {
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         txn = txn.check(key, Expect::Absent).put(key, bytes);
@@ -114,6 +119,45 @@ pub fn replica_id(dir: &DataDir) -> Result<String, ReplicaError> {
     let id = crate::model::new_id();
     crate::fsutil::write_private_atomic(&path, id.as_bytes()).map_err(io(&path))?;
     Ok(id)
+}
+
+/// Where each replica says agents reach it: `cluster/advertise/<replica id>` → JSON list of
+/// `HOST:PORT`. A join token minted by any replica carries them all ([`advertised`]).
+pub const ADVERTISE_PREFIX: &str = "cluster/advertise/";
+
+/// The addresses this replica is reached at: each `--advertise-addr` (with the listening port
+/// when it names none), or the listening address itself when none is given and it is not a
+/// wildcard.
+pub fn advertise_addrs(advertise: &[String], listening: std::net::SocketAddr) -> Vec<String> {
+    let mut addrs: Vec<String> = advertise
+        .iter()
+        .map(|a| if hush_proto::token::valid_addr(a) { a.clone() } else { format!("{a}:{}", listening.port()) })
+        .filter(|a| hush_proto::token::valid_addr(a))
+        .collect();
+    if advertise.is_empty() && !listening.ip().is_unspecified() {
+        addrs.push(listening.to_string());
+    }
+    addrs
+}
+
+/// Records `addrs` as this replica's (replacing what an earlier start recorded).
+pub async fn publish_advertised(store: &dyn Store, replica: &str, addrs: &[String]) -> Result<(), ReplicaError> {
+    let value = serde_json::to_vec(addrs).expect("addresses serialise");
+    store.commit(Txn::new().put(format!("{ADVERTISE_PREFIX}{replica}"), value)).await?;
+    Ok(())
+}
+
+/// Every replica's advertised addresses, in replica id order, each once.
+pub async fn advertised(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    let mut all: Vec<String> = Vec::new();
+    for entry in store.range(ADVERTISE_PREFIX).await?.entries {
+        for addr in serde_json::from_slice::<Vec<String>>(&entry.value).unwrap_or_default() {
+            if !all.contains(&addr) {
+                all.push(addr);
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// `--store` and the TLS files for etcd, as given on the command line.

@@ -87,14 +87,26 @@ impl Vault {
         let data_key = if autolock { None } else { Some(keyring.open_with_key_file()?) };
         // The audit chain is keyed from the data key: a locked vault's log waits for unlock.
         // Replicas sharing a store each keep their own chain, named by the replica's id.
-        let head_key = match &replica {
-            Some(_) => crate::audit::replica_head_key(&crate::replica::replica_id(dir).map_err(|e| open_err(&e))?),
-            None => crate::audit::HEAD_KEY.to_string(),
+        let audit = match &replica {
+            Some(_) => {
+                let id = crate::replica::replica_id(dir).map_err(|e| open_err(&e))?;
+                let log = Arc::new(
+                    AuditLog::open_replica(&dir.audit_dir(), store.clone(), data_key.as_ref(), &id)
+                        .map_err(|e| open_err(&e))?,
+                );
+                log.start_checkpoints(crate::audit::shared::checkpoint_interval());
+                log
+            }
+            None => Arc::new(
+                AuditLog::open_with_head(
+                    &dir.audit_dir(),
+                    store.clone(),
+                    data_key.as_ref(),
+                    crate::audit::HEAD_KEY.into(),
+                )
+                .map_err(|e| open_err(&e))?,
+            ),
         };
-        let audit = Arc::new(
-            AuditLog::open_with_head(&dir.audit_dir(), store.clone(), data_key.as_ref(), head_key)
-                .map_err(|e| VaultStateError::Open(e.to_string()))?,
-        );
         let vault = Self {
             audit,
             stopping: tokio::sync::watch::Sender::new(false),

@@ -64,6 +64,14 @@ pub struct Head {
     pub seq: u64,
     pub last: String,
     pub mac: String,
+    /// Replicas on etcd: the first sequence number of the segment holding entry `seq` (a
+    /// locator, not MAC'd: a wrong one only makes the entry not found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u64>,
+    /// Replicas on etcd: the last entry that is not a `checkpoint` (not MAC'd: it only decides
+    /// whether the other replicas record a new checkpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<u64>,
 }
 
 impl Head {
@@ -72,7 +80,13 @@ impl Head {
     }
 
     pub fn sealed(key: &Key, seq: u64, last: &str) -> Self {
-        Self { seq, last: last.to_string(), mac: crypto::hmac_hex(key, Self::message(seq, last).as_bytes()) }
+        Self {
+            seq,
+            last: last.to_string(),
+            mac: crypto::hmac_hex(key, Self::message(seq, last).as_bytes()),
+            segment: None,
+            activity: None,
+        }
     }
 
     pub fn is_authentic(&self, key: &Key) -> bool {
@@ -128,14 +142,88 @@ pub fn first_seq(path: &Path) -> Option<u64> {
 pub struct Verified {
     pub entries: u64,
     pub files: u32,
+    /// Replicas on etcd: the chains checked (one per replica), and the checkpoint marks
+    /// checked against the chains they name (shared.rs); 0 for a vault's own files.
+    pub chains: u32,
+    pub links: u32,
+}
+
+/// A walk along one chain: each line must verify and follow the one before it.
+pub struct Walk {
+    key: Key,
+    prev: String,
+    next_seq: u64,
+}
+
+impl Walk {
+    pub fn new(key: &Key) -> Self {
+        Self { key: key.clone(), prev: genesis(key), next_seq: 1 }
+    }
+
+    /// Entries walked so far.
+    pub fn entries(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The MAC of the last entry walked (the genesis tag before any).
+    pub fn last_mac(&self) -> &str {
+        &self.prev
+    }
+
+    /// Checks the next line; `place` says where it is (`audit-….jsonl line 3`).
+    pub fn step(&mut self, line: &str, place: &str) -> Result<(AuditEntry, String), String> {
+        let at = format!("entry {} ({place})", self.next_seq);
+        let (entry, mac) = open_line(&self.key, line).map_err(|e| match e {
+            LineError::NotAnEntry(e) => format!("{at}: not a valid entry: {e}"),
+            LineError::Unkeyed => format!("{at}: has no MAC (written by an earlier Hush, whose chain was not keyed)"),
+            LineError::BadMac => format!("{at}: its MAC does not verify (altered, or not written by this vault)"),
+        })?;
+        // The vault's own record of damage it found comes first: it says what happened.
+        if entry.op == DAMAGED_OP {
+            return Err(format!(
+                "{at}: the vault found the log damaged when it started: {}",
+                entry.reason.clone().unwrap_or_default()
+            ));
+        }
+        if entry.seq != self.next_seq {
+            return Err(format!("{at}: sequence number is {} (entries removed, inserted or reordered)", entry.seq));
+        }
+        if entry.prev != self.prev {
+            return Err(format!("{at}: does not follow the entry before it (entries removed, inserted or reordered)"));
+        }
+        self.prev = mac.clone();
+        self.next_seq += 1;
+        Ok((entry, mac))
+    }
+
+    /// Checks the end of the walk against the recorded head.
+    pub fn finish(&self, head: &StoredHead) -> Result<(), String> {
+        let entries = self.entries();
+        match head {
+            StoredHead::None if entries == 0 => Ok(()),
+            StoredHead::None => Err("no chain head is recorded for this log (it was removed from the store)".into()),
+            StoredHead::Unkeyed => Err("the recorded chain head is an earlier Hush's, not keyed".into()),
+            StoredHead::Unreadable => Err("the recorded chain head is unreadable".into()),
+            StoredHead::Keyed(head) if !head.is_authentic(&self.key) => {
+                Err("the recorded chain head was altered".into())
+            }
+            StoredHead::Keyed(head) if head.seq > entries => Err(format!(
+                "the log ends at entry {entries} but entry {} was written: entries were removed from the end",
+                head.seq
+            )),
+            StoredHead::Keyed(head) if head.seq == entries && head.last != self.prev => {
+                Err(format!("entry {entries} (the last) is not the entry recorded as the last"))
+            }
+            StoredHead::Keyed(_) => Ok(()),
+        }
+    }
 }
 
 /// Walks every line of every file and checks the recorded head; names the first problem.
 /// Lines after the recorded head pass only if they verify: a batch being written.
 pub fn verify(dir: &Path, key: &Key, head: &StoredHead) -> Result<Verified, String> {
     let files = log_files(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let mut prev = genesis(key);
-    let mut expected_seq = 1;
+    let mut walk = Walk::new(key);
     for file in &files {
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {name}: {e}"))?;
@@ -143,55 +231,11 @@ pub fn verify(dir: &Path, key: &Key, head: &StoredHead) -> Result<Verified, Stri
             return Err(format!("{name}: the last line is cut short"));
         }
         for (index, line) in text.lines().enumerate() {
-            let at = format!("entry {expected_seq} ({name} line {})", index + 1);
-            let (entry, mac) = open_line(key, line).map_err(|e| match e {
-                LineError::NotAnEntry(e) => format!("{at}: not a valid entry: {e}"),
-                LineError::Unkeyed => {
-                    format!("{at}: has no MAC (written by an earlier Hush, whose chain was not keyed)")
-                }
-                LineError::BadMac => format!("{at}: its MAC does not verify (altered, or not written by this vault)"),
-            })?;
-            // The vault's own record of damage it found comes first: it says what happened.
-            if entry.op == DAMAGED_OP {
-                return Err(format!(
-                    "{at}: the vault found the log damaged when it started: {}",
-                    entry.reason.unwrap_or_default()
-                ));
-            }
-            if entry.seq != expected_seq {
-                return Err(format!("{at}: sequence number is {} (entries removed, inserted or reordered)", entry.seq));
-            }
-            if entry.prev != prev {
-                return Err(format!(
-                    "{at}: does not follow the entry before it (entries removed, inserted or reordered)"
-                ));
-            }
-            prev = mac;
-            expected_seq += 1;
+            walk.step(line, &format!("{name} line {}", index + 1))?;
         }
     }
-    let entries = expected_seq - 1;
-    match head {
-        StoredHead::None if entries == 0 => {}
-        StoredHead::None => return Err("no chain head is recorded for this log (it was removed from the store)".into()),
-        StoredHead::Unkeyed => return Err("the recorded chain head is an earlier Hush's, not keyed".into()),
-        StoredHead::Unreadable => return Err("the recorded chain head is unreadable".into()),
-        StoredHead::Keyed(head) => {
-            if !head.is_authentic(key) {
-                return Err("the recorded chain head was altered".into());
-            }
-            if head.seq > entries {
-                return Err(format!(
-                    "the log ends at entry {entries} but entry {} was written: entries were removed from the end",
-                    head.seq
-                ));
-            }
-            if head.seq == entries && head.last != prev {
-                return Err(format!("entry {entries} (the last) is not the entry recorded as the last"));
-            }
-        }
-    }
-    Ok(Verified { entries, files: files.len() as u32 })
+    walk.finish(head)?;
+    Ok(Verified { entries: walk.entries(), files: files.len() as u32, chains: 0, links: 0 })
 }
 
 #[cfg(test)]

@@ -90,12 +90,28 @@ pub struct AuditEntry {
     /// The ID of a join token (joins, refused joins, `node join-token`); never the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Replicas on etcd: the replica whose chain holds this entry (shared.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// A `checkpoint` entry: where the other replicas' chains stood (shared.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<Vec<ChainMark>>,
     /// The previous line's `mac` (the chain; chain.rs).
     #[serde(default)]
     pub prev: String,
     /// Hex HMAC-SHA256, under the audit key, of this line without this field (chain.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+}
+
+/// Where one replica's chain stood: its last entry's sequence number and MAC, and the first
+/// sequence number of the segment in the store that holds that entry (to find it again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainMark {
+    pub replica: String,
+    pub seq: u64,
+    pub mac: String,
+    pub segment: u64,
 }
 
 impl AuditEntry {
@@ -127,6 +143,7 @@ impl AuditEntry {
             &mut self.container,
             &mut self.container_name,
             &mut self.token,
+            &mut self.replica,
         ] {
             cap(field, MAX_FIELD);
         }

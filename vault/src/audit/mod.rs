@@ -13,6 +13,7 @@
 pub mod chain;
 pub mod entry;
 pub mod query;
+pub mod shared;
 
 use crate::crypto::Key;
 use crate::store::{Store, Txn};
@@ -71,6 +72,8 @@ pub struct AuditLog {
     store: Arc<dyn Store>,
     key: Mutex<Option<Key>>,
     head_key: String,
+    /// Replicas on etcd: this replica's id; its chain is also kept in the store (shared.rs).
+    replica: Option<String>,
 }
 
 /// Where the chain stands.
@@ -89,6 +92,9 @@ struct Writer {
     held: Vec<AuditEntry>,
     held_dropped: u64,
     head_key: String,
+    replica: Option<String>,
+    /// Replicas on etcd: the chain in the store, set once the key is known.
+    shared: Option<shared::StoreChain>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -109,6 +115,27 @@ impl AuditLog {
         data_key: Option<&Key>,
         head_key: String,
     ) -> Result<Self, AuditError> {
+        Self::open_inner(dir, store, data_key, head_key, None)
+    }
+
+    /// A replica's log on a shared store: its chain is kept in the store as well, under its id,
+    /// where every replica reads, merges and verifies all chains (shared.rs).
+    pub fn open_replica(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        data_key: Option<&Key>,
+        replica: &str,
+    ) -> Result<Self, AuditError> {
+        Self::open_inner(dir, store, data_key, replica_head_key(replica), Some(replica.to_string()))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        data_key: Option<&Key>,
+        head_key: String,
+        replica: Option<String>,
+    ) -> Result<Self, AuditError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let max_file_bytes =
             std::env::var("HUSH_AUDIT_FILE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_FILE_BYTES);
@@ -121,6 +148,8 @@ impl AuditLog {
             held: Vec::new(),
             held_dropped: 0,
             head_key: head_key.clone(),
+            replica: replica.clone(),
+            shared: None,
         };
         let (queue, receiver) = mpsc::channel::<Msg>();
         let (lines, _) = broadcast::channel(8192);
@@ -129,7 +158,7 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || writer.run(&receiver, &thread_lines, thread_store.as_ref()))
             .map_err(io_error(dir))?;
-        let log = Self { dir: dir.to_path_buf(), queue, lines, store, key: Mutex::new(None), head_key };
+        let log = Self { dir: dir.to_path_buf(), queue, lines, store, key: Mutex::new(None), head_key, replica };
         if let Some(data_key) = data_key {
             futures::executor::block_on(log.unlock(data_key))?;
         }
@@ -221,9 +250,44 @@ impl AuditLog {
         rx
     }
 
-    /// Checks the chain end to end (every MAC, every link) against the recorded head.
+    /// Whether the chains live in the store (replicas on etcd): queries then go through
+    /// [`shared::query`] on [`Self::store`].
+    pub fn is_shared(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Replicas on etcd: records where the other chains stand every `every`, when they moved
+    /// (shared.rs), for as long as the log exists.
+    pub fn start_checkpoints(self: &Arc<Self>, every: std::time::Duration) {
+        let (Some(own), Ok(runtime)) = (self.replica.clone(), tokio::runtime::Handle::try_current()) else { return };
+        let log = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut last = std::collections::BTreeMap::new();
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(log) = log.upgrade() else { return };
+                let Some(key) = log.key.lock().expect("not poisoned").clone() else { continue };
+                match shared::checkpoint(log.store.as_ref(), &key, &own, &mut last).await {
+                    Ok(Some(entry)) => log.record(entry).await,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "audit checkpoint: cannot read the other chains' heads"),
+                }
+            }
+        });
+    }
+
+    /// Checks the chain end to end (every MAC, every link) against the recorded head; for
+    /// replicas on etcd, every replica's chain in the store and the checkpoints linking them.
     pub async fn verify(&self) -> Result<chain::Verified, String> {
         let key = self.key.lock().expect("not poisoned").clone().ok_or_else(|| AuditError::Locked.to_string())?;
+        if self.is_shared() {
+            let v = shared::verify(self.store.as_ref(), &key).await?;
+            return Ok(chain::Verified { entries: v.entries, files: 0, chains: v.chains, links: v.links });
+        }
         let head = match self.store.get(&self.head_key).await {
             Ok(entry) => StoredHead::parse(entry.as_ref().map(|e| e.value.as_slice())),
             Err(e) => return Err(format!("cannot read the chain head: {e}")),
@@ -389,8 +453,8 @@ impl Writer {
                             let _ = reply.send(Ok(()));
                             continue;
                         }
-                        let result =
-                            prepare(&self.dir, store, &self.head_key, &key).and_then(|start| self.start(key, start));
+                        let result = prepare(&self.dir, store, &self.head_key, &key)
+                            .and_then(|start| self.start(key, start, store));
                         if result.is_ok() {
                             entries.extend(self.take_held().into_iter().map(|e| (e, None)));
                         }
@@ -404,10 +468,30 @@ impl Writer {
         }
     }
 
-    fn start(&mut self, key: Key, start: Start) -> Result<(), AuditError> {
+    fn start(&mut self, key: Key, start: Start, store: &dyn Store) -> Result<(), AuditError> {
         if let Some((path, bytes)) = &start.append_to {
             self.file = Some(OpenOptions::new().append(true).open(path).map_err(io_error(path))?);
             self.file_bytes = *bytes;
+        }
+        if let Some(replica) = &self.replica {
+            let store_error = |e: crate::store::StoreError| AuditError::Io {
+                path: self.head_key.clone(),
+                error: std::io::Error::other(e.to_string()),
+            };
+            let (mut shared, stored) = shared::StoreChain::open(store, replica, &self.head_key).map_err(store_error)?;
+            // Lines a crash left on disk past the store's head go to the store first.
+            if start.damage.is_none() && start.seq > stored {
+                let files = chain::log_files(&self.dir).map_err(io_error(&self.dir))?;
+                let backlog = lines_after(&files, stored)?
+                    .into_iter()
+                    .filter_map(|line| {
+                        let seq = serde_json::from_str::<AuditEntry>(&line).ok()?.seq;
+                        (seq > stored).then_some((seq, line))
+                    })
+                    .collect();
+                shared.add_backlog(backlog);
+            }
+            self.shared = Some(shared);
         }
         self.chain = Some(Chain { key, seq: start.seq, prev: start.prev });
         if let Some(damage) = start.damage {
@@ -444,25 +528,31 @@ impl Writer {
             chain.seq += 1;
             entry.seq = chain.seq;
             entry.prev = std::mem::take(&mut chain.prev);
+            entry.replica.clone_from(&self.replica);
             let (line, mac) = chain::seal_line(&chain.key, entry);
-            chain.prev = mac;
+            chain.prev = mac.clone();
             self.file_bytes += line.len() as u64 + 1;
             buffer.push_str(&line);
             buffer.push('\n');
-            written.push(line);
+            written.push((chain.seq, line, mac));
             waiters.extend(done);
         }
         if let Err(e) = self.flush(&mut buffer) {
             tracing::error!(error = %e, "audit log: write failed");
         }
         let chain = self.chain.as_ref().expect("set above");
-        let head = Head::sealed(&chain.key, chain.seq, &chain.prev);
-        let commit =
-            store.commit(Txn::new().put(self.head_key.clone(), serde_json::to_vec(&head).expect("head serialises")));
-        if let Err(e) = futures::executor::block_on(commit) {
-            tracing::error!(error = %e, "audit log: cannot record the chain head");
+        if let Some(shared) = self.shared.as_mut() {
+            // The lines and the head, in the store before any caller is answered.
+            shared.append(store, &chain.key, &written);
+        } else {
+            let head = Head::sealed(&chain.key, chain.seq, &chain.prev);
+            let commit = store
+                .commit(Txn::new().put(self.head_key.clone(), serde_json::to_vec(&head).expect("head serialises")));
+            if let Err(e) = futures::executor::block_on(commit) {
+                tracing::error!(error = %e, "audit log: cannot record the chain head");
+            }
         }
-        for line in written {
+        for (_, line, _) in written {
             let _ = lines.send(line);
         }
         for done in waiters {

@@ -75,6 +75,17 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         if !report.ok {
             bail!("audit log tampered: {}", report.problem);
         }
+        if report.chains > 0 {
+            println!(
+                "audit log intact: {} entries in {} chain{} (one per replica), hash chains and {} cross-link{} verified",
+                report.entries,
+                report.chains,
+                if report.chains == 1 { "" } else { "s" },
+                report.links,
+                if report.links == 1 { "" } else { "s" }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "audit log intact: {} entries in {} file{}, hash chain verified",
             report.entries,

@@ -48,6 +48,25 @@ pub enum VaultCommand {
         #[command(flatten)]
         store: StoreFlags,
     },
+    /// Move an embedded vault into etcd: every object and version, nodes, services, join tokens,
+    /// keys and CA, and the audit log. The vault must be stopped; the target prefix must be empty
+    Migrate {
+        /// The embedded vault: redb:DATA_DIR
+        #[arg(long, value_name = "redb:DIR")]
+        from: String,
+        /// Where to: etcd://HOST:PORT[,HOST:PORT...][/PREFIX]
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// CA certificate (PEM) that signed etcd's server certificates: TLS to etcd
+        #[arg(long, value_name = "FILE")]
+        etcd_ca: Option<PathBuf>,
+        /// Client certificate (PEM) for etcd's --client-cert-auth
+        #[arg(long, value_name = "FILE")]
+        etcd_cert: Option<PathBuf>,
+        /// Key (PEM) of --etcd-cert
+        #[arg(long, value_name = "FILE")]
+        etcd_key: Option<PathBuf>,
+    },
     /// Unlock an autolocked vault after a restart (reads the unlock key from standard input)
     Unlock {
         #[command(flatten)]
@@ -125,6 +144,7 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
             lock_memory();
             let dir = DataDir::new(&data_dir);
             // Open before listening, so a bad data dir fails before anything is announced.
+            let advertised = advertise.clone();
             let vault = match store.etcd()? {
                 None => {
                     anyhow::ensure!(
@@ -144,7 +164,29 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
             }
             let listener =
                 tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            if store.store.is_some() {
+                // Where agents reach this replica: join tokens list every replica's.
+                let addrs = replica::advertise_addrs(&advertised, listener.local_addr()?);
+                let id = replica::replica_id(&dir)?;
+                replica::publish_advertised(vault.store().as_ref(), &id, &addrs).await?;
+            }
             serve_vault(vault, &dir, listener_announced(listener)?, shutdown_signal()).await?;
+        }
+        VaultCommand::Migrate { from, to, etcd_ca, etcd_cert, etcd_key } => {
+            let dir = DataDir::new(crate::migrate::source_dir(&from)?);
+            let args = StoreArgs { store: Some(to), etcd_ca, etcd_cert, etcd_key };
+            let config = args.etcd()?.expect("--to is given");
+            let target = replica::connect(&config).await?;
+            let url = config.url();
+            let done = crate::migrate::migrate(&dir, &target, &url, |step| eprintln!("migrate: {step}")).await?;
+            println!(
+                "Migrated {} keys ({} bytes) and {} audit entries (chain {}) to {url}",
+                done.keys, done.bytes, done.audit_entries, done.chain
+            );
+            println!(
+                "Serve it with:  hush vault serve --store {url} --data-dir NEW_DIR   (NEW_DIR: a copy of {}'s kek-*.key, or empty with autolock and `hush vault unlock`)",
+                dir.root().display()
+            );
         }
         VaultCommand::Unlock { connection } => {
             if std::io::stdin().is_terminal() {

@@ -11,8 +11,11 @@
 //! events), and when its start revision has been compacted it re-lists the prefix and sends the
 //! difference from what it last knew as one change (what a subscriber would have seen, folded).
 //! Requested progress notifications are never used (racy before 3.4.25).
+//!
+//! Keys under [`UNWATCHED`] (`logs/...`) live beside the prefix, at `PREFIX.logs/...`, so the
+//! watch and its index never carry them.
 
-use super::{Change, Entry, Expect, Op, Revision, Snapshot, Store, StoreError, Txn};
+use super::{Change, Entry, Expect, Op, Revision, Snapshot, Store, StoreError, Txn, UNWATCHED};
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, TxnOp,
@@ -246,18 +249,63 @@ fn unreachable(config: &EtcdConfig, error: &etcd_client::Error) -> StoreError {
     StoreError::Unreachable(format!("cannot reach etcd at {}: {root}{hint}", config.url()))
 }
 
+/// Where [`UNWATCHED`] keys live: beside the watched prefix, not under it.
+const LOGS_SUFFIX: &str = ".logs/";
+
+/// The etcd key of a store key (`prefix` ends with `/`).
+fn etcd_key(prefix: &str, key: &str) -> String {
+    match key.strip_prefix(UNWATCHED) {
+        Some(rest) => format!("{}{LOGS_SUFFIX}{rest}", prefix.trim_end_matches('/')),
+        None => format!("{prefix}{key}"),
+    }
+}
+
 fn kv_entry(prefix: &str, kv: &etcd_client::KeyValue) -> Result<Entry, StoreError> {
+    let logs = format!("{}{LOGS_SUFFIX}", prefix.trim_end_matches('/'));
     let key = std::str::from_utf8(kv.key())
         .ok()
-        .and_then(|k| k.strip_prefix(prefix))
+        .and_then(|k| {
+            k.strip_prefix(prefix)
+                .map(str::to_string)
+                .or_else(|| k.strip_prefix(logs.as_str()).map(|rest| format!("{UNWATCHED}{rest}")))
+        })
         .ok_or_else(|| StoreError::Corrupt(format!("etcd key {:?} is outside {prefix}", kv.key())))?;
-    Ok(Entry { key: key.to_string(), value: kv.value().to_vec(), mod_revision: kv.mod_revision() as Revision })
+    Ok(Entry { key, value: kv.value().to_vec(), mod_revision: kv.mod_revision() as Revision })
+}
+
+/// At most `limit` keys of `prefix + sub` after `after` (a store key), in key order.
+async fn list_page(
+    client: &Client,
+    prefix: &str,
+    sub: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Entry>, StoreError> {
+    let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let start = etcd_key(prefix, sub).into_bytes();
+    let end = prefix_end(&start);
+    let from = match after {
+        Some(after) => {
+            let mut from = etcd_key(prefix, after).into_bytes();
+            from.push(0);
+            from.max(start)
+        }
+        None => start,
+    };
+    let options = GetOptions::new().with_range(end).with_limit(limit as i64);
+    let page = with_failover(transient, || {
+        let (mut kv, from, options) = (kv.clone(), from.clone(), options.clone());
+        async move { kv.get(from, Some(options)).await }
+    })
+    .await
+    .map_err(unavailable)?;
+    page.kvs().iter().map(|item| kv_entry(prefix, item)).collect()
 }
 
 /// Lists `prefix + sub` in pages, every page at the revision of the first (a consistent cut).
 async fn list(client: &Client, prefix: &str, sub: &str) -> Result<Snapshot, StoreError> {
     let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-    let start = format!("{prefix}{sub}").into_bytes();
+    let start = etcd_key(prefix, sub).into_bytes();
     let end = prefix_end(&start);
     let mut from = start.clone();
     let mut revision = 0i64;
@@ -306,7 +354,7 @@ fn prefix_end(start: &[u8]) -> Vec<u8> {
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-        let (full, prefix) = (format!("{}{key}", self.prefix), self.prefix.clone());
+        let (full, prefix) = (etcd_key(&self.prefix, key), self.prefix.clone());
         self.on_runtime(async move {
             let response = with_failover(transient, || {
                 let (mut kv, full) = (kv.clone(), full.clone());
@@ -324,11 +372,17 @@ impl Store for EtcdStore {
         self.on_runtime(async move { list(&client, &root, &sub).await }).await
     }
 
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let (client, root, sub, after) =
+            (self.client.clone(), self.prefix.clone(), prefix.to_string(), after.map(str::to_string));
+        self.on_runtime(async move { list_page(&client, &root, &sub, after.as_deref(), limit).await }).await
+    }
+
     async fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
         let kv = self.client.kv_client();
         let prefix = self.prefix.clone();
         self.on_runtime(async move {
-            let full = |key: &str| format!("{prefix}{key}");
+            let full = |key: &str| etcd_key(&prefix, key);
             let compares: Vec<Compare> = txn
                 .checks
                 .iter()

@@ -6,12 +6,20 @@
 //! next revision (strictly increasing, never reused); an entry remembers the revision that last
 //! wrote it. A transaction applies all its operations or none: when one of its checks fails,
 //! nothing is written and `StoreError::Conflict` names the key.
+//!
+//! Keys under [`UNWATCHED`] are append-only logs (the replicas' audit chains): stored, read and
+//! committed like any other key, but never sent to subscribers, and never part of a listing of
+//! a prefix outside them (etcd keeps them beside the watched prefix, so they would otherwise
+//! flood every replica's watch and its index).
 
 pub mod etcd;
 pub mod redb;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
+
+/// Keys that subscribers never see (see the module's doc).
+pub const UNWATCHED: &str = "logs/";
 
 /// Position in the store's history.
 pub type Revision = u64;
@@ -112,6 +120,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every entry whose key starts with `prefix`, in key order.
     async fn range(&self, prefix: &str) -> Result<Snapshot, StoreError>;
+
+    /// At most `limit` entries whose key starts with `prefix` and sorts after `after` (from the
+    /// first when `None`), in key order: a long listing read page by page, in bounded memory.
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let all = self.range(prefix).await?;
+        Ok(all.entries.into_iter().filter(|e| after.is_none_or(|a| e.key.as_str() > a)).take(limit).collect())
+    }
 
     /// Applies `txn` atomically and durably; returns its revision once it is on disk.
     async fn commit(&self, txn: Txn) -> Result<Revision, StoreError>;

@@ -5,7 +5,7 @@
 //! limited to one disk flush each. redb's copy-on-write commit makes every acknowledged
 //! transaction survive `kill -9` and power loss, and a torn write is never visible.
 
-use super::{Change, Entry, Expect, Op, Revision, Snapshot, Store, StoreError, Txn};
+use super::{Change, Entry, Expect, Op, Revision, Snapshot, Store, StoreError, Txn, UNWATCHED};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
@@ -99,10 +99,33 @@ impl Store for RedbStore {
             if !key.starts_with(prefix) {
                 break;
             }
+            if key.starts_with(UNWATCHED) && !prefix.starts_with(UNWATCHED) {
+                continue;
+            }
             let (mod_revision, value) = Self::read_entry(value.value(), key)?;
             entries.push(Entry { key: key.to_string(), value, mod_revision });
         }
         Ok(Snapshot { entries, revision })
+    }
+
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(KV).map_err(io)?;
+        let start = after.map_or_else(|| prefix.to_string(), |a| format!("{a}\0"));
+        let mut entries = Vec::new();
+        for item in table.range(start.as_str()..).map_err(io)? {
+            let (key, value) = item.map_err(io)?;
+            let key = key.value();
+            if !key.starts_with(prefix) || entries.len() >= limit {
+                break;
+            }
+            if key.starts_with(UNWATCHED) && !prefix.starts_with(UNWATCHED) {
+                continue;
+            }
+            let (mod_revision, value) = Self::read_entry(value.value(), key)?;
+            entries.push(Entry { key: key.to_string(), value, mod_revision });
+        }
+        Ok(entries)
     }
 
     async fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
@@ -131,8 +154,11 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Txn, Reply)>, changes: &bro
             Ok(outcomes) => {
                 for ((txn, reply), outcome) in batch.into_iter().zip(outcomes) {
                     if let Ok(revision) = outcome {
-                        // No receivers is fine: nobody watches yet.
-                        let _ = changes.send(Change { revision, ops: txn.ops });
+                        let ops: Vec<Op> = txn.ops.into_iter().filter(|op| !op.key().starts_with(UNWATCHED)).collect();
+                        if !ops.is_empty() {
+                            // No receivers is fine: nobody watches yet.
+                            let _ = changes.send(Change { revision, ops });
+                        }
                     }
                     let _ = reply.send(outcome);
                 }
