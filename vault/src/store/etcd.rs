@@ -126,6 +126,8 @@ fn not_sent(e: &etcd_client::Error) -> bool {
 fn transient(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled))
         || matches!(e, etcd_client::Error::TransportError(_))
+        // A connection to a member that just died, broken mid-call (seen as a broken pipe).
+        || matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unknown && s.message() == "transport error")
 }
 
 /// Runs `call` again while `retry` says its error allows it, for up to [`FAILOVER`]: the
