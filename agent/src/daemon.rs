@@ -65,6 +65,19 @@ pub fn die_with_parent(parent: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mount root as the container engines name it: its parent resolved, itself not looked at
+/// (it may be a live mount, or a dead one).
+fn canonical_mount_root(mount_root: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let absolute =
+        std::path::absolute(mount_root).with_context(|| format!("cannot resolve {}", mount_root.display()))?;
+    let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        bail!("the mount root {} cannot be /", mount_root.display());
+    };
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let parent = std::fs::canonicalize(parent).with_context(|| format!("cannot resolve {}", parent.display()))?;
+    Ok(parent.join(name))
+}
+
 pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     crate::hardening::harden();
     if args.join_token.is_some() {
@@ -113,18 +126,9 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     // What a crashed agent left (its dead mount's device, its tasks), noted before the mount goes.
     let records = Arc::new(crate::task_record::Records::new(&args.state_dir));
     let mut leftovers = crate::recovery::Leftovers::find(records.clone(), &args.mount_root);
-    // A dead mount left by a crashed agent first: until it is gone the path cannot even be stat'ed.
-    if hush_fuse::clean_stale_mount(&args.mount_root).context("cleaning a stale mount")? {
-        tracing::warn!(path = %args.mount_root.display(), "removed a stale mount left by an earlier agent");
-    }
-    std::fs::create_dir_all(&args.mount_root)
-        .with_context(|| format!("cannot create {}", args.mount_root.display()))?;
-    // As the engines will name bind sources (before mounting: after, this would ask ourselves).
-    let canonical_root = std::fs::canonicalize(&args.mount_root)
-        .with_context(|| format!("cannot resolve {}", args.mount_root.display()))?;
-    let mount = hush_fuse::mount(fs.clone(), &args.mount_root)
-        .with_context(|| format!("cannot mount {}", args.mount_root.display()))?;
-    leftovers.mounted().context("recording the mount in the state dir")?;
+    // As the engines will name bind sources. The parent only: the mount root itself may be a
+    // predecessor's live mount, about to stop answering while it hands over, or a dead one.
+    let canonical_root = canonical_mount_root(&args.mount_root)?;
 
     let vaults = args.vault.clone().unwrap_or_else(|| identity.info.vault.clone());
     let channel = vault_link::node_channel(&identity, &vaults).map_err(anyhow::Error::msg)?;
@@ -149,6 +153,21 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         tokio::runtime::Handle::current(),
     ));
     let _ = registry.set(containers.clone());
+
+    // Everything is ready to serve: only now ask a running predecessor to hand over (its readers
+    // wait from here until we serve).
+    let started = crate::startup::start(&args, &fs, &reconciler, &containers)?;
+    leftovers.mounted().context("recording the mount in the state dir")?;
+    let mount = Arc::new(started.mount);
+    let giver = Arc::new(crate::handover::Giver {
+        mount: mount.clone(),
+        fs: fs.clone(),
+        reconciler: reconciler.clone(),
+        containers: containers.clone(),
+        takeovers: started.report.takeovers,
+    });
+    let handover = tokio::spawn(giver.serve(crate::handover::listen(&args.state_dir)?));
+
     let followers: Vec<_> = engines
         .iter()
         .map(|(kind, socket)| tokio::spawn(containers.clone().follow(*kind, socket.display().to_string())))
@@ -166,9 +185,16 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         records: records.clone(),
         restored: Default::default(),
     };
-    // After a crash: the tasks that still run are served again (before the assignment stream tells
-    // the vault which tasks run here), and every view is repaired once their files are back.
+    // After a crash, or a hand-over: the tasks that still run are served again (before the
+    // assignment stream tells the vault which tasks run here), and after a crash every view is
+    // repaired once their files are back (a hand-over kept the mount: nothing to repair).
     let restored = leftovers.restore_tasks(&control, &NodeClient::new(channel.clone()));
+    for task_id in &started.resumable {
+        if !restored.iter().any(|r| &r.task_id == task_id) {
+            // Taken over, but its hush run is gone: restore_tasks ended it at the vault.
+            reconciler.task_ended(task_id);
+        }
+    }
     tokio::spawn(crate::recovery::repair_views(
         leftovers.views(),
         canonical_root.clone(),
@@ -219,7 +245,10 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         shipping.abort();
     }
     let _ = std::fs::remove_file(&args.socket);
+    handover.abort();
+    let _ = handover.await;
     reconciler.clear();
+    // The last reference now: dropping it unmounts.
     drop(mount);
     match end {
         LinkEnd::Shutdown => Ok(()),

@@ -233,6 +233,64 @@ impl Reconciler {
         state.running.keys().chain(state.containers.keys()).cloned().collect()
     }
 
+    /// Task → service names and container tasks (task → service), for a successor agent.
+    pub fn export_names(&self) -> (HashMap<String, String>, HashMap<String, String>) {
+        let state = self.lock();
+        (state.services.clone(), state.containers.clone())
+    }
+
+    /// Takes over what a predecessor served (the filesystem already holds it, imported): its
+    /// tasks count as running and assigned, its service directories as runnable, until the
+    /// vault's next assignment says otherwise. Nothing in the filesystem changes here. Returns
+    /// the `hush run` tasks taken over.
+    pub fn restore(
+        &self,
+        served: Vec<hush_fuse::handover::ServedTask>,
+        services: HashMap<String, String>,
+    ) -> Vec<String> {
+        let mut state = self.lock();
+        state.services = services;
+        let mut tasks = Vec::new();
+        for task in served {
+            let files: TaskFiles = task
+                .files
+                .into_iter()
+                .map(|f| {
+                    let desired =
+                        DesiredFile { uid: f.uid, gid: f.gid, mode: f.mode, meta: f.meta, content: f.content };
+                    (f.path, desired)
+                })
+                .collect();
+            match task.id.strip_prefix(&format!("{SERVICES_DIR}/")) {
+                Some(name) => {
+                    state.runnable.insert(name.to_string(), files.clone());
+                    state.applied_services.insert(name.to_string(), files);
+                }
+                None => {
+                    state.assigned.insert(task.id.clone(), files.clone());
+                    state.applied.insert(task.id.clone(), files);
+                    state.running.insert(task.id.clone(), task.owner);
+                    tasks.push(task.id);
+                }
+            }
+        }
+        self.applied_tasks.send_replace(state.applied.keys().cloned().collect());
+        // Which services run here is known: containers may be adopted at once.
+        self.assigned_once.send_replace(true);
+        tasks
+    }
+
+    /// The owner of a service directory (`services/NAME`), as this agent makes them.
+    pub fn service_dir_owner(&self, dir: &str) -> Option<TaskOwner> {
+        let name = dir.strip_prefix(&format!("{SERVICES_DIR}/"))?;
+        self.service_owner.as_ref().map(|owner| owner(name))
+    }
+
+    /// The owner a running `hush run` task was recorded with.
+    pub fn task_owner(&self, task_id: &str) -> Option<TaskOwner> {
+        self.lock().running.get(task_id).cloned().flatten()
+    }
+
     /// Drops every task's files (the node was removed from the vault).
     pub fn clear(&self) {
         let mut state = self.lock();

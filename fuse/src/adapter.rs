@@ -32,6 +32,49 @@ const TTL: Duration = Duration::from_secs(1);
 
 struct FuseAdapter {
     fs: Arc<SecretFs>,
+    gate: Arc<Gate>,
+}
+
+/// Stops request handling for a hand-over. Every request holds the gate while it is handled;
+/// [`Gate::freeze`] waits for those in flight, and from then on a request is not answered: its
+/// thread waits until [`Gate::thaw`] (the hand-over failed) or the process exits (it succeeded).
+/// The kernel keeps such a request as "read, not answered", and the successor has it sent
+/// again (`FUSE_NOTIFY_RESEND`). Dropping it would answer it: fuser replies `EIO` to a request
+/// whose reply is dropped.
+#[derive(Default)]
+pub(crate) struct Gate {
+    in_flight: std::sync::RwLock<()>,
+    frozen: std::sync::Mutex<bool>,
+    thawed: std::sync::Condvar,
+}
+
+impl Gate {
+    fn enter(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        use std::sync::PoisonError;
+        loop {
+            let guard = self.in_flight.read().unwrap_or_else(PoisonError::into_inner);
+            let frozen = self.frozen.lock().unwrap_or_else(PoisonError::into_inner);
+            if !*frozen {
+                return guard;
+            }
+            drop(guard);
+            let _unfrozen = self.thawed.wait_while(frozen, |frozen| *frozen).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Returns once no request is being handled and none will be.
+    pub(crate) fn freeze(&self) {
+        use std::sync::PoisonError;
+        *self.frozen.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        // Taking the write side waits for every request that entered before.
+        drop(self.in_flight.write().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Serve again (a hand-over that did not happen); waiting requests proceed.
+    pub(crate) fn thaw(&self) {
+        *self.frozen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+        self.thawed.notify_all();
+    }
 }
 
 fn errno(e: FsError) -> Errno {
@@ -71,6 +114,7 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _gate = self.gate.enter();
         match self.fs.lookup(parent.0, name) {
             // Inodes are never reused, so the generation can stay 0.
             Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
@@ -80,10 +124,12 @@ impl Filesystem for FuseAdapter {
 
     // fuser's `batch_forget` calls this for each inode.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _gate = self.gate.enter();
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _gate = self.gate.enter();
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
@@ -91,6 +137,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _gate = self.gate.enter();
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
         match self.fs.open_file(&request_info(req), ino.0, write) {
             // The inode's content never changes (a new version is a new inode): its pages stay
@@ -125,6 +172,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _gate = self.gate.enter();
         // Nothing to flush on a read-only filesystem. ENOSYS (rather than ok) makes the kernel
         // stop sending FLUSH for good, saving a round trip on every close(); fuser's default
         // would do the same but log a warning.
@@ -141,11 +189,13 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _gate = self.gate.enter();
         self.fs.release(fh.0);
         reply.ok();
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _gate = self.gate.enter();
         match self.fs.opendir(&request_info(req), ino.0) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
@@ -153,6 +203,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _gate = self.gate.enter();
         let entries = match self.fs.readdir(ino.0) {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(e)),
@@ -167,10 +218,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        let _gate = self.gate.enter();
         reply.error(Errno::NO_XATTR);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _gate = self.gate.enter();
         // An empty list: the size query gets 0, a buffer gets no bytes.
         if size == 0 {
             reply.size(0);
@@ -200,9 +253,41 @@ impl Invalidator for NotifierInvalidator {
 pub(crate) struct RunningSession {
     unmounter: SessionUnmounter,
     thread: Option<JoinHandle<io::Result<()>>>,
+    gate: Arc<Gate>,
+    invalidator: Arc<dyn Invalidator>,
+    /// The connection's `/dev/fuse` descriptor (a duplicate: the session has its own).
+    device: std::os::fd::OwnedFd,
+    /// The protocol version negotiated at `FUSE_INIT`.
+    version: (u32, u32),
 }
 
 impl RunningSession {
+    /// Stop answering requests (see [`Gate`]).
+    pub(crate) fn freeze(&self) {
+        self.gate.freeze();
+    }
+
+    /// The session's invalidator (to put it back after a thaw).
+    pub(crate) fn invalidator(&self) -> Arc<dyn Invalidator> {
+        self.invalidator.clone()
+    }
+
+    /// Answer requests again.
+    pub(crate) fn thaw(&self) {
+        self.gate.thaw();
+    }
+
+    /// The connection's device descriptor.
+    pub(crate) fn device(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.device.as_fd()
+    }
+
+    /// The protocol version negotiated at `FUSE_INIT`.
+    pub(crate) fn version(&self) -> (u32, u32) {
+        self.version
+    }
+
     /// Unmount (not lazily: fails with `EBUSY` if the mount is in use).
     pub(crate) fn unmount(&mut self) -> io::Result<()> {
         self.unmounter.unmount()
@@ -223,9 +308,7 @@ impl RunningSession {
     }
 }
 
-/// Mount `fs` at `path` and serve it on `threads` threads. Returns once the kernel handshake is
-/// done, with the invalidator installed in `fs`.
-pub(crate) fn start(fs: Arc<SecretFs>, path: &Path, threads: usize) -> io::Result<RunningSession> {
+fn session_config(threads: usize) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -239,13 +322,50 @@ pub(crate) fn start(fs: Arc<SecretFs>, path: &Path, threads: usize) -> io::Resul
     // allow_other: tasks run as any uid. Our own owner check and default_permissions decide.
     config.acl = SessionACL::All;
     config.n_threads = Some(threads.max(1));
-    let adapter = FuseAdapter { fs: fs.clone() };
-    let mut session = Session::new(adapter, path, &config)?;
-    fs.set_invalidator(Some(Arc::new(NotifierInvalidator(session.notifier()))));
+    config
+}
+
+/// Mount `fs` at `path` and serve it on `threads` threads. Returns once the kernel handshake is
+/// done, with the invalidator installed in `fs`.
+pub(crate) fn start(fs: Arc<SecretFs>, path: &Path, threads: usize) -> io::Result<RunningSession> {
+    let config = session_config(threads);
+    let gate = Arc::new(Gate::default());
+    let adapter = FuseAdapter { fs: fs.clone(), gate: gate.clone() };
+    let session = Session::new(adapter, path, &config)?;
+    let version = session.proto_version().map_or((7, 0), |v| (v.0, v.1));
+    run(fs, session, gate, version)
+}
+
+/// Serve a connection another process mounted and initialised (a hand-over), on `threads`
+/// threads: no mount, no `FUSE_INIT` (fuser patched: `Session::from_fd_initialized`).
+pub(crate) fn resume(
+    fs: Arc<SecretFs>,
+    device: std::os::fd::OwnedFd,
+    version: (u32, u32),
+    threads: usize,
+) -> io::Result<RunningSession> {
+    let config = session_config(threads);
+    let gate = Arc::new(Gate::default());
+    let adapter = FuseAdapter { fs: fs.clone(), gate: gate.clone() };
+    let session =
+        Session::from_fd_initialized(adapter, device, config.acl, config, fuser::Version(version.0, version.1));
+    run(fs, session, gate, version)
+}
+
+fn run(
+    fs: Arc<SecretFs>,
+    mut session: Session<FuseAdapter>,
+    gate: Arc<Gate>,
+    version: (u32, u32),
+) -> io::Result<RunningSession> {
+    use std::os::fd::AsFd;
+    let device = session.as_fd().try_clone_to_owned()?;
+    let invalidator: Arc<dyn Invalidator> = Arc::new(NotifierInvalidator(session.notifier()));
+    fs.set_invalidator(Some(invalidator.clone()));
     let unmounter = session.unmount_callable();
     let thread = std::thread::Builder::new()
         .name("hush-fuse".to_string())
         .spawn(move || session.run())
         .inspect_err(|_| fs.set_invalidator(None))?;
-    Ok(RunningSession { unmounter, thread: Some(thread) })
+    Ok(RunningSession { unmounter, thread: Some(thread), gate, invalidator, device, version })
 }

@@ -251,14 +251,14 @@ pub trait Invalidator: Send + Sync {
 /// State of an open file: the content as of `open` (a reader never sees two versions mixed),
 /// `None` once the task is removed.
 #[derive(Clone)]
-struct Handle {
-    ino: u64,
-    task: Arc<str>,
-    path: Arc<str>,
-    meta: FileMeta,
-    content: Option<Arc<Plaintext>>,
-    opener_tid: u32,
-    opener: Identity,
+pub(crate) struct Handle {
+    pub(crate) ino: u64,
+    pub(crate) task: Arc<str>,
+    pub(crate) path: Arc<str>,
+    pub(crate) meta: FileMeta,
+    pub(crate) content: Option<Arc<Plaintext>>,
+    pub(crate) opener_tid: u32,
+    pub(crate) opener: Identity,
 }
 
 /// The in-memory secrets filesystem. All methods take `&self`; share it as `Arc<SecretFs>`
@@ -274,9 +274,9 @@ struct Handle {
 /// Names and sizes are visible to anyone who can reach the mount: the kernel's dentry cache
 /// is shared between namespaces, so lookups cannot be reliably restricted.
 pub struct SecretFs {
-    tree: RwLock<Tree>,
-    handles: Mutex<HashMap<u64, Handle>>,
-    next_fh: AtomicU64,
+    pub(crate) tree: RwLock<Tree>,
+    pub(crate) handles: Mutex<HashMap<u64, Handle>>,
+    pub(crate) next_fh: AtomicU64,
     resolver: Arc<dyn CallerResolver>,
     events: EventSink,
     invalidator: RwLock<Option<Arc<dyn Invalidator>>>,
@@ -716,16 +716,16 @@ impl SecretFs {
 
     // ---- internals ----
 
-    fn read_tree(&self) -> RwLockReadGuard<'_, Tree> {
+    pub(crate) fn read_tree(&self) -> RwLockReadGuard<'_, Tree> {
         // A panic elsewhere never leaves the tree half-updated in a way reads could trip on.
         self.tree.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_tree(&self) -> RwLockWriteGuard<'_, Tree> {
+    pub(crate) fn write_tree(&self) -> RwLockWriteGuard<'_, Tree> {
         self.tree.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_handles(&self) -> MutexGuard<'_, HashMap<u64, Handle>> {
+    pub(crate) fn lock_handles(&self) -> MutexGuard<'_, HashMap<u64, Handle>> {
         self.handles.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -56,6 +56,25 @@ impl MountNamespaceOwner {
         Ok(Self { _ns: ns, ino, id })
     }
 
+    /// A namespace descriptor handed over by another process (see [`crate::handover`]); fails
+    /// unless it is a mount namespace.
+    pub fn from_fd(ns: OwnedFd) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let ino = rustix::fs::fstat(&ns)?.st_ino;
+        // `mnt:[INODE]` is what the kernel names a mount namespace descriptor.
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", ns.as_raw_fd()))?;
+        if link.to_str() != Some(format!("mnt:[{ino}]").as_str()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a mount namespace descriptor"));
+        }
+        let id = namespace_id(&ns);
+        Ok(Self { _ns: ns, ino, id })
+    }
+
+    /// The held namespace descriptor (to pass it to a successor).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self._ns.as_fd()
+    }
+
     /// Inode number of the namespace (as `/proc/<pid>/ns/mnt` shows it: `mnt:[INODE]`).
     pub fn inode(&self) -> u64 {
         self.ino
@@ -86,6 +105,10 @@ impl OwnerCheck for MountNamespaceOwner {
             Err(_) => Err(DenyReason::UnknownCaller),
         };
         Decision { verdict, identity: caller.identity() }
+    }
+
+    fn as_namespace(&self) -> Option<&MountNamespaceOwner> {
+        Some(self)
     }
 
     fn describe(&self) -> String {

@@ -70,6 +70,8 @@ pub struct MountGuard {
     fs: Arc<SecretFs>,
     path: PathBuf,
     session: Option<RunningSession>,
+    /// Taken over from a predecessor: fuser knows no mount to unmount, we do it.
+    resumed: bool,
 }
 
 impl std::fmt::Debug for MountGuard {
@@ -90,13 +92,84 @@ pub fn mount(fs: Arc<SecretFs>, path: &Path) -> Result<MountGuard, MountError> {
 pub fn mount_with_config(fs: Arc<SecretFs>, path: &Path, config: &MountConfig) -> Result<MountGuard, MountError> {
     let session = adapter::start(fs.clone(), path, config.threads)
         .map_err(|source| MountError::Mount { path: path.to_path_buf(), source })?;
-    Ok(MountGuard { fs, path: path.to_path_buf(), session: Some(session) })
+    Ok(MountGuard { fs, path: path.to_path_buf(), session: Some(session), resumed: false })
 }
+
+/// Serve the connection of a mount at `path` that another process made and initialised (a
+/// hand-over: `device` is its `/dev/fuse` descriptor, `version` what it negotiated). `fs`
+/// must hold the predecessor's state ([`SecretFs::import`]). Call [`MountGuard::resend`] once
+/// the predecessor is gone.
+pub fn resume(
+    fs: Arc<SecretFs>,
+    path: &Path,
+    device: std::os::fd::OwnedFd,
+    version: (u32, u32),
+    config: &MountConfig,
+) -> Result<MountGuard, MountError> {
+    let session = adapter::resume(fs.clone(), device, version, config.threads)
+        .map_err(|source| MountError::Mount { path: path.to_path_buf(), source })?;
+    Ok(MountGuard { fs, path: path.to_path_buf(), session: Some(session), resumed: true })
+}
+
+/// `FUSE_NOTIFY_RESEND` (Linux 6.9): the kernel queues again every request a server read but
+/// did not answer. Header only: length 16, error = the notify code, unique 0.
+const FUSE_NOTIFY_RESEND: i32 = 7;
 
 impl MountGuard {
     /// The mount point.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Stop answering requests, for a hand-over: returns once none is being handled; later
+    /// requests wait, unanswered, for the successor (see [`MountGuard::resend`]).
+    pub fn freeze(&self) {
+        self.fs.set_invalidator(None);
+        if let Some(session) = &self.session {
+            session.freeze();
+        }
+    }
+
+    /// Serve again after [`MountGuard::freeze`] (the hand-over did not happen). `fs` must not
+    /// have changed meanwhile (its invalidator is put back).
+    pub fn thaw(&self) {
+        if let Some(session) = &self.session {
+            self.fs.set_invalidator(Some(session.invalidator()));
+            session.thaw();
+        }
+    }
+
+    /// The connection's `/dev/fuse` descriptor (to hand over).
+    pub fn device(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.session.as_ref().map(|s| s.device())
+    }
+
+    /// The protocol version negotiated at `FUSE_INIT` (to hand over).
+    pub fn version(&self) -> (u32, u32) {
+        self.session.as_ref().map_or((7, 0), |s| s.version())
+    }
+
+    /// Asks the kernel to send again the requests a predecessor read but never answered
+    /// (`FUSE_NOTIFY_RESEND`); until then their callers wait. Call it once the predecessor
+    /// has exited: a request it still reads after this would wait again.
+    pub fn resend(&self) -> io::Result<()> {
+        let Some(device) = self.device() else { return Ok(()) };
+        let mut header = [0u8; 16];
+        header[0..4].copy_from_slice(&16u32.to_ne_bytes());
+        header[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+        let written = rustix::io::write(device, &header)?;
+        if written != header.len() {
+            return Err(io::Error::other("short write of FUSE_NOTIFY_RESEND"));
+        }
+        Ok(())
+    }
+
+    /// Leave the mount and its connection to a successor: nothing is unmounted, and the
+    /// serving threads (frozen, see [`MountGuard::freeze`]) stay parked until the process exits.
+    pub fn abandon(mut self) {
+        self.fs.set_invalidator(None);
+        // The session owns fuser's mount handle, whose drop unmounts: it must never drop.
+        std::mem::forget(self.session.take());
     }
 
     /// Unmount now, reporting failure (dropping the guard does the same, logging failure).
@@ -114,7 +187,12 @@ impl MountGuard {
         };
         // Invalidations after this point would go to a dead channel.
         self.fs.set_invalidator(None);
-        if let Err(e) = session.unmount() {
+        let unmounted = if self.resumed {
+            unmount(&self.path, UnmountFlags::empty()).map_err(io::Error::from)
+        } else {
+            session.unmount()
+        };
+        if let Err(e) = unmounted {
             tracing::debug!(path = %self.path.display(), error = %e, "unmount failed, detaching");
             unmount(&self.path, UnmountFlags::DETACH)
                 .map_err(|e| MountError::Unmount { path: self.path.clone(), source: e.into() })?;

@@ -117,6 +117,12 @@ pub trait OwnerCheck: Send + Sync + 'static {
 
     /// A short description for logs and `Debug` (never a secret).
     fn describe(&self) -> String;
+
+    /// The mount namespace this owner is, if it is one: a hand-over passes its descriptor on
+    /// (other owners are made again by the successor, see [`crate::handover`]).
+    fn as_namespace(&self) -> Option<&crate::MountNamespaceOwner> {
+        None
+    }
 }
 
 /// The owner recorded for a task directory. Cheap to clone (shared).
@@ -137,6 +143,11 @@ impl TaskOwner {
     /// Ask the owner about `caller`.
     pub fn check(&self, caller: &Caller) -> Decision {
         self.0.check(caller)
+    }
+
+    /// The mount namespace this owner is, if it is one.
+    pub fn as_namespace(&self) -> Option<&crate::MountNamespaceOwner> {
+        self.0.as_namespace()
     }
 
     /// Whether two owners are the same recorded owner (not merely equal-looking).

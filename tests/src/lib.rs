@@ -415,6 +415,21 @@ impl TestAgent {
         let _ = child.wait();
     }
 
+    /// Starts a second agent with the same state dir (a graceful restart: it takes over from the
+    /// running one), then waits for the running one to exit. Returns its exit status and how
+    /// long it took from the start of the new agent to the old one's exit.
+    pub fn restart(&mut self, extra: &[&str]) -> (ExitStatus, Duration) {
+        let mut old = self.child.take().expect("running");
+        let began = std::time::Instant::now();
+        if let Err(run) = self.start(extra) {
+            let _ = old.kill();
+            let _ = old.wait();
+            panic!("the new agent did not start: {run:?}");
+        }
+        let status = wait_for("the old agent to exit", || old.try_wait().expect("try_wait"));
+        (status, began.elapsed())
+    }
+
     /// Waits for the agent to exit by itself (e.g. after its node was removed).
     pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

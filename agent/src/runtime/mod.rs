@@ -21,7 +21,7 @@ pub const SERVICE_LABEL: &str = "io.hush.service";
 pub const SWARM_TASK_LABEL: &str = "com.docker.swarm.task.id";
 
 /// Which engine a container belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum EngineKind {
     Docker,
     Podman,

@@ -63,7 +63,7 @@ pub fn container_of(proc_root: &Path, pid: u32) -> io::Result<Option<(EngineKind
 }
 
 /// One user namespace id map (`/proc/PID/uid_map` or `gid_map`): (inside, outside, count) ranges.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct IdMap(Vec<(u32, u32, u32)>);
 
 /// The id the kernel shows for an id with no mapping (`/proc/sys/kernel/overflowuid`).

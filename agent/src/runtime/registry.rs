@@ -60,6 +60,20 @@ impl ContainerTask {
     }
 }
 
+/// A [`ContainerTask`] as handed to a successor agent.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ContainerTaskState {
+    pub engine: EngineKind,
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub service: String,
+    pub task_id: String,
+    pub mnt_ns: u64,
+    pub uid_map: IdMap,
+    pub gid_map: IdMap,
+}
+
 /// Why a caller is not (or not yet) a container task of the service it opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -268,6 +282,48 @@ impl Containers {
             uid_map,
             gid_map,
         })))
+    }
+
+    /// The container tasks known now, for a successor agent (see `crate::handover`).
+    pub fn export(&self) -> Vec<ContainerTaskState> {
+        self.lock()
+            .values()
+            .filter_map(|slot| match slot.get() {
+                Some(Outcome::Task(t)) => Some(ContainerTaskState {
+                    engine: t.engine,
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    image: t.image.clone(),
+                    service: t.service.clone(),
+                    task_id: t.task_id.clone(),
+                    mnt_ns: t.mnt_ns,
+                    uid_map: t.uid_map.clone(),
+                    gid_map: t.gid_map.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Takes a predecessor's container tasks as known: their containers are not registered
+    /// with the vault again (an engine that no longer runs one ends it at the next sweep).
+    pub fn restore(&self, tasks: Vec<ContainerTaskState>) {
+        let mut slots = self.lock();
+        for t in tasks {
+            self.reconciler.container_task_started(&t.task_id, &t.service);
+            let task = ContainerTask {
+                engine: t.engine,
+                id: t.id.clone(),
+                name: t.name,
+                image: t.image,
+                service: t.service,
+                task_id: t.task_id,
+                mnt_ns: t.mnt_ns,
+                uid_map: t.uid_map,
+                gid_map: t.gid_map,
+            };
+            slots.insert(t.id, Arc::new(OnceCell::new_with(Some(Outcome::Task(Arc::new(task))))));
+        }
     }
 
     /// Resolves a container before its first open (on its `start` event, or at agent start).
