@@ -276,7 +276,9 @@ fn the_handover_socket_refuses_other_users() {
     }
     loosen(&socket, 0o777).unwrap();
     let out = as_nobody(&mut helper_command("client", &socket));
-    assert!(out.contains("closed"), "{out}");
+    // Closed unanswered (a reset when our request was still unread): no offer, no descriptor.
+    assert!(out.contains("closed") || out.contains("Connection reset by peer"), "{out}");
+    assert!(!out.contains("offer"), "{out}");
     let log = agent.log_text();
     assert!(log.contains("refused a hand-over request: uid 65534"), "{log}");
     assert!(!log.contains("handing over"), "{log}");
