@@ -158,6 +158,9 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     // wait from here until we serve).
     let started = crate::startup::start(&args, &fs, &reconciler, &containers)?;
     leftovers.mounted().context("recording the mount in the state dir")?;
+    if let Err(e) = started.report.save(&args.state_dir) {
+        tracing::warn!(error = %e, "cannot record how this start went (hush-agent status)");
+    }
     let mount = Arc::new(started.mount);
     let giver = Arc::new(crate::handover::Giver {
         mount: mount.clone(),

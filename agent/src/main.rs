@@ -27,6 +27,13 @@ struct Cli {
 enum Command {
     /// Run a command as a task of a service, with its secrets at /run/secrets (`hush run`)
     Run(hush_agent::run::RunArgs),
+    /// How the agent with this state dir last started: taken over from a running agent (how many
+    /// tasks and containers) or on a fresh mount
+    Status {
+        /// The agent's state dir
+        #[arg(long, default_value = "/var/lib/hush-agent")]
+        state_dir: std::path::PathBuf,
+    },
     /// PID 1 of a task's PID namespace (started by `hush run`, not by hand)
     #[command(hide = true)]
     TaskInit(hush_agent::task_init::InitArgs),
@@ -54,6 +61,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(125)
+            }
+        },
+        Some(Command::Status { state_dir }) => match hush_agent::startup::status(&state_dir) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Some(Command::TaskInit(args)) => ExitCode::from(hush_agent::task_init::run(args).clamp(0, 255) as u8),

@@ -32,6 +32,49 @@ pub struct StartReport {
     pub switch_ms: u64,
 }
 
+/// Where the last start's report is kept (no secret in it), for `hush-agent status`.
+pub fn report_path(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("last-start.json")
+}
+
+impl StartReport {
+    /// Saves the report (0600, replaced whole).
+    pub fn save(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = report_path(state_dir);
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        file.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, &path)
+    }
+}
+
+/// `hush-agent status`: how the agent last started, in one line.
+pub fn status(state_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = report_path(state_dir);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("no agent has started with the state dir {} ({})", state_dir.display(), path.display())
+    })?;
+    let r: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("unreadable {}", path.display()))?;
+    let n = |k: &str| r.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let how = r.get("how").and_then(serde_json::Value::as_str).unwrap_or("unknown");
+    Ok(match how {
+        "took-over" => format!(
+            "last start: took over from pid {} ({} tasks, {} containers; {} hand-overs of this mount; switch {} ms)",
+            n("predecessor"),
+            n("tasks_taken_over"),
+            n("containers_taken_over"),
+            n("takeovers"),
+            n("switch_ms")
+        ),
+        _ => match r.get("refused").and_then(serde_json::Value::as_str) {
+            Some(why) => format!("last start: fresh mount (a hand-over was refused: {why})"),
+            None => "last start: fresh mount".to_string(),
+        },
+    })
+}
+
 /// A started agent's mount, and what it took over.
 pub struct Started {
     pub mount: MountGuard,

@@ -114,6 +114,14 @@ fn graceful_restarts_fail_no_read() {
     assert!(status.success(), "the old agent exited with {status}");
     assert!(took < Duration::from_secs(5), "the hand-over took {took:?}");
     assert!(agent.log_text().contains("took over from the running agent"), "{}", agent.log_text());
+    let status = Run::from_command(
+        Command::new(hush_tests::bin("hush-agent")).args(["status", "--state-dir"]).arg(agent.state_dir()),
+    );
+    let line = status.ok();
+    assert!(
+        line.starts_with("last start: took over from pid ") && line.contains("(1 tasks, 1 containers; 1 hand-overs"),
+        "{line}"
+    );
     let_them_read(&[&task_lines, &container_lines], &value);
     assert_eq!(task_lines.failures(), Vec::<String>::new(), "the task saw failed reads");
     assert_eq!(container_lines.failures(), Vec::<String>::new(), "the container saw failed reads");
