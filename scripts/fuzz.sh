@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target in fuzz/ for SECONDS each (default 60): the join token, compose files,
-# sealed records and service SPEC strings. cargo-fuzz needs nightly features;
+# sealed records, service SPEC strings, placement constraints and node access reports. cargo-fuzz needs nightly features;
 # RUSTC_BOOTSTRAP=1 lets the stable toolchain build them. A crash stops the script non-zero and
 # leaves its input under fuzz/artifacts/TARGET/ (turn it into a unit test when fixing it).
 set -euo pipefail
