@@ -208,9 +208,11 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         records,
     ));
 
+    let stop = Arc::new(stop);
+    let on_signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop.send(true);
+        let _ = on_signal.send(true);
     });
     let mut control_stopped = stopped.clone();
     let control_server = tokio::spawn(
@@ -238,6 +240,10 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     };
     let shipping = tokio::spawn(shipper.run(stopped.clone()));
     let end = vault_link::follow_assignments(channel, reconciler.clone(), stopped).await;
+    // However the agent ends (a removed node too), its tasks end first: their `hush run`
+    // stops them, so no task's mount namespace holds the mount when it goes (unmounting
+    // would wait for that, up to two seconds).
+    stop.send_replace(true);
     control_server.abort();
     for follower in followers {
         follower.abort();

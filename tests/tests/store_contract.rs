@@ -28,6 +28,7 @@ where
     last_operation_on_a_key_wins(fresh("last-op").await).await;
     large_values_round_trip(fresh("large").await).await;
     usable_from_a_plain_thread(fresh("thread").await).await;
+    a_prefix_delete_is_one_operation(fresh("prefix-delete").await).await;
 }
 
 async fn revisions_increase_and_entries_remember_theirs(store: Arc<dyn Store>) {
@@ -159,6 +160,35 @@ async fn last_operation_on_a_key_wins(store: Arc<dyn Store>) {
     assert!(store.get("k").await.unwrap().is_none());
     store.commit(Txn::new().delete("k").put("k", vec![2]).put("k", vec![3])).await.unwrap();
     assert_eq!(store.get("k").await.unwrap().unwrap().value, [3]);
+}
+
+/// More keys than etcd takes operations in one transaction (128) go in one prefix delete,
+/// all or nothing, and watchers see each key deleted at one revision.
+async fn a_prefix_delete_is_one_operation(store: Arc<dyn Store>) {
+    for chunk in (0..300).collect::<Vec<u32>>().chunks(100) {
+        let txn = chunk.iter().fold(Txn::new(), |txn, i| txn.put(format!("p/{i:04}"), vec![1]));
+        store.commit(txn).await.unwrap();
+    }
+    let guard = store.commit(Txn::new().put("guard", vec![1]).put("pq", vec![1])).await.unwrap();
+    // A failed check deletes nothing.
+    let stale = Txn::new().check("guard", Expect::At(guard + 1)).delete_prefix("p/");
+    assert!(matches!(store.commit(stale).await, Err(StoreError::Conflict { .. })));
+    assert_eq!(store.range("p/").await.unwrap().entries.len(), 300);
+    let mut changes = store.subscribe();
+    let revision = store.commit(Txn::new().check("guard", Expect::At(guard)).delete_prefix("p/")).await.unwrap();
+    assert!(store.range("p/").await.unwrap().entries.is_empty());
+    assert!(store.get("pq").await.unwrap().is_some(), "only keys under the prefix");
+    let change = next(&mut changes).await;
+    assert_eq!(change.revision, revision);
+    let deleted: BTreeSet<String> = change
+        .ops
+        .iter()
+        .map(|op| match op {
+            Op::Delete { key } => key.clone(),
+            other => panic!("watchers see deletes only: {other:?}"),
+        })
+        .collect();
+    assert_eq!(deleted, (0..300).map(|i| format!("p/{i:04}")).collect::<BTreeSet<_>>());
 }
 
 async fn large_values_round_trip(store: Arc<dyn Store>) {

@@ -616,6 +616,13 @@ impl Admin for AdminService {
         Ok(Response::new(response))
     }
 
+    async fn members(&self, request: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        self.admin(&request).await?;
+        let cluster = self.vault.cluster().ok_or_else(|| Status::unavailable("this vault is not serving yet"))?;
+        let listing = cluster.listing(self.vault.store().as_ref()).await.map_err(Status::unavailable)?;
+        Ok(Response::new(members_to_pb(listing)))
+    }
+
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         self.admin(&request).await?;
         Ok(Response::new(pb::StatusResponse {
@@ -624,4 +631,38 @@ impl Admin for AdminService {
             ca_fingerprint: self.vault.ca_fingerprint().to_string(),
         }))
     }
+}
+
+fn members_to_pb(listing: crate::cluster::Listing) -> pb::MembersResponse {
+    let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let members = listing
+        .members
+        .into_iter()
+        .map(|m| pb::Member {
+            id: m.record.id,
+            address: m.record.address,
+            ready: m.ready,
+            leader: m.leader,
+            last_heartbeat: time(m.record.heartbeat_at),
+            started_at: time(m.record.started_at),
+            version: m.record.version,
+            answering: m.answering,
+        })
+        .collect();
+    let endpoints = listing
+        .endpoints
+        .into_iter()
+        .map(|(endpoint, status)| match status {
+            Ok(s) => pb::EtcdEndpoint {
+                endpoint,
+                healthy: s.healthy,
+                leader: s.leader,
+                version: s.version,
+                db_size: s.db_size,
+                error: s.errors.join("; "),
+            },
+            Err(error) => pb::EtcdEndpoint { endpoint, error, ..Default::default() },
+        })
+        .collect();
+    pb::MembersResponse { store: listing.store, members, endpoints }
 }

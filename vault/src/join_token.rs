@@ -108,9 +108,11 @@ pub fn check(record: &TokenRecord, now: DateTime<Utc>) -> Result<(), TokenRefusa
     Ok(())
 }
 
-/// Deletes of records no join can use any more (expired), plus the legacy single token.
+/// Deletes of records no join can use any more (expired), plus the legacy single token: at
+/// most 100, so the transaction stays within etcd's 128 operations (the leader's cleanup
+/// sweeps the rest).
 pub fn sweep(txn: Txn, entries: &[Entry], now: DateTime<Utc>) -> Txn {
-    let expired = entries.iter().filter(|e| decode(e).map_or(true, |r| now >= r.expires_at));
+    let expired = entries.iter().filter(|e| decode(e).map_or(true, |r| now >= r.expires_at)).take(100);
     expired.fold(txn.delete(LEGACY_KEY), |txn, e| txn.delete(e.key.clone()))
 }
 

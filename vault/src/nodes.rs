@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 
 /// How often a join or label update retries when a concurrent change got there first.
 const CONTENDED_RETRIES: usize = 16;
+/// Tasks deleted per transaction when a node is removed (etcd's limit is 128 operations).
+pub const TASKS_PER_TXN: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -345,13 +347,23 @@ impl Nodes {
     }
 
     /// Removes the node and its tasks. Its streams end and its certificate is refused.
+    ///
+    /// The node's record goes in the first transaction, with up to [`TASKS_PER_TXN`] of its
+    /// tasks (etcd allows 128 operations in one); that one is the removal every replica acts
+    /// on. Further tasks follow in more transactions; any a crash leaves behind belong to no
+    /// node and are swept by the leader's cleanup (see `jobs::cleanup`).
     pub async fn remove(&self, reference: &str) -> Result<NodeRecord, NodeError> {
         let node = self.find(reference).await?;
-        let mut txn = Txn::new().delete(node_key(&node.id));
-        for task in crate::tasks::Tasks::new(self.store.clone()).of_node(&node.id).await? {
-            txn = txn.delete(task_key(&task.id));
+        let tasks = crate::tasks::Tasks::new(self.store.clone()).of_node(&node.id).await?;
+        let mut chunks = tasks.chunks(TASKS_PER_TXN);
+        let first = chunks.next().unwrap_or_default();
+        // Who started its tasks is kept for the node's late audit reports, which a removed node
+        // can no longer send.
+        let txn = Txn::new().delete(node_key(&node.id)).delete_prefix(crate::tasks::owner_prefix(&node.id));
+        self.store.commit(first.iter().fold(txn, |txn, t| txn.delete(task_key(&t.id)))).await?;
+        for chunk in chunks {
+            self.store.commit(chunk.iter().fold(Txn::new(), |txn, t| txn.delete(task_key(&t.id)))).await?;
         }
-        self.store.commit(txn).await?;
         Ok(node)
     }
 }

@@ -322,6 +322,35 @@ impl Objects {
         &self.store
     }
 
+    /// Every object of `kind` with the revision it was read at (for [`Objects::drop_versions`]).
+    pub async fn list_found(&self, kind: Kind) -> Result<Vec<Found>, VaultError> {
+        let snapshot = self.store.range(&format!("{kind}/obj/")).await?;
+        snapshot.entries.iter().map(|e| Ok(Found { record: decode(e)?, revision: e.mod_revision })).collect()
+    }
+
+    /// Drops `versions` of the object (never its current one): their sealed values and their
+    /// entries in its record, in one transaction that `wrap` may add checks to (the leader's
+    /// fence). A change to the object since `found` was read makes it fail with a conflict.
+    pub async fn drop_versions(
+        &self,
+        kind: Kind,
+        found: &Found,
+        versions: &[u64],
+        wrap: impl FnOnce(Txn) -> Txn,
+    ) -> Result<ObjectRecord, StoreError> {
+        let mut record = found.record.clone();
+        let current = record.current_version();
+        record.versions.retain(|v| v.version == current || !versions.contains(&v.version));
+        let mut txn = Txn::new()
+            .check(obj_key(kind, &record.id), Expect::At(found.revision))
+            .put(obj_key(kind, &record.id), serde_json::to_vec(&record).expect("record serialises"));
+        for version in versions.iter().filter(|v| **v != current) {
+            txn = txn.delete(data_key(kind, &record.id, *version));
+        }
+        self.store.commit(wrap(txn)).await?;
+        Ok(record)
+    }
+
     /// Removes the object with all its versions, unless `in_use` names a user of it. `in_use`
     /// also returns a store check that holds while its answer does (so a service created
     /// between the check and the removal makes the removal retry).
@@ -344,9 +373,9 @@ impl Objects {
             if legacy_name_key(kind, &record.name) != name_key(kind, &record.name) {
                 txn = txn.delete(legacy_name_key(kind, &record.name));
             }
-            for entry in self.store.range(&data_prefix(kind, &record.id)).await?.entries {
-                txn = txn.delete(entry.key);
-            }
+            // Every version in one operation, however many there are: the removal stays one
+            // transaction (etcd allows at most 128 operations in one).
+            txn = txn.delete_prefix(data_prefix(kind, &record.id));
             match self.store.commit(txn).await {
                 Ok(_) => return Ok(record),
                 Err(StoreError::Conflict { .. }) => continue,

@@ -52,6 +52,13 @@ pub async fn serve_vault(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    if vault.cluster().is_none() {
+        // An embedded vault: a cluster of one, which leads (and runs the singleton jobs).
+        let id = crate::replica::replica_id(dir).unwrap_or_else(|_| "local".into());
+        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let settings = crate::cluster::Settings::default();
+        vault.start_cluster(crate::cluster::Cluster::new(id, address, crate::cluster::Backend::Embedded, settings));
+    }
     let config = crate::tls::server_config(vault.tls_identities(), &read(&dir.ca_cert())?)?;
     let limits = acceptor::Limits::from_env(acceptor::raise_open_files_limit());
     let incoming = acceptor::incoming(listener, Arc::new(config), limits);

@@ -49,6 +49,11 @@ fn owner_key(node_id: &str, task_id: &str) -> String {
     format!("task-owner/{node_id}/{task_id}")
 }
 
+/// Every task owner of one node.
+pub fn owner_prefix(node_id: &str) -> String {
+    format!("task-owner/{node_id}/")
+}
+
 fn decode(entry: &Entry) -> Result<TaskRecord, StoreError> {
     serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt(format!("{}: {e}", entry.key)))
 }
@@ -132,7 +137,7 @@ impl Tasks {
         let mut txn = gone.iter().fold(Txn::new(), |txn, t| txn.delete(task_key(&t.id)));
         // Owners older than OWNER_DAYS go too, so the records stay bounded per node.
         let cutoff = Utc::now() - chrono::Duration::days(OWNER_DAYS);
-        for entry in self.store.range(&format!("task-owner/{node_id}/")).await?.entries {
+        for entry in self.store.range(&owner_prefix(node_id)).await?.entries {
             if serde_json::from_slice::<TaskOwner>(&entry.value).is_ok_and(|o| o.started_at < cutoff) {
                 txn = txn.delete(entry.key.clone());
             }

@@ -54,6 +54,8 @@ pub struct Vault {
     /// A replica on a shared store (etcd): the names its own server certificate is issued
     /// for at unlock, and the keyring is published to the store when it changes.
     replica: Option<Vec<String>>,
+    /// Its peers, its leadership and the singleton jobs, once serving (see [`crate::cluster`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Vault {
@@ -121,6 +123,7 @@ impl Vault {
             autolock,
             ca_fingerprint,
             replica,
+            cluster: std::sync::OnceLock::new(),
         };
         if let Some(data_key) = data_key {
             vault.open_with(data_key)?;
@@ -260,6 +263,19 @@ impl Vault {
                 .map_err(|e| VaultStateError::Open(format!("the new keyring is not in the store: {e}")))?;
         }
         Ok(unlock)
+    }
+
+    /// Starts `cluster`'s lease, campaign and jobs for this vault (once: later calls keep the
+    /// first).
+    pub fn start_cluster(self: &Arc<Self>, cluster: crate::cluster::Cluster) {
+        let cluster = Arc::new(cluster);
+        if self.cluster.set(cluster.clone()).is_ok() {
+            cluster.start(self.clone());
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

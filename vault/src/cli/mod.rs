@@ -9,6 +9,7 @@ mod dev_dir;
 mod docker;
 mod import;
 mod input;
+mod members;
 mod nodes;
 mod objects;
 mod output;

@@ -1,7 +1,9 @@
 //! `hush vault init|serve|unlock|rotate-key`.
 
+use super::output::Format;
 use super::{Connection, call_error};
 use crate::client::{connect_admin, connect_admin_for_unlock};
+use crate::cluster::{Backend, Cluster, EtcdBackend};
 use crate::hardening::{disable_core_dumps, lock_memory};
 use crate::init::{InitOptions, init};
 use crate::layout::DataDir;
@@ -47,6 +49,15 @@ pub enum VaultCommand {
         advertise: Vec<String>,
         #[command(flatten)]
         store: StoreFlags,
+        #[command(flatten)]
+        cluster: ClusterFlags,
+    },
+    /// List the vault's replicas (address, leader, last heartbeat) and its etcd endpoints' health
+    Members {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Move an embedded vault into etcd: every object and version, nodes, services, join tokens,
     /// keys and CA, and the audit log. The vault must be stopped; the target prefix must be empty
@@ -97,6 +108,56 @@ pub struct StoreFlags {
     etcd_key: Option<PathBuf>,
 }
 
+/// Leadership and the singleton jobs the leader runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterFlags {
+    /// With --store etcd://...: how long a replica that stops answering keeps its lease (its
+    /// place as leader) before another replica takes over
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_lease_ttl)]
+    lease_ttl: std::time::Duration,
+    /// Versions kept per secret or config, the current one included; older ones are removed
+    /// once superseded for 10 minutes (0 keeps every version)
+    #[arg(long, value_name = "N", default_value_t = crate::jobs::prune::DEFAULT_KEEP)]
+    keep_versions: usize,
+    /// With --store etcd://...: how often the leader compacts etcd's history, keeping one
+    /// interval of it (0 never compacts)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    etcd_compaction_interval: std::time::Duration,
+}
+
+fn parse_lease_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 10s)"))?;
+    if !(2..=300).contains(&ttl.as_secs()) || ttl.subsec_nanos() != 0 {
+        return Err("the lease TTL must be whole seconds, from 2s to 300s".into());
+    }
+    Ok(ttl)
+}
+
+impl ClusterFlags {
+    fn settings(&self) -> crate::cluster::Settings {
+        crate::cluster::Settings {
+            lease_ttl: self.lease_ttl,
+            keep_versions: self.keep_versions,
+            compaction_interval: (!self.etcd_compaction_interval.is_zero()).then_some(self.etcd_compaction_interval),
+        }
+    }
+}
+
+/// Where others reach this replica: its first `--advertise-addr` (with the listening port if
+/// it names none), else the address it listens on (the host's name for a wildcard address).
+fn member_address(advertise: &[String], bound: std::net::SocketAddr) -> String {
+    match advertise.first() {
+        Some(addr) if hush_proto::addr::host_of(addr) != addr.as_str() => addr.clone(),
+        Some(host) if host.contains(':') => format!("[{host}]:{}", bound.port()),
+        Some(host) => format!("{host}:{}", bound.port()),
+        None if bound.ip().is_unspecified() => {
+            let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+            format!("{host}:{}", bound.port())
+        }
+        None => bound.to_string(),
+    }
+}
+
 impl StoreFlags {
     fn etcd(&self) -> anyhow::Result<Option<crate::store::etcd::EtcdConfig>> {
         let args = StoreArgs {
@@ -139,24 +200,26 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
                 print_unlock_key(key.expose_secret());
             }
         }
-        VaultCommand::Serve { data_dir, listen, advertise, store } => {
+        VaultCommand::Serve { data_dir, listen, advertise, store, cluster } => {
             disable_core_dumps();
             lock_memory();
             let dir = DataDir::new(&data_dir);
             // Open before listening, so a bad data dir fails before anything is announced.
             let advertised = advertise.clone();
-            let vault = match store.etcd()? {
+            let (vault, backend) = match store.etcd()? {
                 None => {
                     anyhow::ensure!(
                         advertise.is_empty(),
                         "--advertise-addr on serve needs --store etcd://... (an embedded vault's certificate is made by init)"
                     );
-                    Arc::new(Vault::open(&dir)?)
+                    (Arc::new(Vault::open(&dir)?), Backend::Embedded)
                 }
                 Some(config) => {
                     let shared = replica::connect(&config).await?;
                     replica::fetch(&dir, &shared, &config.url()).await?;
-                    Arc::new(Vault::open_on(&dir, Arc::new(shared), Some(advertise))?)
+                    let etcd = EtcdBackend { client: shared.client(), prefix: shared.prefix().to_string(), config };
+                    let backend = Backend::Etcd(Arc::new(etcd));
+                    (Arc::new(Vault::open_on(&dir, Arc::new(shared), Some(advertise.clone()))?), backend)
                 }
             };
             if vault.is_locked() {
@@ -170,6 +233,9 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
                 let id = replica::replica_id(&dir)?;
                 replica::publish_advertised(vault.store().as_ref(), &id, &addrs).await?;
             }
+            let id = replica::replica_id(&dir)?;
+            let address = member_address(&advertise, listener.local_addr()?);
+            vault.start_cluster(Cluster::new(id, address, backend, cluster.settings()));
             serve_vault(vault, &dir, listener_announced(listener)?, shutdown_signal()).await?;
         }
         VaultCommand::Migrate { from, to, etcd_ca, etcd_cert, etcd_key } => {
@@ -187,6 +253,11 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
                 "Serve it with:  hush vault serve --store {url} --data-dir NEW_DIR   (NEW_DIR: a copy of {}'s kek-*.key, or empty with autolock and `hush vault unlock`)",
                 dir.root().display()
             );
+        }
+        VaultCommand::Members { connection, format } => {
+            let mut client = connect_admin(&connection.target()).await?;
+            let listing = client.members(pb::MembersRequest {}).await.map_err(call_error)?.into_inner();
+            super::members::print(&listing, format)?;
         }
         VaultCommand::Unlock { connection } => {
             if std::io::stdin().is_terminal() {

@@ -18,8 +18,8 @@
 use super::{Change, Entry, Expect, Op, Revision, Snapshot, Store, StoreError, Txn, UNWATCHED};
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
+    TlsOptions, TxnOp, TxnOpResponse, WatchOptions,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -262,6 +262,38 @@ fn etcd_key(prefix: &str, key: &str) -> String {
     }
 }
 
+/// One etcd member's own account of itself (`hush vault members`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointStatus {
+    pub version: String,
+    pub db_size: i64,
+    /// It is the raft leader.
+    pub leader: bool,
+    /// It knows a leader and reports no errors.
+    pub healthy: bool,
+    pub errors: Vec<String>,
+}
+
+/// Asks `endpoint` alone (with `config`'s TLS) for its status, within a second or two.
+pub async fn endpoint_status(config: &EtcdConfig, endpoint: &str) -> Result<EndpointStatus, StoreError> {
+    let one = EtcdConfig { endpoints: vec![endpoint.to_string()], ..config.clone() };
+    let ask = async {
+        let client = connect_client(&one).await?;
+        let status = client.maintenance_client().status().await.map_err(unavailable)?;
+        let member = status.header().map_or(0, |h| h.member_id());
+        Ok(EndpointStatus {
+            version: status.version().to_string(),
+            db_size: status.db_size(),
+            leader: member != 0 && status.leader() == member,
+            healthy: status.leader() != 0 && status.errors().is_empty(),
+            errors: status.errors().to_vec(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Io(format!("etcd: no answer from {endpoint} in time"))))
+}
+
 fn kv_entry(prefix: &str, kv: &etcd_client::KeyValue) -> Result<Entry, StoreError> {
     let logs = format!("{}{LOGS_SUFFIX}", prefix.trim_end_matches('/'));
     let key = std::str::from_utf8(kv.key())
@@ -402,6 +434,9 @@ impl Store for EtcdStore {
                 .map(|(_, op)| match op {
                     Op::Put { key, value } => TxnOp::put(full(key), value.clone(), None),
                     Op::Delete { key } => TxnOp::delete(full(key), None),
+                    Op::DeletePrefix { prefix } => {
+                        TxnOp::delete(full(prefix), Some(DeleteOptions::new().with_prefix()))
+                    }
                 })
                 .collect();
             let reads: Vec<TxnOp> = txn.checks.iter().map(|(key, _)| TxnOp::get(full(key), None)).collect();
@@ -589,6 +624,8 @@ fn deliver(index: &Index, changes: &broadcast::Sender<Change>, change: Change) {
             match op {
                 Op::Put { key, .. } => map.insert(key.clone(), change.revision),
                 Op::Delete { key } => map.remove(key),
+                // Never in a change: etcd reports each key a range delete removed.
+                Op::DeletePrefix { .. } => None,
             };
         }
     }

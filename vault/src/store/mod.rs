@@ -43,14 +43,28 @@ pub enum Expect {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Deletes every key starting with `prefix`, as one operation however many there are (an
+    /// object's versions: etcd allows at most 128 operations in a transaction). It may not
+    /// share a key with another operation of its transaction. Watchers never see it: a
+    /// [`Change`] lists one `Delete` per key it removed.
+    DeletePrefix {
+        prefix: String,
+    },
 }
 
 impl Op {
+    /// The key written, or the prefix of a prefix delete.
     pub fn key(&self) -> &str {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => key,
+            Op::DeletePrefix { prefix } => prefix,
         }
     }
 }
@@ -81,9 +95,14 @@ impl Txn {
         self.ops.push(Op::Delete { key: key.into() });
         self
     }
+
+    pub fn delete_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.ops.push(Op::DeletePrefix { prefix: prefix.into() });
+        self
+    }
 }
 
-/// A committed transaction, as watchers see it.
+/// A committed transaction, as watchers see it: only `Put` and `Delete` operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub revision: Revision,

@@ -152,14 +152,15 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Txn, Reply)>, changes: &bro
         }
         match commit_batch(db, &batch) {
             Ok(outcomes) => {
-                for ((txn, reply), outcome) in batch.into_iter().zip(outcomes) {
-                    if let Ok(revision) = outcome {
-                        let ops: Vec<Op> = txn.ops.into_iter().filter(|op| !op.key().starts_with(UNWATCHED)).collect();
+                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    let outcome = outcome.map(|(revision, ops)| {
+                        let ops: Vec<Op> = ops.into_iter().filter(|op| !op.key().starts_with(UNWATCHED)).collect();
                         if !ops.is_empty() {
                             // No receivers is fine: nobody watches yet.
                             let _ = changes.send(Change { revision, ops });
                         }
-                    }
+                        revision
+                    });
                     let _ = reply.send(outcome);
                 }
             }
@@ -172,9 +173,13 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Txn, Reply)>, changes: &bro
     }
 }
 
+/// What one transaction of a batch came to: its revision and what watchers are told (prefix
+/// deletes spelled out key by key), or why it was skipped.
+type Outcome = Result<(Revision, Vec<Op>), StoreError>;
+
 /// Applies each transaction of the batch in order inside one redb write transaction. A
 /// transaction whose checks fail is skipped (Conflict) without affecting the others.
-fn commit_batch(db: &Database, batch: &[(Txn, Reply)]) -> Result<Vec<Result<Revision, StoreError>>, StoreError> {
+fn commit_batch(db: &Database, batch: &[(Txn, Reply)]) -> Result<Vec<Outcome>, StoreError> {
     let write = db.begin_write().map_err(io)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     {
@@ -187,6 +192,7 @@ fn commit_batch(db: &Database, batch: &[(Txn, Reply)]) -> Result<Vec<Result<Revi
                 continue;
             }
             revision += 1;
+            let mut seen = Vec::with_capacity(txn.ops.len());
             for op in &txn.ops {
                 match op {
                     Op::Put { key, value } => {
@@ -194,13 +200,29 @@ fn commit_batch(db: &Database, batch: &[(Txn, Reply)]) -> Result<Vec<Result<Revi
                         stored.extend_from_slice(&revision.to_be_bytes());
                         stored.extend_from_slice(value);
                         kv.insert(key.as_str(), stored.as_slice()).map_err(io)?;
+                        seen.push(op.clone());
                     }
                     Op::Delete { key } => {
                         kv.remove(key.as_str()).map_err(io)?;
+                        seen.push(op.clone());
+                    }
+                    Op::DeletePrefix { prefix } => {
+                        let mut keys = Vec::new();
+                        for item in kv.range(prefix.as_str()..).map_err(io)? {
+                            let key = item.map_err(io)?.0.value().to_string();
+                            if !key.starts_with(prefix.as_str()) {
+                                break;
+                            }
+                            keys.push(key);
+                        }
+                        for key in keys {
+                            kv.remove(key.as_str()).map_err(io)?;
+                            seen.push(Op::Delete { key });
+                        }
                     }
                 }
             }
-            outcomes.push(Ok(revision));
+            outcomes.push(Ok((revision, seen)));
         }
         meta.insert(REVISION_KEY, revision).map_err(io)?;
     }
