@@ -16,7 +16,6 @@ use hush_proto::v1::node_client::NodeClient;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, SystemTime};
 use tonic::transport::Channel;
 
@@ -32,11 +31,25 @@ pub const WINDOW: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(20);
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Whether opens and reads are recorded (`hush-agent --no-open-audit` turns them off; the vault
+/// is told on every assignment stream and records it).
+static OPEN_EVENTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Records no opens or reads from now on (only before the filesystem is built: it reads this).
+pub fn disable_open_events() {
+    OPEN_EVENTS.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// See [`disable_open_events`].
+pub fn open_events() -> bool {
+    OPEN_EVENTS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Where `--audit-log` writes: a file or standard output.
 pub type LocalLog = Box<dyn Write + Send>;
 
 pub struct Shipper {
-    pub events: Receiver<AccessEvent>,
+    pub events: hush_fuse::EventReceiver,
     pub fs: Arc<SecretFs>,
     pub reconciler: Arc<Reconciler>,
     pub vault: NodeClient<Channel>,
@@ -80,7 +93,7 @@ fn to_wire(event: AccessEvent, task_id: String, service: String) -> pb::AccessEv
                 FileKind::Secret => pb::Kind::Secret,
                 FileKind::Config => pb::Kind::Config,
             };
-            (kind as i32, meta.name.clone(), meta.version)
+            (kind as i32, meta.name.to_string(), meta.version)
         }
         None => (0, String::new(), 0),
     };
@@ -113,7 +126,7 @@ fn to_wire(event: AccessEvent, task_id: String, service: String) -> pb::AccessEv
 struct FoldKey {
     task_id: Arc<str>,
     path: Arc<str>,
-    file: Option<(bool, String, u64)>,
+    file: Option<(bool, Arc<str>, u64)>,
     op: AccessOp,
     pid: u32,
     uid: u32,

@@ -49,9 +49,25 @@ pub struct AgentArgs {
     /// Podman's API socket (`podman system service`), for Podman containers
     #[arg(long)]
     pub podman_socket: Option<PathBuf>,
+    /// Threads serving the FUSE filesystem's requests (see `docs/SEMANTICS.md`, "Reading files")
+    #[arg(long, value_name = "N", default_value_t = hush_fuse::MountConfig::default().threads as u16,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub fuse_threads: u16,
+    /// Record no opens or reads of tasks' files (refusals still are): the vault is told and
+    /// records `open_audit_off` for this node on every connection. For measuring what auditing
+    /// costs; see SECURITY.md
+    #[arg(long)]
+    pub no_open_audit: bool,
     /// Shut down when the process PID, our parent, dies (what `hush dev` asks)
     #[arg(long, value_name = "PID", hide = true)]
     pub die_with_parent: Option<i32>,
+}
+
+impl AgentArgs {
+    /// The FUSE session's tuning (`--fuse-threads`).
+    pub fn mount_config(&self) -> hush_fuse::MountConfig {
+        hush_fuse::MountConfig { threads: usize::from(self.fuse_threads) }
+    }
 }
 
 /// Asks for SIGTERM (a clean shutdown) when our parent `parent` dies; fails if it already has.
@@ -110,8 +126,16 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     };
 
     // Access events: bounded, never blocking the FUSE threads (overflow is counted).
-    let (events_tx, events_rx) = std::sync::mpsc::sync_channel(65_536);
-    let fs = Arc::new(SecretFs::new().with_event_sink(events_tx));
+    // A queue that holds memory only for waiting events (a sync_channel's slots were 10.5 MB).
+    let (events_tx, events_rx) = hush_fuse::event_queue(65_536);
+    let fs = SecretFs::new().with_event_sink(events_tx);
+    let fs = Arc::new(if args.no_open_audit {
+        tracing::warn!("--no-open-audit: opens and reads of tasks' files are not recorded (the vault is told)");
+        crate::audit::disable_open_events();
+        fs.without_open_events()
+    } else {
+        fs
+    });
     let local_log: Option<crate::audit::LocalLog> = match &args.audit_log {
         Some(path) if path.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
         Some(path) => Some(Box::new(

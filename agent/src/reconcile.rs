@@ -110,7 +110,7 @@ fn desired_files(owner: &str, files: Vec<pb::AssignedFile>, values: &Values, pat
                 return None;
             };
             let kind = if file.kind == pb::Kind::Config as i32 { FileKind::Config } else { FileKind::Secret };
-            let meta = FileMeta { kind, name: file.name, version: file.version };
+            let meta = FileMeta { kind, name: file.name.into(), version: file.version };
             let desired = DesiredFile { uid: file.uid, gid: file.gid, mode: file.mode, meta, content: content.clone() };
             Some((path_of(&file.target), desired))
         })

@@ -8,7 +8,7 @@ use crate::handover::{self, Inherited, Start};
 use crate::reconcile::Reconciler;
 use crate::runtime::registry::Containers;
 use anyhow::Context;
-use hush_fuse::{MountConfig, MountGuard, SecretFs};
+use hush_fuse::{MountGuard, SecretFs};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -123,14 +123,14 @@ fn take(
     let resumable = reconciler.restore(fs.served(), state.services);
     let containers_taken_over = state.container_tasks.len();
     containers.restore(state.container_tasks);
-    let mount =
-        match hush_fuse::resume(fs.clone(), &args.mount_root, device, state.fuse_version, &MountConfig::default()) {
-            Ok(mount) => mount,
-            Err(e) => {
-                handshake.refuse();
-                return Err(e).context("cannot serve the running agent's connection");
-            }
-        };
+    let mount = match hush_fuse::resume(fs.clone(), &args.mount_root, device, state.fuse_version, &args.mount_config())
+    {
+        Ok(mount) => mount,
+        Err(e) => {
+            handshake.refuse();
+            return Err(e).context("cannot serve the running agent's connection");
+        }
+    };
     handshake.accept()?;
     // Requests the predecessor read but never answered: sent again, now to us.
     if let Err(e) = mount.resend() {
@@ -163,6 +163,6 @@ fn fresh(args: &AgentArgs, fs: &Arc<SecretFs>) -> anyhow::Result<MountGuard> {
     }
     std::fs::create_dir_all(&args.mount_root)
         .with_context(|| format!("cannot create {}", args.mount_root.display()))?;
-    hush_fuse::mount(fs.clone(), &args.mount_root)
+    hush_fuse::mount_with_config(fs.clone(), &args.mount_root, &args.mount_config())
         .with_context(|| format!("cannot mount {}", args.mount_root.display()))
 }

@@ -169,7 +169,10 @@ pub async fn follow_assignments(
 async fn stream_once(mut client: NodeClient<Channel>, reconciler: &Reconciler) -> tonic::Status {
     let result: Result<(), tonic::Status> = async {
         client.sync_tasks(pb::SyncTasksRequest { running: reconciler.running_tasks() }).await?;
-        let mut stream = client.assignments(pb::AssignmentsRequest {}).await?.into_inner();
+        let mut stream = client
+            .assignments(pb::AssignmentsRequest { open_audit_off: !crate::audit::open_events() })
+            .await?
+            .into_inner();
         reconciler.set_connected(true);
         tracing::info!("assignment stream open");
         // Parts of the snapshot being received; only its end makes it current.

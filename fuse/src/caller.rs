@@ -10,10 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{CWD, Mode, OFlags};
-use rustix::io::Errno;
-use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use crate::owner::{Caller, ThreadProbe};
 
@@ -40,37 +37,42 @@ pub trait CallerResolver: Send + Sync {
 
 /// Reads `/proc`, with a per-thread cache of what cannot change while a thread lives.
 ///
-/// For each request: the process id, a handle on the thread's `/proc/<tid>/ns` directory and the
-/// process's command name, from a cache keyed by thread id; the owner check then reads the
-/// thread's mount namespace fresh through that handle.
+/// For each request: one `readlinkat` of the `mnt` link in the calling thread's `/proc/<tid>/ns`
+/// directory, kept open (`O_PATH`) in a cache keyed by thread id, with the process id and the
+/// process's command name cached beside it.
+///
+/// # Why one system call per request, and why none would not do
+/// A live thread can change its mount namespace at any time (`setns`, or `unshare(CLONE_NEWNS)`,
+/// even unprivileged after `CLONE_NEWUSER`), and the kernel tells nobody: no event, no counter
+/// another process can watch. So the namespace must be read during each request, which is one
+/// system call at least. While the request is pending the thread is blocked in its `open` and
+/// only a thread can change its own namespaces, so a value read during the request stays true
+/// until the request is answered: the owner check gets that value
+/// ([`ThreadProbe::mount_namespace`]) instead of reading it again.
 ///
 /// # What is cached, and why that is safe
-/// - **The thread's identity.** A thread id is reused only after its thread has exited and been
-///   reaped. Each cache entry holds a pidfd of the thread, opened while the thread was blocked in
-///   one of our requests (so it is that thread, not a namesake); an entry is used only after a
-///   zero-timeout `poll` of the pidfd (about 0.5 us) says the thread has not exited. While it has
-///   not, the id cannot belong to anyone else. Without `PIDFD_THREAD` (Linux < 6.9) only thread
-///   group leaders are cached; other threads are looked up in full on every request.
+/// - **The thread, through its `ns` directory.** The directory is bound to the thread itself,
+///   not to its number: once the thread has exited, reading the link in it fails (`ENOENT`),
+///   even if the number now belongs to another thread. So the read that gives the namespace also
+///   proves the cached entry is still the calling thread (a thread id is unique among live
+///   threads); when it fails the entry is dropped and the thread looked up afresh. No pidfd and
+///   no `poll` are needed (that was a second system call per request).
 /// - **The process id** (thread group id) of a live thread never changes, with one exception: a
-///   non-leader thread that calls `execve` takes over the leader's id, and its old id is released,
-///   which the pidfd reports as an exit.
-/// - **A handle, not the mount namespace.** A live thread can change its namespace (`setns`, or
-///   `unshare(CLONE_NEWNS)`, even unprivileged after `CLONE_NEWUSER`). The entry keeps the
-///   thread's `/proc/<tid>/ns` directory open (`O_PATH`) and each check reads the `mnt` link in it
-///   (`readlinkat`): always the namespace the thread is in now, without walking `/proc/<tid>`
-///   (about 25% cheaper than `readlink("/proc/<tid>/ns/mnt")`, measured). The directory is bound
-///   to the thread itself, not to its number: once the thread is gone it answers `ENOENT`, even if
-///   the number is reused.
+///   non-leader thread that calls `execve` takes over the leader's id, and its old id is
+///   released: its old `ns` directory then fails as for an exit.
 /// - **The command name, for a moment.** `execve` and `prctl(PR_SET_NAME)` change it; it is a
 ///   hint for the audit trail chosen by the process anyway. The process's `/proc/<pid>/comm` is
 ///   kept open and re-read (`pread`) when the cached value is older than [`COMMAND_REFRESH`].
 ///
-/// The cache holds at most [`CACHE_LIMIT`] threads (three descriptors each at most); when it is
-/// full, entries of exited threads are dropped, then everything if that is not enough.
+/// A new thread is looked up through one open `/proc/<tid>` directory (its `ns`, `status` and
+/// the process's `comm`), and its namespace read last: if the thread exited (and its number was
+/// reused) at any point in between, that read fails and so does the lookup.
+///
+/// The cache holds at most [`CACHE_LIMIT`] threads (two descriptors each); when it is full,
+/// entries of exited threads are dropped, then everything if that is not enough.
 ///
 /// The namespace is the calling *thread's*: a thread may `unshare(CLONE_NEWNS)` on its own, and
-/// the open happened in the thread's namespace. While the request is pending the thread is
-/// blocked in the syscall, so its tid cannot be reused under us.
+/// the open happened in the thread's namespace.
 #[derive(Clone, Debug)]
 pub struct ProcResolver {
     proc_root: PathBuf,
@@ -86,26 +88,33 @@ pub const COMMAND_REFRESH: Duration = Duration::from_millis(100);
 /// What stays true of a thread while it lives.
 #[derive(Debug)]
 struct Identity {
-    /// Pidfd of the thread (a process pidfd for a leader without `PIDFD_THREAD`): readable once
-    /// it has exited. `None` for an identity that is not cached.
-    pidfd: Option<OwnedFd>,
     /// Its process id.
     pid: u32,
     /// The thread's `/proc/<tid>/ns` directory (`O_PATH`).
-    ns_dir: Arc<NsDir>,
-    /// The process's command name; shared by the cached threads of one process.
-    comm: Arc<Comm>,
+    ns_dir: OwnedFd,
+    /// The process's command name.
+    comm: Comm,
 }
 
-/// A thread's `/proc/<tid>/ns` directory, open.
-#[derive(Debug)]
-struct NsDir(OwnedFd);
-
-impl ThreadProbe for NsDir {
+impl Identity {
+    /// The thread's mount namespace now; fails once the thread has exited.
     fn mount_namespace(&self) -> io::Result<u64> {
-        let link = rustix::fs::readlinkat(&self.0, "mnt", Vec::with_capacity(32))?;
-        parse_mnt_ns(&link.to_string_lossy())
+        let mut buf = [0u8; 64];
+        let n = rustix::fs::readlinkat_raw(&self.ns_dir, c"mnt", &mut buf[..])?;
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(parse_mnt_ns)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad ns/mnt link"))
+    }
+}
+
+/// A thread's mount namespace as read during the request it made (see [`ProcResolver`]).
+#[derive(Debug)]
+struct ReadDuringRequest(u64);
+
+impl ThreadProbe for ReadDuringRequest {
+    fn mount_namespace(&self) -> io::Result<u64> {
+        Ok(self.0)
     }
 }
 
@@ -117,8 +126,9 @@ struct Comm {
 }
 
 impl Comm {
-    fn open(path: PathBuf) -> io::Result<Self> {
-        Ok(Self { file: File::open(path)?, last: Mutex::new(None) })
+    fn open(dir: &OwnedFd, path: &str) -> io::Result<Self> {
+        let fd = rustix::fs::openat(dir, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Self { file: File::from(fd), last: Mutex::new(None) })
     }
 
     /// The command name, re-read when older than [`COMMAND_REFRESH`]; empty if it cannot be
@@ -138,15 +148,6 @@ impl Comm {
         };
         *last = Some((now, name.clone()));
         name
-    }
-}
-
-impl Identity {
-    fn is_alive(&self) -> bool {
-        let Some(pidfd) = &self.pidfd else { return false };
-        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        // Readable (or an error): the thread exited, its id may be reused.
-        matches!(rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(0))
     }
 }
 
@@ -171,71 +172,55 @@ impl ProcResolver {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached identity of live thread `tid`, or a new one (cached when a pidfd could be had).
-    fn identity(&self, tid: u32) -> io::Result<Arc<Identity>> {
+    /// The identity of live thread `tid` and its mount namespace now: from the cache when the
+    /// cached thread is still alive, else looked up and cached.
+    fn identity(&self, tid: u32) -> io::Result<(Arc<Identity>, u64)> {
         let cached = self.lock_cache().get(&tid).cloned();
         if let Some(identity) = cached {
-            if identity.is_alive() {
-                return Ok(identity);
+            match identity.mount_namespace() {
+                Ok(ns) => return Ok((identity, ns)),
+                // Exited (ENOENT; ESRCH while it is being torn down): the number may be another's.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+                    self.lock_cache().remove(&tid);
+                }
+                Err(e) => return Err(e),
             }
-            self.lock_cache().remove(&tid);
         }
-        let pid = pid_of(tid)?;
-        let (pidfd, leader) = match pidfd_open(pid, PidfdFlags::empty()) {
-            Ok(fd) => (Some(fd), true),
-            // Not a thread group leader (EINVAL before Linux 6.9, ENOENT since).
-            Err(Errno::INVAL | Errno::NOENT) => (pidfd_open(pid, PIDFD_THREAD).ok(), false),
-            Err(e) => return Err(e.into()),
-        };
-        let dir = self.proc_root.join(tid.to_string());
-        let ns_dir = Arc::new(NsDir(rustix::fs::openat(
+        let dir = rustix::fs::openat(
             CWD,
-            dir.join("ns"),
+            self.proc_root.join(tid.to_string()),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-        )?));
-        let process = if leader {
-            tid
+        )?;
+        let ns_dir = rustix::fs::openat(&dir, "ns", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let status_fd = rustix::fs::openat(&dir, "status", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let status = io::read_to_string(File::from(status_fd))?;
+        let pid = parse_tgid(&status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in status"))?;
+        // The thread is alive (its status was read through its own directory), so `pid` is its
+        // process's: the read below fails if it exited since.
+        let comm = if pid == tid {
+            Comm::open(&dir, "comm")?
         } else {
-            let status = fs::read_to_string(dir.join("status"))?;
-            parse_tgid(&status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in status"))?
+            let process = rustix::fs::openat(
+                CWD,
+                self.proc_root.join(pid.to_string()),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Comm::open(&process, "comm")?
         };
-        let comm_path = self.proc_root.join(process.to_string()).join("comm");
-        let Some(pidfd) = pidfd else {
-            // No thread pidfd on this kernel: nothing to detect reuse with, so no caching.
-            return Ok(Arc::new(Identity {
-                pidfd: None,
-                pid: process,
-                ns_dir,
-                comm: Arc::new(Comm::open(comm_path)?),
-            }));
-        };
+        let identity = Arc::new(Identity { pid, ns_dir, comm });
+        let ns = identity.mount_namespace()?;
         let mut cache = self.lock_cache();
-        // A live cached thread of the same process: its process is this one, share its comm.
-        let comm = match cache.values().find(|i| i.pid == process && i.is_alive()) {
-            Some(sibling) => sibling.comm.clone(),
-            None => Arc::new(Comm::open(comm_path)?),
-        };
-        let identity = Arc::new(Identity { pidfd: Some(pidfd), pid: process, ns_dir, comm });
         if cache.len() >= CACHE_LIMIT {
-            cache.retain(|_, i| i.is_alive());
+            cache.retain(|_, i| i.mount_namespace().is_ok());
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
         }
         cache.insert(tid, identity.clone());
-        Ok(identity)
+        Ok((identity, ns))
     }
-}
-
-/// `PIDFD_THREAD` (= `O_EXCL`, Linux 6.9): a pidfd for any thread, readable when that thread exits.
-const PIDFD_THREAD: PidfdFlags = PidfdFlags::from_bits_retain(0o200);
-
-fn pid_of(tid: u32) -> io::Result<Pid> {
-    i32::try_from(tid)
-        .ok()
-        .and_then(Pid::from_raw)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad tid"))
 }
 
 impl CallerResolver for ProcResolver {
@@ -244,14 +229,14 @@ impl CallerResolver for ProcResolver {
             // Requests the kernel makes on its own behalf carry pid 0: nobody to check.
             return Err(io::Error::new(io::ErrorKind::NotFound, "request without a pid"));
         }
-        let identity = self.identity(req.tid)?;
+        let (identity, mount_namespace) = self.identity(req.tid)?;
         Ok(Caller {
             tid: req.tid,
             pid: identity.pid,
             uid: req.uid,
             gid: req.gid,
             command: identity.comm.get(),
-            probe: identity.ns_dir.clone(),
+            probe: Arc::new(ReadDuringRequest(mount_namespace)),
         })
     }
 }
@@ -316,17 +301,22 @@ mod tests {
     fn caches_a_thread_until_it_exits() {
         let resolver = ProcResolver::new();
         let (tid, done_tx, h) = parked_thread();
-        let first = resolver.identity(tid).expect("resolve thread");
-        let again = resolver.identity(tid).expect("resolve thread again");
+        let (first, ns) = resolver.identity(tid).expect("resolve thread");
+        let (again, _) = resolver.identity(tid).expect("resolve thread again");
         assert!(Arc::ptr_eq(&first, &again), "a live thread is served from the cache");
-        assert!(first.is_alive());
+        assert_eq!(ns, mount_namespace_of(std::process::id()).unwrap());
         done_tx.send(()).expect("release thread");
         h.join().expect("thread");
-        // Once the thread is gone its id may be reused: the entry must say so.
+        // Once the thread is gone its id may be reused: the entry's directory must say so.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while first.is_alive() {
-            assert!(std::time::Instant::now() < deadline, "pidfd never reported the exit");
+        while first.mount_namespace().is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the ns directory still reads after the exit");
             std::thread::yield_now();
+        }
+        // And the resolver no longer answers for it from the cache.
+        match resolver.identity(tid) {
+            Ok((now, _)) => assert!(!Arc::ptr_eq(&now, &first), "a dead thread's entry was used"),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}"),
         }
     }
 
@@ -364,7 +354,7 @@ mod tests {
         }
         // Once more: the namespace was read before the command in the call that saw "sleep".
         let after = resolver.resolve(&req(pid)).expect("resolve after the exec");
-        let (ns_after, ns_through_old_handle) = (after.mount_namespace().unwrap(), before.mount_namespace().unwrap());
+        let ns_after = after.mount_namespace().unwrap();
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(resolver.cached_threads(), 1, "same process, same entry");
@@ -372,8 +362,8 @@ mod tests {
         // `unshare -m` may be refused (no CAP_SYS_ADMIN): then the namespace stays the same.
         if rustix::process::geteuid().is_root() {
             assert_ne!(ns_after, ns_before, "the new namespace is seen at once");
-            // Even through the handle taken before the exec: it reads the thread's state now.
-            assert_eq!(ns_through_old_handle, ns_after);
+            // A caller's namespace is the one read during its own request.
+            assert_eq!(before.mount_namespace().unwrap(), ns_before);
         }
     }
 

@@ -7,7 +7,6 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
@@ -36,8 +35,9 @@ pub enum FileKind {
 pub struct FileMeta {
     /// Secret or config.
     pub kind: FileKind,
-    /// The secret's or config's name in the vault (not the path it is served at).
-    pub name: String,
+    /// The secret's or config's name in the vault (not the path it is served at). Shared: every
+    /// open's event and handle carry it.
+    pub name: Arc<str>,
     /// The version being served; [`SecretFs::update_content`] changes it.
     pub version: u64,
 }
@@ -279,6 +279,8 @@ pub struct SecretFs {
     pub(crate) next_fh: AtomicU64,
     resolver: Arc<dyn CallerResolver>,
     events: EventSink,
+    /// Whether opens and reads are events (refusals always are).
+    open_events: bool,
     invalidator: RwLock<Option<Arc<dyn Invalidator>>>,
 }
 
@@ -319,6 +321,7 @@ impl SecretFs {
             next_fh: AtomicU64::new(1),
             resolver: Arc::new(ProcResolver::new()),
             events: EventSink::default(),
+            open_events: true,
             invalidator: RwLock::new(None),
         }
     }
@@ -329,13 +332,21 @@ impl SecretFs {
         self
     }
 
-    /// Send access events to `sink`. Sending never blocks a filesystem thread: when the channel
-    /// is full (or closed) the event is dropped and counted in [`SecretFs::dropped_events`].
+    /// Record no `Open` or `Read` events (refusals are still recorded): for a node whose operator
+    /// turned the audit of reads off (`hush-agent --no-open-audit`, which the vault records).
+    pub fn without_open_events(mut self) -> Self {
+        self.open_events = false;
+        self
+    }
+
+    /// Send access events to `sink`: a `SyncSender`, or an [`crate::event_queue`] (which takes
+    /// memory only for the events it holds). Sending never blocks a filesystem thread: when the
+    /// queue is full (or closed) the event is dropped and counted in [`SecretFs::dropped_events`].
     ///
     /// Drain it in batches (wake every few ms, then `try_recv` until empty) rather than blocking
     /// in `recv`: a receiver blocked on the channel is woken for every event, which costs more
     /// CPU per open than the event itself. Size the channel for the burst between drains.
-    pub fn with_event_sink(mut self, sink: SyncSender<AccessEvent>) -> Self {
+    pub fn with_event_sink(mut self, sink: impl Into<crate::event::EventQueue>) -> Self {
         self.events = EventSink::new(sink);
         self
     }
@@ -665,13 +676,16 @@ impl SecretFs {
             });
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let opened =
-            AccessEvent::new(identity.clone(), task.clone(), path.clone(), Some(meta.clone()), AccessOp::Open, 0);
+        let opened = (self.open_events && self.events.is_enabled()).then(|| {
+            AccessEvent::new(identity.clone(), task.clone(), path.clone(), Some(meta.clone()), AccessOp::Open, 0)
+        });
         self.lock_handles().insert(
             fh,
             Handle { ino, task, path, meta, content: Some(content), opener_tid: req.tid, opener: identity },
         );
-        self.events.emit(opened);
+        if let Some(opened) = opened {
+            self.events.emit(opened);
+        }
         Ok(Opened { fh, cache })
     }
 
@@ -687,7 +701,7 @@ impl SecretFs {
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
         let slice = ReadSlice { content, start, end };
-        if !slice.is_empty() && self.events.is_enabled() {
+        if !slice.is_empty() && self.open_events && self.events.is_enabled() {
             // Usually the opener reads; otherwise (an fd passed on, another thread) look again.
             let who = if req.tid == handle.opener_tid {
                 handle.opener
@@ -829,7 +843,7 @@ mod tests {
             gid: 1000,
             mode: 0o400,
             content: Arc::new(Plaintext::new(content.to_vec())),
-            meta: FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().to_string(), version: 1 },
+            meta: FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().into(), version: 1 },
             pinned: false,
         }
     }
@@ -1198,6 +1212,20 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         let spec_dbg = format!("{:?}", spec("a", b"hunter2"));
         assert!(!spec_dbg.contains("hunter2") && spec_dbg.contains("REDACTED"));
+    }
+
+    #[test]
+    fn without_open_events_only_refusals_are_recorded() {
+        let (tx, rx) = sync_channel(64);
+        let fs = SecretFs::new().with_resolver(Arc::new(FakeResolver)).with_event_sink(tx).without_open_events();
+        fs.add_task("t", Some(ns_owner(OWNER_NS)), vec![spec("s", b"xyz")]).unwrap();
+        let file = ino(&fs, "t/s");
+        for _ in 0..3 {
+            assert_eq!(read_all(&fs, &OWNER, fs.open(&OWNER, file, false).unwrap()), b"xyz");
+        }
+        assert_eq!(fs.open(&INTRUDER, file, false), Err(FsError::PermissionDenied));
+        let ops: Vec<AccessOp> = rx.try_iter().map(|e| e.op).collect();
+        assert_eq!(ops, [AccessOp::Denied(DenyReason::NotOwner)]);
     }
 
     #[test]

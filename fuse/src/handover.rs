@@ -210,13 +210,13 @@ fn time_from((secs, nanos): (u64, u32)) -> SystemTime {
 }
 
 fn meta_of(m: &FileMeta) -> MetaState {
-    MetaState { secret: m.kind == FileKind::Secret, name: m.name.clone(), version: m.version }
+    MetaState { secret: m.kind == FileKind::Secret, name: m.name.to_string(), version: m.version }
 }
 
 fn meta_from(m: &MetaState) -> FileMeta {
     FileMeta {
         kind: if m.secret { FileKind::Secret } else { FileKind::Config },
-        name: m.name.clone(),
+        name: m.name.as_str().into(),
         version: m.version,
     }
 }

@@ -32,7 +32,7 @@ pub mod secret;
 mod tree;
 
 pub use caller::{CallerResolver, ProcResolver, RequestInfo, mount_namespace_of};
-pub use event::{AccessEvent, AccessOp, DenyReason, EventSink};
+pub use event::{AccessEvent, AccessOp, DenyReason, EventReceiver, EventSender, EventSink, queue as event_queue};
 pub use fs::{FileKind, FileMeta, FileSpec, FsError, Invalidation, Invalidator, Opened, SecretFs, TaskError};
 pub use mnt_ns::MountNamespaceOwner;
 pub use mount::{MountConfig, MountError, MountGuard, clean_stale_mount, mount, mount_with_config, resume};

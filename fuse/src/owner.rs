@@ -17,11 +17,13 @@ use crate::event::DenyReason;
 /// pointer; `None` when there are none.
 pub type Tags = Option<Arc<[(&'static str, Arc<str>)]>>;
 
-/// Reads what a caller thread's kernel state says *now* (its namespaces). Implemented by the
-/// `/proc` resolver; tests bring their own.
+/// What a caller thread's kernel state says during its request (its namespaces). Implemented by
+/// the `/proc` resolver; tests bring their own.
 pub trait ThreadProbe: Send + Sync {
-    /// Inode number of the thread's mount namespace, read fresh (a thread can `setns` or
-    /// `unshare` at any time). Must fail rather than guess when the thread cannot be read.
+    /// Inode number of the thread's mount namespace, read during the current request: a thread
+    /// can `setns` or `unshare` at any time, but not while it is blocked in its request, and no
+    /// other thread can change its namespaces. Never a value from an earlier request. Must fail
+    /// rather than guess when the thread cannot be read.
     fn mount_namespace(&self) -> io::Result<u64>;
 }
 

@@ -27,7 +27,7 @@ fn file(path: &str, uid: u32, mode: u32, content: &str) -> FileSpec {
         gid: uid,
         mode,
         content: plaintext(content),
-        meta: FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().to_string(), version: 1 },
+        meta: FileMeta { kind: FileKind::Secret, name: path.rsplit('/').next().unwrap().into(), version: 1 },
         pinned: false,
     }
 }
@@ -370,7 +370,7 @@ fn events_name_the_process() {
     let summary: Vec<_> = evs.iter().map(|e| (e.op, e.pid, e.uid, e.gid, &*e.command, e.bytes)).collect();
     assert_eq!(summary, [(AccessOp::Open, cat_pid, 0, 0, "cat", 0), (AccessOp::Read, cat_pid, 0, 0, "cat", 10),]);
     assert_eq!((&*evs[0].task_id, &*evs[0].path), ("db.1", "secrets/pw"));
-    assert_eq!(evs[0].meta.as_ref().unwrap().name, "pw");
+    assert_eq!(&*evs[0].meta.as_ref().unwrap().name, "pw");
 
     // Refused from a thread of this process: the event names the process, not the thread.
     let pw2 = pw.clone();
@@ -493,7 +493,8 @@ fn rotation_under_busy_readers_never_serves_a_stale_version() {
     let owner = TaskOwner::new(MountNamespaceOwner::of_process(std::process::id()).unwrap());
     let mut spec = file("secrets/s", 0, 0o400, "");
     spec.content = plaintext(&version_content(1));
-    fx.fs.add_task("rot.1", Some(owner), vec![spec]).unwrap();
+    let other = file("secrets/other", 0, 0o400, "unchanged");
+    fx.fs.add_task("rot.1", Some(owner), vec![spec.clone(), other.clone()]).unwrap();
     let path = fx.path("rot.1/secrets/s");
     // Opened before the rotations and not read yet: it must still read version 1 after them.
     let mut early = std::fs::File::open(&path).unwrap();
@@ -524,7 +525,15 @@ fn rotation_under_busy_readers_never_serves_a_stale_version() {
         })
         .collect();
     for v in 2..=ROTATIONS {
-        fx.fs.update_content("rot.1", "secrets/s", plaintext(&version_content(v)), v).unwrap();
+        if v % 3 == 0 {
+            // A service update changing the file (and keeping another): the same guarantee.
+            let mut changed = spec.clone();
+            changed.content = plaintext(&version_content(v));
+            changed.meta.version = v;
+            fx.fs.set_files("rot.1", vec![changed, other.clone()]).unwrap();
+        } else {
+            fx.fs.update_content("rot.1", "secrets/s", plaintext(&version_content(v)), v).unwrap();
+        }
         published.store(v, std::sync::atomic::Ordering::Release);
         if v % 4 == 0 {
             // Let the readers in between some rotations.
@@ -546,4 +555,5 @@ fn rotation_under_busy_readers_never_serves_a_stale_version() {
     early.read_to_end(&mut old).unwrap();
     assert_eq!(version_of(&old), 1, "a descriptor opened before a rotation keeps its version");
     assert_eq!(early.metadata().unwrap().len(), version_content(1).len() as u64);
+    assert_eq!(std::fs::read_to_string(fx.path("rot.1/secrets/other")).unwrap(), "unchanged");
 }

@@ -422,8 +422,95 @@ fn repeated_accesses_fold_into_counted_entries() {
     assert!(open_entries <= 10 && denied_entries <= 10, "{open_entries} open and {denied_entries} denied entries");
     let folded = entries.iter().find(|x| x["op"] == "open" && in_task(x) && x["count"].as_u64() > Some(1));
     let folded = folded.expect("a folded entry");
-    assert!(folded["last_time"].as_str().unwrap() >= folded["time"].as_str().unwrap(), "{folded}");
+    // The agent's times of the first and last open, within the task's life and before the
+    // vault recorded the entry (RFC 3339 UTC strings of one format compare as times).
+    let text = |key: &str| folded[key].as_str().unwrap_or_else(|| panic!("no {key}: {folded}")).to_string();
+    let (first, last, recorded) = (text("first_time"), text("last_time"), text("time"));
+    assert!(first < last && last <= recorded, "{folded}");
+    let started = entries.iter().find(|x| x["op"] == "task_start" && x["service"] == "web").expect("task_start");
+    assert!(started["time"].as_str().unwrap() <= first.as_str(), "{started} {folded}");
+    // The table shows the count and both times of day.
+    let table = vault.hush(&["audit", "--service", "web"]).ok().to_string();
+    let times = format!("{} - {}", &first[11..23], &last[11..23]);
+    let row = table.lines().find(|l| l.contains(&times)).unwrap_or_else(|| panic!("{times:?} not in\n{table}"));
+    assert!(row.split_whitespace().any(|cell| cell == folded["count"].to_string()), "{row}");
+    assert!(table.starts_with("TIME") && table.lines().next().unwrap().contains("FIRST - LAST"), "{table}");
     task.finish();
+}
+
+#[test]
+fn folding_never_merges_processes_files_or_versions() {
+    let vault = TestVault::start_new();
+    let agent = TestAgent::join(&vault);
+    vault.hush_stdin(&["secret", "create", "a", "-"], b"a1").ok();
+    vault.hush_stdin(&["secret", "create", "b", "-"], b"b1").ok();
+    vault.hush(&["service", "create", "fold", "--secret", "a", "--secret", "b"]).ok();
+    // Each step: the shell opens a and b 300 times each (builtins), then a `cat` (a process of
+    // its own) opens a once.
+    const LOOP: u64 = 300;
+    let step = format!(
+        "i=0; while [ $i -lt {LOOP} ]; do read -r v < /run/secrets/a; read -r w < /run/secrets/b; i=$((i+1)); done; \
+         printf '%s ' \"$v\"; cat /run/secrets/a"
+    );
+    let mut task = agent.session(&vault, "fold", &step);
+    assert_eq!(task.ask(), "a1 a1");
+    vault.hush_stdin(&["secret", "rotate", "a", "-"], b"a2").ok();
+    let mut steps = 1;
+    wait_for("the rotation seen in the task", || {
+        steps += 1;
+        (task.ask() == "a2 a2").then_some(())
+    });
+    let opens = |e: &[Value], secret: &str, command: &str| -> Vec<Value> {
+        e.iter().filter(|x| x["op"] == "open" && x["secret"] == secret && x["command"] == command).cloned().collect()
+    };
+    let count = |v: &[Value]| -> u64 { v.iter().map(|x| x["count"].as_u64().unwrap_or(1)).sum() };
+    let entries = wait_for_entries(&vault, &["--service", "fold"], "every open of every step", |e| {
+        count(&opens(e, "a", "sh")) == steps * LOOP
+            && count(&opens(e, "b", "sh")) == steps * LOOP
+            && count(&opens(e, "a", "cat")) == steps
+    });
+    // Exact counts, and nothing more than asked for.
+    let (sh_a, sh_b, cat_a) = (opens(&entries, "a", "sh"), opens(&entries, "b", "sh"), opens(&entries, "a", "cat"));
+    assert_eq!((count(&sh_a), count(&sh_b), count(&cat_a)), (steps * LOOP, steps * LOOP, steps));
+    // Every `cat` is its own process: one entry each, never folded into another's.
+    let cat_pids: std::collections::HashSet<&Value> = cat_a.iter().map(|x| &x["pid"]).collect();
+    assert_eq!((cat_a.len() as u64, cat_pids.len() as u64), (steps, steps), "{cat_a:?}");
+    // Versions are kept apart: the shell's opens of a are at version 1 (the whole first step) and
+    // at version 2 (the last step), in entries of one version each; b stays at version 1.
+    let at =
+        |v: &[Value], version: u64| count(&v.iter().filter(|x| x["version"] == version).cloned().collect::<Vec<_>>());
+    assert!(at(&sh_a, 1) >= LOOP && at(&sh_a, 2) >= LOOP, "{sh_a:?}");
+    assert_eq!(at(&sh_a, 1) + at(&sh_a, 2), steps * LOOP);
+    assert_eq!(at(&sh_b, 1), steps * LOOP);
+    // Files are kept apart: no entry names both, and the shell's entries are one process's.
+    assert!(sh_a.iter().chain(&sh_b).all(|x| x["pid"] == sh_a[0]["pid"]), "{sh_a:?} {sh_b:?}");
+    assert!(sh_a.iter().all(|x| x["path"] == "/run/secrets/a") && sh_b.iter().all(|x| x["path"] == "/run/secrets/b"));
+    assert!(task.finish().success());
+}
+
+#[test]
+fn with_open_audit_off_the_vault_records_it_and_refusals_are_still_audited() {
+    let vault = TestVault::start_new();
+    let agent = TestAgent::join_with(&vault, &["--no-open-audit"]);
+    vault.hush_stdin(&["secret", "create", "s", "-"], b"value").ok();
+    vault.hush(&["service", "create", "quiet", "--secret", "s"]).ok();
+    let mut task = agent.session(&vault, "quiet", "cat /run/secrets/s");
+    assert_eq!(task.ask(), "value");
+    // Host root is refused, and that is recorded.
+    let file = agent.task_dirs().into_iter().next().expect("task dir").join("root/run/secrets/s");
+    assert_eq!(std::fs::File::open(&file).unwrap_err().kind(), std::io::ErrorKind::PermissionDenied);
+    let me = u64::from(std::process::id());
+    let entries =
+        wait_for_entries(&vault, &[], "the refusal", |e| e.iter().any(|x| x["op"] == "denied" && x["pid"] == me));
+    assert!(task.finish().success());
+    // The vault was told, by the node itself, when its stream opened.
+    let off: Vec<&Value> = entries.iter().filter(|x| x["op"] == "open_audit_off").collect();
+    assert_eq!(off.len(), 1, "{entries:?}");
+    let node = off[0]["node"].as_str().expect("node");
+    assert_eq!(off[0]["actor"], format!("node:{node}"));
+    assert!(off[0]["reason"].as_str().unwrap().contains("--no-open-audit"), "{off:?}");
+    // No open or read of the task's file was recorded.
+    assert!(!entries.iter().any(|x| x["op"] == "open" || x["op"] == "read"), "{entries:?}");
 }
 
 /// A node's certificate, as a `TlsBundle` directory (`ca.pem`, `cert.pem`, `key.pem`).

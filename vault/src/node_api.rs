@@ -178,6 +178,15 @@ impl Node for NodeService {
         request: Request<pb::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let node_id = self.live_node(&request).await?;
+        if request.get_ref().open_audit_off {
+            // Not a refusal: the node's operator chose it. Recorded on every stream, so the log
+            // says for how long a node's reads went unrecorded.
+            tracing::warn!(node = %node_id, "agent records no opens or reads (--no-open-audit)");
+            let entry = AuditEntry::now("open_audit_off").actor(format!("node:{node_id}"));
+            let reason = "the node's agent records no opens or reads of its tasks' files (hush-agent --no-open-audit); refusals are still recorded";
+            let entry = AuditEntry { node: Some(node_id.clone()), reason: Some(reason.to_string()), ..entry };
+            self.vault.audit().record(entry).await;
+        }
         let vault = self.vault.clone();
         let (tx, rx) = mpsc::channel(4);
         // Subscribe before the first snapshot so no change between the two is missed.

@@ -15,6 +15,7 @@ use crate::model::{Kind, validate_name};
 use crate::ratelimit::{Limiter, Rate};
 use crate::services::Services;
 use crate::tasks::{TaskOwner, Tasks};
+use chrono::{DateTime, Utc};
 use hush_proto::v1 as pb;
 use std::collections::{HashMap, HashSet};
 use tonic::Status;
@@ -52,6 +53,34 @@ impl ReportLimiter {
         }
         Ok(())
     }
+}
+
+/// How far back a node's time for an access about no task may go (the vault keeps task-owner
+/// records as long: older reports about tasks are refused anyway).
+const TASKLESS_HORIZON: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// A node's time for an access (RFC 3339), as the vault records it: never after `now`, never
+/// before `floor` (the task's start), else moved to that bound; `None` if it is no time.
+fn bounded_time(text: &str, floor: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let time = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
+    Some(time.clamp(floor, now.max(floor)))
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The first and last times of an event's accesses, bounded (see [`bounded_time`]); the last
+/// only for a fold, and never before the first.
+fn access_times(event: &pb::AccessEvent, floor: DateTime<Utc>) -> (Option<String>, Option<String>) {
+    let now = Utc::now();
+    let first = bounded_time(&event.time, floor, now);
+    let last = if event.count > 1 { bounded_time(&event.last_time, floor, now) } else { None };
+    let last = match (first, last) {
+        (Some(first), Some(last)) => Some(last.max(first)),
+        (_, last) => last,
+    };
+    (first.map(rfc3339), last.map(rfc3339))
 }
 
 fn capped(text: String, max: usize) -> Option<String> {
@@ -153,7 +182,7 @@ fn checked(node_id: &str, actor: &str, event: pb::AccessEvent, facts: &Facts) ->
         validate_name(&event.name).map_err(|_| "it names no valid secret or config".to_string())?;
         Ok(entry.object(kind, &event.name))
     };
-    let described = |entry: AuditEntry| AuditEntry {
+    let described = |entry: AuditEntry, floor: DateTime<Utc>| AuditEntry {
         version: (event.version > 0).then_some(event.version),
         pid: Some(event.pid),
         uid: Some(event.uid),
@@ -163,9 +192,10 @@ fn checked(node_id: &str, actor: &str, event: pb::AccessEvent, facts: &Facts) ->
         count: (event.count > 0).then_some(event.count),
         reason: if event.op == "denied" { capped(event.reason.clone(), MAX_REASON) } else { None },
         path: capped(event.path.clone(), MAX_PATH),
-        // Times are the vault's: a fold's end is when its report arrived, not the node's claim.
-        last_time: (!event.last_time.is_empty())
-            .then(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        // `time` is the vault's (when the report arrived); the node's times of the first and
+        // last access are kept beside it, bounded by the task's start and the vault's clock.
+        first_time: access_times(&event, floor).0,
+        last_time: access_times(&event, floor).1,
         container: capped(event.container.clone(), MAX_PATH),
         container_name: capped(event.container_name.clone(), MAX_PATH),
         image: capped(event.image.clone(), MAX_PATH),
@@ -175,7 +205,7 @@ fn checked(node_id: &str, actor: &str, event: pb::AccessEvent, facts: &Facts) ->
     // of another service, say) or the mount's root. The service is kept if it exists.
     if taskless_denial(&event) {
         let service = facts.services.contains(&event.service).then(|| event.service.clone());
-        return object(described(AuditEntry { service, ..stated }));
+        return object(described(AuditEntry { service, ..stated }, Utc::now() - TASKLESS_HORIZON));
     }
     if !is_task_id(&event.task_id) {
         return Err("it names no task ID".into());
@@ -188,12 +218,38 @@ fn checked(node_id: &str, actor: &str, event: pb::AccessEvent, facts: &Facts) ->
     let Some(owner) = owner else {
         return Err(format!("task {} is not one this node started", event.task_id));
     };
-    object(described(AuditEntry { service: Some(owner.service_name), task: Some(event.task_id.clone()), ..stated }))
+    let started = owner.started_at;
+    object(described(
+        AuditEntry { service: Some(owner.service_name), task: Some(event.task_id.clone()), ..stated },
+        started,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timed(time: &str, last_time: &str, count: u64) -> pb::AccessEvent {
+        pb::AccessEvent { time: time.into(), last_time: last_time.into(), count, ..Default::default() }
+    }
+
+    #[test]
+    fn a_nodes_access_times_are_kept_within_the_task_and_the_vaults_clock() {
+        let started = Utc::now() - chrono::TimeDelta::minutes(10);
+        let at = |minutes: i64| rfc3339(started + chrono::TimeDelta::minutes(minutes));
+        // A fold within the task's life: kept as the node said.
+        assert_eq!(access_times(&timed(&at(1), &at(2), 5), started), (Some(at(1)), Some(at(2))));
+        // A single access has no last time.
+        assert_eq!(access_times(&timed(&at(1), &at(2), 1), started), (Some(at(1)), None));
+        // Before the task started: moved to its start. In the future: moved to now.
+        let (first, last) = access_times(&timed(&at(-60), &at(600), 2), started);
+        assert_eq!(first, Some(rfc3339(started)));
+        let last = DateTime::parse_from_rfc3339(&last.unwrap()).unwrap();
+        assert!(last <= Utc::now() && last > started + chrono::TimeDelta::minutes(9), "{last}");
+        // Never a last before the first; no time at all is no time.
+        assert_eq!(access_times(&timed(&at(3), &at(2), 2), started), (Some(at(3)), Some(at(3))));
+        assert_eq!(access_times(&timed("yesterday", "", 2), started), (None, None));
+    }
 
     const MINE: &str = "t0000000000000000000000mn";
 

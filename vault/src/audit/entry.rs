@@ -67,10 +67,15 @@ pub struct AuditEntry {
     pub command: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
-    /// Identical accesses folded into this entry (`time` is the first), or events dropped.
+    /// Identical accesses folded into this entry, or events dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
-    /// The last of the `count` accesses folded into this entry.
+    /// A node's access: when the (first) access happened, as the node says, bounded by the
+    /// vault (not before the task started, not after the vault received it). `time` is when
+    /// the vault recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_time: Option<String>,
+    /// The last of the `count` accesses folded into this entry, bounded as `first_time`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -142,12 +142,13 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const HEADER: [&str; 10] = ["TIME", "OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COUNT", "COMMAND"];
+const HEADER: [&str; 11] =
+    ["TIME", "OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COUNT", "FIRST - LAST", "COMMAND"];
 
 /// Column widths of `--follow` tables, which cannot wait for every row to size their columns:
 /// wide enough for a time, the longest op, a node actor, a task ID as shown; a longer cell
 /// pushes the rest of its row only.
-const FOLLOW_WIDTHS: [usize; 9] = [19, 17, 30, 28, 7, 16, 12, 7, 5];
+const FOLLOW_WIDTHS: [usize; 10] = [19, 17, 30, 28, 7, 16, 12, 7, 5, 27];
 
 /// One `--follow` row: cells padded to [`FOLLOW_WIDTHS`], three spaces apart, no trailing blanks.
 fn fixed_columns(cells: &[String]) -> String {
@@ -183,11 +184,27 @@ fn row(entry: &Value) -> Vec<String> {
         text("pid"),
         // Identical accesses folded into the entry (or events dropped).
         text("count"),
+        accesses(entry),
         text("command"),
     ]
     .iter()
     .map(|cell| printable(cell))
     .collect()
+}
+
+/// When a node's access happened (its clock, bounded by the vault): the time of day of the
+/// first and, for a fold, of the last, to the millisecond (`10:00:00.120 - 10:00:00.915`).
+fn accesses(entry: &Value) -> String {
+    let time_of_day = |key: &str| {
+        let time = entry.get(key).and_then(Value::as_str)?;
+        let time = chrono::DateTime::parse_from_rfc3339(time).ok()?.with_timezone(&chrono::Utc);
+        Some(time.format("%H:%M:%S%.3f").to_string())
+    };
+    match (time_of_day("first_time"), time_of_day("last_time")) {
+        (Some(first), Some(last)) => format!("{first} - {last}"),
+        (Some(first), None) => first,
+        _ => String::new(),
+    }
 }
 
 /// `text` with control characters (C0, DEL, C1), bidirectional overrides and backslashes
@@ -228,10 +245,13 @@ mod tests {
     fn follow_rows_line_up_with_their_header() {
         let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
         let entry = serde_json::json!({"time": "2026-12-01T10:00:00.123456Z", "op": "read", "actor": "node:1hgizbsympjrnmocu4x72hhnh",
-            "secret": "db_password", "version": 2, "service": "web", "task": "2mdhpbkc3epwxyz", "pid": 32651, "count": 3, "command": "cat"});
+            "secret": "db_password", "version": 2, "service": "web", "task": "2mdhpbkc3epwxyz", "pid": 32651, "count": 3, "command": "cat",
+            "first_time": "2026-12-01T09:59:59.120001Z", "last_time": "2026-12-01T09:59:59.915Z"});
         let short = serde_json::json!({"time": "2026-12-01T10:00:01Z", "op": "create", "actor": "admin:admin", "secret": "x", "version": 1});
         let (header, full, short) = (fixed_columns(&header), fixed_columns(&row(&entry)), fixed_columns(&row(&short)));
-        for column in ["OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COUNT", "COMMAND"] {
+        assert!(full.contains("   09:59:59.120 - 09:59:59.915   cat"), "{full}");
+        for column in ["OP", "ACTOR", "OBJECT", "VERSION", "SERVICE", "TASK", "PID", "COUNT", "FIRST - LAST", "COMMAND"]
+        {
             let at = header.find(column).unwrap();
             assert_eq!(full.as_bytes()[at - 1], b' ', "{column}: {full}");
             assert_ne!(full.as_bytes()[at], b' ', "{column}: {full}");
