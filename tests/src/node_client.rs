@@ -165,7 +165,7 @@ impl StreamNode {
 /// One stream on one replica; returns why it ended.
 async fn stream_once(channel: Channel, at: usize, seen: &Mutex<Vec<Seen>>, replica: &AtomicUsize) -> tonic::Status {
     let result: Result<(), tonic::Status> = async {
-        let mut stream = NodeClient::new(channel).assignments(pb::AssignmentsRequest {}).await?.into_inner();
+        let mut stream = NodeClient::new(channel).assignments(pb::AssignmentsRequest::default()).await?.into_inner();
         replica.store(at, Ordering::SeqCst);
         let mut versions = BTreeMap::new();
         while let Some(part) = stream.message().await? {
