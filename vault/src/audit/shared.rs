@@ -469,3 +469,46 @@ pub fn query(
     });
     rx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::store::redb::RedbStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chains_merge_by_time_and_checkpoints_catch_a_removed_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let data_key = Key::random();
+        let a = AuditLog::open_replica(&dir.path().join("a"), store.clone(), Some(&data_key), "ra").unwrap();
+        let b = AuditLog::open_replica(&dir.path().join("b"), store.clone(), Some(&data_key), "rb").unwrap();
+        a.record(AuditEntry::now("create")).await;
+        b.record(AuditEntry::now("rotate")).await;
+        a.record(AuditEntry::now("rm")).await;
+
+        let key = chain::audit_key(&data_key);
+        let mut seen = BTreeMap::new();
+        let entry = checkpoint(store.as_ref(), &key, "ra", &mut seen).await.unwrap().expect("b moved");
+        assert_eq!(entry.heads.as_ref().unwrap()[0].replica, "rb");
+        a.record(entry).await;
+        assert!(checkpoint(store.as_ref(), &key, "ra", &mut seen).await.unwrap().is_none(), "nothing moved");
+
+        let verified = verify(store.as_ref(), &key).await.unwrap();
+        assert_eq!(verified, VerifiedChains { entries: 4, chains: 2, links: 1 });
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let mut lines = query(store.clone(), Query::default(), false, stopping);
+        let mut merged = Vec::new();
+        while let Some(line) = lines.recv().await {
+            let entry: AuditEntry = serde_json::from_str(&line.unwrap()).unwrap();
+            merged.push((entry.op, entry.replica.unwrap()));
+        }
+        let ops: Vec<(&str, &str)> = merged.iter().map(|(o, r)| (o.as_str(), r.as_str())).collect();
+        assert_eq!(ops, [("create", "ra"), ("rotate", "rb"), ("rm", "ra"), ("checkpoint", "ra")]);
+
+        // b's chain removed, head and all: a's checkpoint tells.
+        store.commit(Txn::new().delete(format!("{HEADS}rb")).delete(segment_key("rb", 1))).await.unwrap();
+        let err = verify(store.as_ref(), &key).await.unwrap_err();
+        assert!(err.starts_with("replica rb: its chain is gone"), "{err}");
+    }
+}
