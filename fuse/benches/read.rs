@@ -206,9 +206,9 @@ fn main() {
     }));
     let mut variants = vec![
         Variant::tmpfs(shm.path()),
-        Variant::fuse("hush fuse, 2 threads (default)", 2, None),
+        Variant::fuse("hush fuse, 2 threads", 2, None),
         Variant::fuse_audited("hush fuse, 2 threads, audit off", 2, None, false),
-        Variant::fuse("hush fuse, 4 threads", 4, None),
+        Variant::fuse("hush fuse, 4 threads (default)", 4, None),
         Variant::fuse("hush fuse, 1 thread", 1, None),
         Variant::fuse_audited("hush fuse, 1 thread, audit off", 1, None, false),
         Variant::fuse("hush fuse, 2 threads, uncached lookup", 2, Some(Arc::new(Uncached))),
