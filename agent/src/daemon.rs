@@ -156,6 +156,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
 
     let vaults = args.vault.clone().unwrap_or_else(|| identity.info.vault.clone());
     let channel = vault_link::node_channel(&identity, &vaults).map_err(anyhow::Error::msg)?;
+    let stream_channels = vault_link::replica_channels(&identity, &vaults).map_err(anyhow::Error::msg)?;
     // Service directories are owned by "containers of the service"; the registry that decides
     // it needs the reconciler, so it is filled in right after.
     let registry = Arc::new(std::sync::OnceLock::new());
@@ -263,7 +264,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         node_id: identity.info.node_id.clone(),
     };
     let shipping = tokio::spawn(shipper.run(stopped.clone()));
-    let end = vault_link::follow_assignments(channel, reconciler.clone(), stopped).await;
+    let end = vault_link::follow_assignments(stream_channels, reconciler.clone(), stopped).await;
     // However the agent ends (a removed node too), its tasks end first: their `hush run`
     // stops them, so no task's mount namespace holds the mount when it goes (unmounting
     // would wait for that, up to two seconds).

@@ -67,6 +67,22 @@ pub fn node_channel(identity: &NodeIdentity, vaults: &str) -> Result<Channel, St
     }
 }
 
+/// One mTLS channel per replica in `vaults`, for the assignment stream: it must be able to leave
+/// a replica that answers but refuses (one that lost its store), which a balanced channel may
+/// keep choosing. The list starts at a replica picked by the node's ID.
+pub fn replica_channels(identity: &NodeIdentity, vaults: &str) -> Result<Vec<Channel>, String> {
+    let mut channels: Vec<Channel> =
+        vault_addresses(vaults).iter().map(|addr| node_channel(identity, addr)).collect::<Result<_, _>>()?;
+    if channels.is_empty() {
+        return Err(format!("no vault address in {vaults:?}"));
+    }
+    // Nodes spread over the replicas: each starts at one picked by its ID.
+    let spread = identity.info.node_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+    let first = spread % channels.len();
+    channels.rotate_left(first);
+    Ok(channels)
+}
+
 /// Joins through the first replica in `vaults` (comma-separated) that answers, and keeps the
 /// whole list in the state dir.
 pub async fn join(vaults: &str, token: &str, state: &StateDir) -> Result<NodeIdentity, JoinError> {
@@ -136,15 +152,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Follows the node's assignment stream for the agent's life. On every (re)connection it first
 /// tells the vault which tasks still run here, then applies each snapshot it receives.
+/// Each stream goes to one replica of `channels` ([`replica_channels`]); when it breaks or is
+/// refused the next one goes to the next replica, and the wait between tries grows only once
+/// every replica has failed in turn.
 pub async fn follow_assignments(
-    channel: Channel,
+    channels: Vec<Channel>,
     reconciler: Arc<Reconciler>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> LinkEnd {
     let mut backoff = BACKOFF_MIN;
+    let mut at = 0;
     loop {
         let status = tokio::select! {
-            status = stream_once(NodeClient::new(channel.clone()), &reconciler) => status,
+            status = stream_once(NodeClient::new(channels[at].clone()), &reconciler) => status,
             _ = shutdown.changed() => return LinkEnd::Shutdown,
         };
         let was_connected = reconciler.set_connected(false);
@@ -161,7 +181,10 @@ pub async fn follow_assignments(
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return LinkEnd::Shutdown,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        at = (at + 1) % channels.len();
+        if at == 0 {
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }
 
