@@ -3,7 +3,8 @@
 //! a,b,c`, each with a task reading through FUSE) and in-process stream-only nodes (three
 //! starting on each replica, moving to the next when a stream breaks). One fault per phase:
 //! kill -9 the etcd leader; kill -9 the replica streaming to most agents; SIGSTOP a replica
-//! for 10 s; cut the third replica off etcd (it reaches etcd only through proxies).
+//! for 10 s; cut the replica streaming to most agents off etcd (each replica reaches etcd only
+//! through proxies of its own).
 //!
 //! After each phase: a last acknowledged rotation reaches every agent and every node (the
 //! assignment is a level-triggered snapshot, so a rotation "reaches" an agent when the agent
@@ -105,8 +106,8 @@ struct World {
     up: Vec<bool>,
     secret_id: String,
     ledger: Arc<Mutex<Ledger>>,
-    /// Replica 2 reaches each etcd member through one of these.
-    proxies: Vec<Proxy>,
+    /// Each replica reaches each etcd member through one of its own proxies.
+    proxies: Vec<Vec<Proxy>>,
     cluster: EtcdCluster,
 }
 
@@ -114,17 +115,19 @@ impl World {
     async fn start() -> Self {
         let cluster = EtcdCluster::start(3);
         let url = cluster.url("/chaos");
+        let proxies: Vec<Vec<Proxy>> =
+            (0..REPLICAS).map(|_| cluster.endpoints().iter().map(|e| Proxy::start(e)).collect()).collect();
+        let through = |i: usize| {
+            let addrs: Vec<&str> = proxies[i].iter().map(|p| p.addr.as_str()).collect();
+            vec!["--store".to_string(), format!("etcd://{}/chaos", addrs.join(","))]
+        };
         let mut first = TestVault::init(&["--store", &url]);
-        first.serve_args = vec!["--store".into(), url.clone()];
+        first.serve_args = through(0);
         first.start();
         let mut vaults = vec![first];
-        let proxies: Vec<Proxy> = cluster.endpoints().iter().map(|e| Proxy::start(e)).collect();
         for i in 1..REPLICAS {
             let mut replica = TestVault::replica_of(&vaults[0]);
-            if i == REPLICAS - 1 {
-                let through: Vec<&str> = proxies.iter().map(|p| p.addr.as_str()).collect();
-                replica.serve_args = vec!["--store".into(), format!("etcd://{}/chaos", through.join(","))];
-            }
+            replica.serve_args = through(i);
             replica.start();
             vaults.push(replica);
         }
@@ -472,10 +475,12 @@ async fn rotations_survive_etcd_and_replica_faults() {
     writer.stop().await;
     world.settle("replica paused 10 s").await;
 
-    // 4. Cut replica 2 off etcd: it ends its streams, its nodes move, rotations reach them.
-    let cut = REPLICAS - 1;
+    // 4. Cut the replica streaming to most agents off etcd: it ends its streams, its agents
+    // and nodes move, rotations reach them.
+    let (cut, agents_on) = world.busiest_replica();
+    eprintln!("cutting replica {cut} off etcd with {agents_on} agents on it");
     let writer = world.start_writing();
-    for proxy in &world.proxies {
+    for proxy in &world.proxies[cut] {
         proxy.cut();
     }
     tokio::time::sleep(UNDER_FAULT).await;
@@ -484,7 +489,7 @@ async fn rotations_survive_etcd_and_replica_faults() {
     world.settle("replica cut off etcd").await;
     assert!(world.nodes.iter().all(|n| n.replica() != Some(cut)), "no node streams from the cut-off replica");
     assert!(world.vaults[cut].log_text().contains("lost etcd"), "the cut-off replica says why");
-    for proxy in &world.proxies {
+    for proxy in &world.proxies[cut] {
         proxy.restore();
     }
     world.up[cut] = true;
