@@ -476,10 +476,11 @@ fn folding_never_merges_processes_files_or_versions() {
     let cat_pids: std::collections::HashSet<&Value> = cat_a.iter().map(|x| &x["pid"]).collect();
     assert_eq!((cat_a.len() as u64, cat_pids.len() as u64), (steps, steps), "{cat_a:?}");
     // Versions are kept apart: the shell's opens of a are at version 1 (the whole first step) and
-    // at version 2 (the last step), in entries of one version each; b stays at version 1.
+    // at version 2 (at least the last step's last open: the rotation may land mid-step), in
+    // entries of one version each; b stays at version 1.
     let at =
         |v: &[Value], version: u64| count(&v.iter().filter(|x| x["version"] == version).cloned().collect::<Vec<_>>());
-    assert!(at(&sh_a, 1) >= LOOP && at(&sh_a, 2) >= LOOP, "{sh_a:?}");
+    assert!(at(&sh_a, 1) >= LOOP && at(&sh_a, 2) >= 1, "{sh_a:?}");
     assert_eq!(at(&sh_a, 1) + at(&sh_a, 2), steps * LOOP);
     assert_eq!(at(&sh_b, 1), steps * LOOP);
     // Files are kept apart: no entry names both, and the shell's entries are one process's.
