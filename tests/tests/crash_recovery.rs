@@ -143,8 +143,11 @@ fn kill9_then_restart_repairs_tasks_and_containers_in_place() {
         reads.wait_value(&after, rotated);
         eprintln!("{what}: reads the rotated value");
     }
+    // `hush run` retries its resume every 100 ms: it may come after the reads are back.
+    wait_for("the task resumed by its hush run", || {
+        agent.log_text().contains("task resumed by its hush run").then_some(())
+    });
     let log = agent.log_text();
-    assert!(log.contains("task resumed by its hush run"), "{log}");
     assert!(log.contains("container view repaired"), "{log}");
 }
 
