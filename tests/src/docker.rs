@@ -274,3 +274,34 @@ impl Drop for SwarmService {
             .status();
     }
 }
+
+/// Podman's API service on a socket of our own, for as long as the test runs.
+pub struct PodmanService {
+    child: std::process::Child,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PodmanService {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("podman.sock");
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podman system service starts");
+        crate::wait_for("the podman socket", || socket.exists().then_some(()));
+        Self { child, socket, _dir: dir }
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,11 +1,11 @@
 //! Real containers (Docker, Podman, Swarm, docker-compose) reading Hush's service directories,
 //! and every container that must not read them trying for real.
 
-use hush_tests::docker::{self, Container, Engine, PODMAN_ULIMITS, SwarmService};
+use hush_tests::docker::{self, Container, Engine, PODMAN_ULIMITS, PodmanService, SwarmService};
 use hush_tests::{DEADLINE, Run, TestAgent, TestVault, bin, marker, wait_for};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 /// A vault, an agent joined to it, and the test image.
@@ -400,37 +400,6 @@ fn compose_and_swarm_containers_read_their_secrets() {
     let run = docker_run(&forged);
     assert!(!run.status.success() && run.stderr.contains("Permission denied"), "{run:?}");
     fx.expect_entry(&["--service", "api"], &[("op", "denied"), ("reason", "SwarmTaskMismatch")]);
-}
-
-/// Podman's API service on a socket of our own, for as long as the test runs.
-struct PodmanService {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl PodmanService {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("podman.sock");
-        let child = Command::new("podman")
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("podman system service starts");
-        wait_for("the podman socket", || socket.exists().then_some(()));
-        Self { child, socket, _dir: dir }
-    }
-}
-
-impl Drop for PodmanService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A Podman container of a service reads its secret; the audit names it.

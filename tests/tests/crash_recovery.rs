@@ -3,44 +3,13 @@
 //! task or container being restarted; a task whose process died meanwhile is ended; a process that
 //! took a dead task's pid is given nothing.
 
-use hush_tests::docker::{self, PODMAN_ULIMITS};
+use hush_tests::docker::{self, PODMAN_ULIMITS, PodmanService};
 use hush_tests::loops::{ReadLoop, script};
 use hush_tests::{DEADLINE, Run, TestAgent, TestVault, marker, wait_for};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
-
-/// Podman's API service on a socket of our own, for as long as the test runs.
-struct PodmanService {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl PodmanService {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("podman.sock");
-        let child = Command::new("podman")
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("podman system service starts");
-        wait_for("the podman socket", || socket.exists().then_some(()));
-        Self { child, socket, _dir: dir }
-    }
-}
-
-impl Drop for PodmanService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `hush service mounts SERVICE --format docker` for this agent's mount root.
 fn mount_flags(vault: &TestVault, agent: &TestAgent, service: &str) -> Vec<String> {
