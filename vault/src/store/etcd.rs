@@ -545,6 +545,11 @@ async fn watch_loop(
 }
 
 fn lost(health: &watch::Sender<Health>, why: String) {
+    // Nobody holds the health any more: the store was dropped (its abort of this task races
+    // the client's connection closing), and a one-shot command must not print a second line.
+    if health.is_closed() {
+        return;
+    }
     let why = format!("lost etcd: {why}");
     health.send_if_modified(|h| {
         let since = match h {
