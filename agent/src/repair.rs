@@ -137,8 +137,8 @@ fn parse_mountinfo(text: &[u8]) -> Vec<MountLine> {
     lines
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space...).
-fn unescape(field: &[u8]) -> Vec<u8> {
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for a backslash...).
+pub(crate) fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {

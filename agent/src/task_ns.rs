@@ -58,6 +58,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::repair::unescape;
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, OFlags, StatxFlags, Uid};
 use rustix::io::Errno;
 use rustix::mount::{
@@ -574,7 +575,7 @@ fn submounts(dir_fd: &OwnedFd, dir: &Path) -> Result<Vec<PathBuf>, Errno> {
         {
             continue;
         }
-        let mount_point = PathBuf::from(unescape(mount_point));
+        let mount_point = PathBuf::from(OsString::from_vec(unescape(mount_point)));
         if mount_point != dir && mount_point.starts_with(dir) && !found.contains(&mount_point) {
             found.push(mount_point);
         }
@@ -584,34 +585,14 @@ fn submounts(dir_fd: &OwnedFd, dir: &Path) -> Result<Vec<PathBuf>, Errno> {
     Ok(outer)
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for a backslash...).
-fn unescape(field: &[u8]) -> OsString {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\'
-            && let Some(octal) = field.get(i + 1..i + 4)
-            && let Some(byte) = std::str::from_utf8(octal).ok().and_then(|s| u8::from_str_radix(s, 8).ok())
-        {
-            out.push(byte);
-            i += 4;
-        } else {
-            out.push(field[i]);
-            i += 1;
-        }
-    }
-    OsString::from_vec(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn unescape_mountinfo() {
-        assert_eq!(unescape(br"/a\040b\134c"), OsStr::from_bytes(br"/a b\c"));
-        assert_eq!(unescape(br"/plain\x"), OsStr::from_bytes(br"/plain\x"));
+        assert_eq!(unescape(br"/a\040b\134c"), br"/a b\c");
+        assert_eq!(unescape(br"/plain\x"), br"/plain\x");
     }
 
     #[test]
