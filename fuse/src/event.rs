@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
 use std::time::SystemTime;
 
 use crate::fs::FileMeta;
@@ -173,20 +173,14 @@ impl EventSink {
     pub fn emit(&self, event: AccessEvent) {
         let sent = match &self.sink {
             None => return,
-            Some(Queue::Channel(tx)) => {
-                !matches!(tx.try_send(event), Err(TrySendError::Full(_) | TrySendError::Disconnected(_)))
-            }
+            Some(Queue::Channel(tx)) => tx.try_send(event).is_ok(),
             Some(Queue::Lazy(q)) => {
                 // Count first, so that the bound holds however many threads send at once.
-                if q.pending.fetch_add(1, Ordering::AcqRel) >= q.limit {
+                let refused = q.pending.fetch_add(1, Ordering::AcqRel) >= q.limit || q.tx.send(event).is_err();
+                if refused {
                     q.pending.fetch_sub(1, Ordering::AcqRel);
-                    false
-                } else if q.tx.send(event).is_err() {
-                    q.pending.fetch_sub(1, Ordering::AcqRel);
-                    false
-                } else {
-                    true
                 }
+                !refused
             }
         };
         if !sent {
