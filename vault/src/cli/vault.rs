@@ -68,15 +68,8 @@ pub enum VaultCommand {
         /// Where to: etcd://HOST:PORT[,HOST:PORT...][/PREFIX]
         #[arg(long, value_name = "URL")]
         to: String,
-        /// CA certificate (PEM) that signed etcd's server certificates: TLS to etcd
-        #[arg(long, value_name = "FILE")]
-        etcd_ca: Option<PathBuf>,
-        /// Client certificate (PEM) for etcd's --client-cert-auth
-        #[arg(long, value_name = "FILE")]
-        etcd_cert: Option<PathBuf>,
-        /// Key (PEM) of --etcd-cert
-        #[arg(long, value_name = "FILE")]
-        etcd_key: Option<PathBuf>,
+        #[command(flatten)]
+        tls: EtcdTlsFlags,
     },
     /// Unlock an autolocked vault after a restart (reads the unlock key from standard input)
     Unlock {
@@ -97,6 +90,13 @@ pub struct StoreFlags {
     /// (prefix /hush by default). Several replicas may serve one etcd store
     #[arg(long, env = "HUSH_STORE", value_name = "URL")]
     store: Option<String>,
+    #[command(flatten)]
+    tls: EtcdTlsFlags,
+}
+
+/// TLS to etcd: the same three flags wherever a command reaches etcd.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdTlsFlags {
     /// CA certificate (PEM) that signed etcd's server certificates: TLS to etcd
     #[arg(long, value_name = "FILE")]
     etcd_ca: Option<PathBuf>,
@@ -106,6 +106,13 @@ pub struct StoreFlags {
     /// Key (PEM) of --etcd-cert
     #[arg(long, value_name = "FILE")]
     etcd_key: Option<PathBuf>,
+}
+
+impl EtcdTlsFlags {
+    /// The store arguments for `store` reached with these flags.
+    fn store_args(self, store: Option<String>) -> StoreArgs {
+        StoreArgs { store, etcd_ca: self.etcd_ca, etcd_cert: self.etcd_cert, etcd_key: self.etcd_key }
+    }
 }
 
 /// Leadership and the singleton jobs the leader runs.
@@ -160,13 +167,7 @@ fn member_address(advertise: &[String], bound: std::net::SocketAddr) -> String {
 
 impl StoreFlags {
     fn etcd(&self) -> anyhow::Result<Option<crate::store::etcd::EtcdConfig>> {
-        let args = StoreArgs {
-            store: self.store.clone(),
-            etcd_ca: self.etcd_ca.clone(),
-            etcd_cert: self.etcd_cert.clone(),
-            etcd_key: self.etcd_key.clone(),
-        };
-        Ok(args.etcd()?)
+        Ok(self.tls.clone().store_args(self.store.clone()).etcd()?)
     }
 }
 
@@ -238,10 +239,9 @@ pub async fn run(command: VaultCommand) -> anyhow::Result<ExitCode> {
             vault.start_cluster(Cluster::new(id, address, backend, cluster.settings()));
             serve_vault(vault, &dir, listener_announced(listener)?, shutdown_signal()).await?;
         }
-        VaultCommand::Migrate { from, to, etcd_ca, etcd_cert, etcd_key } => {
+        VaultCommand::Migrate { from, to, tls } => {
             let dir = DataDir::new(crate::migrate::source_dir(&from)?);
-            let args = StoreArgs { store: Some(to), etcd_ca, etcd_cert, etcd_key };
-            let config = args.etcd()?.expect("--to is given");
+            let config = tls.store_args(Some(to)).etcd()?.expect("--to is given");
             let target = replica::connect(&config).await?;
             let url = config.url();
             let done = crate::migrate::migrate(&dir, &target, &url, |step| eprintln!("migrate: {step}")).await?;
