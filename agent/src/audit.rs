@@ -10,6 +10,7 @@
 //! a `dropped` entry: never silent.
 
 use crate::reconcile::Reconciler;
+use crate::vault_link::NodeChannel;
 use hush_fuse::{AccessEvent, AccessOp, FileKind, SecretFs};
 use hush_proto::v1 as pb;
 use hush_proto::v1::node_client::NodeClient;
@@ -17,7 +18,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tonic::transport::Channel;
 
 /// Events held while the vault is unreachable (`HUSH_AUDIT_QUEUE` overrides, for tests).
 const DEFAULT_QUEUE: usize = 100_000;
@@ -52,7 +52,7 @@ pub struct Shipper {
     pub events: hush_fuse::EventReceiver,
     pub fs: Arc<SecretFs>,
     pub reconciler: Arc<Reconciler>,
-    pub vault: NodeClient<Channel>,
+    pub vault: NodeClient<NodeChannel>,
     pub local_log: Option<LocalLog>,
     pub node_id: String,
 }

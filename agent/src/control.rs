@@ -9,6 +9,7 @@
 
 use crate::reconcile::{Reconciler, SECRETS_DIR};
 use crate::task_record::{Records, TaskRecord};
+use crate::vault_link::NodeChannel;
 use hush_fuse::{MountNamespaceOwner, TaskOwner};
 use hush_proto::v1 as pb;
 use hush_proto::v1::agent_control_server::AgentControl;
@@ -23,7 +24,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Code, Request, Response, Status};
 
@@ -38,7 +38,7 @@ const RESUME_WINDOW: Duration = Duration::from_secs(120);
 const SHUTTING_DOWN: &str = "the agent is shutting down";
 
 pub struct ControlService {
-    pub vault: NodeClient<Channel>,
+    pub vault: NodeClient<NodeChannel>,
     pub reconciler: Arc<Reconciler>,
     pub mount_root: PathBuf,
     /// Becomes true when the agent shuts down: every task ends (its `hush run` then stops it).
@@ -52,7 +52,7 @@ pub struct ControlService {
 /// What a task's lifecycle needs from the service.
 #[derive(Clone)]
 struct Parts {
-    vault: NodeClient<Channel>,
+    vault: NodeClient<NodeChannel>,
     reconciler: Arc<Reconciler>,
     mount_root: PathBuf,
     stopping: watch::Receiver<bool>,
@@ -361,7 +361,7 @@ fn task_ready(parts: &Parts, task_id: &str, name: String) -> pb::TaskReady {
 /// is told. A crash drops nothing: the record stays for the next agent.
 struct Lease {
     reconciler: Arc<Reconciler>,
-    vault: NodeClient<Channel>,
+    vault: NodeClient<NodeChannel>,
     records: Arc<Records>,
     task_id: String,
 }
@@ -396,7 +396,7 @@ impl Drop for Lease {
 
 /// Tells the vault a task ended, retrying a while; if the vault stays unreachable, the next
 /// SyncTasks (sent on every reconnection) tells it instead.
-pub(crate) async fn end_at_vault(mut vault: NodeClient<Channel>, task_id: String) {
+pub(crate) async fn end_at_vault(mut vault: NodeClient<NodeChannel>, task_id: String) {
     let mut backoff = Duration::from_millis(100);
     for _ in 0..6 {
         match vault.end_task(pb::EndTaskRequest { task_id: task_id.clone() }).await {

@@ -19,13 +19,13 @@ use crate::reconcile::Reconciler;
 use crate::repair::{self, Device, Namespace, Outcome, View};
 use crate::runtime::{Engine, RunState, SERVICE_LABEL};
 use crate::task_record::{Records, TaskRecord, start_time};
+use crate::vault_link::NodeChannel;
 use hush_fuse::{MountNamespaceOwner, TaskOwner};
 use hush_proto::v1::node_client::NodeClient;
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tonic::transport::Channel;
 
 /// What the last agent left: dead mounts and task records.
 pub struct Leftovers {
@@ -80,7 +80,7 @@ impl Leftovers {
     /// Serves again each recorded task whose `hush run` still runs in the recorded namespace (see
     /// the module documentation); ends the others at the vault. Call before the assignment stream
     /// starts, so the vault hears these tasks still run.
-    pub fn restore_tasks(&mut self, control: &ControlService, vault: &NodeClient<Channel>) -> Vec<RestoredTask> {
+    pub fn restore_tasks(&mut self, control: &ControlService, vault: &NodeClient<NodeChannel>) -> Vec<RestoredTask> {
         let mut restored = Vec::new();
         for record in std::mem::take(&mut self.tasks) {
             match verify(&record) {
@@ -111,7 +111,7 @@ impl Leftovers {
 }
 
 /// Ends a recorded task that is not restored: the vault is told, the record removed.
-fn end(records: &Records, vault: &NodeClient<Channel>, record: &TaskRecord, why: &str, detail: &str) {
+fn end(records: &Records, vault: &NodeClient<NodeChannel>, record: &TaskRecord, why: &str, detail: &str) {
     tracing::warn!(task = %record.task_id, pid = record.pid, detail, "task left by the crashed agent ended: {why}");
     repair::count(Outcome::TaskEnded);
     records.remove_task(&record.task_id);

@@ -1,19 +1,26 @@
-//! The agent's connection to the vault: joining, the mTLS channel, and the assignment stream
-//! turned into state (reconnecting with backoff, resuming with a full snapshot). Snapshots
-//! arrive in parts (values, tasks, end); each value once per stream.
+//! The agent's connection to the vault: joining, the mTLS channels, unary calls that fail over
+//! between replicas, and the assignment stream turned into state (reconnecting with backoff,
+//! resuming with a full snapshot). Snapshots arrive in parts (values, tasks, end); each value once
+//! per stream.
 
 use crate::pin;
 use crate::reconcile::{Reconciler, ValueKey, Values, value_key};
 use crate::state::{NodeIdentity, NodeInfo, StateDir};
+use http_body_util::{BodyExt, Full};
 use hush_fuse::Plaintext;
 use hush_proto::addr::host_of;
 use hush_proto::v1 as pb;
 use hush_proto::v1::assignment_part::Part;
 use hush_proto::v1::node_client::NodeClient;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::Code;
+use tonic::body::Body;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tower::ServiceExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -47,40 +54,109 @@ pub fn vault_addresses(vaults: &str) -> Vec<String> {
     vaults.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()
 }
 
-/// The node's mTLS channel to every replica in `vaults` (comma-separated); connects lazily,
-/// reconnects by itself, and sends each call to a replica that is up: when one dies, a broken
-/// stream is opened again on another (which reads the same store, so it resumes where the
-/// first left off or later, never earlier).
-pub fn node_channel(identity: &NodeIdentity, vaults: &str) -> Result<Channel, String> {
-    let mut endpoints = Vec::new();
-    for addr in vault_addresses(vaults) {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&identity.ca_pem))
-            .identity(Identity::from_pem(&identity.cert_pem, identity.key_pem.as_bytes()))
-            .domain_name(host_of(&addr).to_string());
-        endpoints.push(endpoint(&addr, tls)?);
-    }
-    match endpoints.len() {
-        0 => Err(format!("no vault address in {vaults:?}")),
-        1 => Ok(endpoints.remove(0).connect_lazy()),
-        _ => Ok(Channel::balance_list(endpoints.into_iter())),
-    }
+/// The node's mTLS channel to one replica; connects lazily and reconnects by itself.
+fn replica_channel(identity: &NodeIdentity, addr: &str) -> Result<Channel, String> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&identity.ca_pem))
+        .identity(Identity::from_pem(&identity.cert_pem, identity.key_pem.as_bytes()))
+        .domain_name(host_of(addr).to_string());
+    Ok(endpoint(addr, tls)?.connect_lazy())
 }
 
-/// One mTLS channel per replica in `vaults`, for the assignment stream: it must be able to leave
-/// a replica that answers but refuses (one that lost its store), which a balanced channel may
-/// keep choosing. The list starts at a replica picked by the node's ID.
-pub fn replica_channels(identity: &NodeIdentity, vaults: &str) -> Result<Vec<Channel>, String> {
+/// One mTLS channel per replica in `vaults` (comma-separated), starting at a replica picked by
+/// the node's ID, so that nodes spread over the replicas.
+fn spread_channels(identity: &NodeIdentity, vaults: &str) -> Result<Vec<Channel>, String> {
     let mut channels: Vec<Channel> =
-        vault_addresses(vaults).iter().map(|addr| node_channel(identity, addr)).collect::<Result<_, _>>()?;
+        vault_addresses(vaults).iter().map(|addr| replica_channel(identity, addr)).collect::<Result<_, _>>()?;
     if channels.is_empty() {
         return Err(format!("no vault address in {vaults:?}"));
     }
-    // Nodes spread over the replicas: each starts at one picked by its ID.
     let spread = identity.info.node_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
     let first = spread % channels.len();
     channels.rotate_left(first);
     Ok(channels)
+}
+
+/// The node's channel for unary calls (StartTask, EndTask, SyncTasks, ReportAccess): see
+/// [`NodeChannel`].
+pub fn node_channel(identity: &NodeIdentity, vaults: &str) -> Result<NodeChannel, String> {
+    Ok(NodeChannel { replicas: spread_channels(identity, vaults)?.into(), preferred: Default::default() })
+}
+
+/// One mTLS channel per replica in `vaults`, for the assignment stream: it must be able to leave
+/// a replica that answers but refuses (one that lost its store). The list starts at a replica
+/// picked by the node's ID.
+pub fn replica_channels(identity: &NodeIdentity, vaults: &str) -> Result<Vec<Channel>, String> {
+    spread_channels(identity, vaults)
+}
+
+/// Unary calls over every replica: each call goes to the replica that answered the last one,
+/// and when that replica cannot take it (it cannot be reached, its connection breaks, or it
+/// answers `Unavailable`, as one cut off from its store does), the same call goes to the next
+/// replica, then the next, once each. The request is small and buffered so it can be sent again.
+///
+/// Sending again is safe for each node call: SyncTasks and EndTask are idempotent; ReportAccess
+/// batches are sent again anyway until one is acknowledged; a StartTask whose first try may have
+/// been recorded (a store that failed mid-commit) leaves a task that no agent runs, which the
+/// node's next SyncTasks ends, and the vault ends a task whose caller went away. A replica that
+/// answers anything else (a refusal, or success) is not asked again.
+#[derive(Clone)]
+pub struct NodeChannel {
+    replicas: Arc<[Channel]>,
+    /// The replica the next call goes to first.
+    preferred: Arc<AtomicUsize>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<Body>> for NodeChannel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each try waits for its own replica's channel to be ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(request).await })
+    }
+}
+
+impl NodeChannel {
+    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let count = self.replicas.len();
+        let first = self.preferred.load(Ordering::Relaxed) % count;
+        let mut last = None;
+        for step in 0..count {
+            let at = (first + step) % count;
+            let attempt = http::Request::from_parts(parts.clone(), Body::new(Full::new(body.clone())));
+            let outcome = self.replicas[at].clone().oneshot(attempt).await;
+            let why = match &outcome {
+                Err(e) => e.to_string(),
+                Ok(response) if is_unavailable(response) => "it answered unavailable".to_string(),
+                Ok(_) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return outcome.map_err(Into::into);
+                }
+            };
+            tracing::info!(call = %parts.uri.path(), replica = at, error = %why, "vault replica cannot take the call; trying the next");
+            last = Some(outcome);
+        }
+        // Every replica failed: the next call starts at another one.
+        self.preferred.store(first + 1, Ordering::Relaxed);
+        last.expect("a node channel has at least one replica").map_err(Into::into)
+    }
+}
+
+/// Whether a response is a gRPC `Unavailable` status sent before any message (a trailers-only
+/// response carries its status in the headers).
+fn is_unavailable(response: &http::Response<Body>) -> bool {
+    response.headers().get("grpc-status").is_some_and(|code| code.as_bytes() == b"14")
 }
 
 /// Joins through the first replica in `vaults` (comma-separated) that answers, and keeps the

@@ -18,6 +18,7 @@
 use super::proc::{self, IdMap};
 use super::{ContainerEvent, ContainerInfo, Engine, EngineKind, RunState, SERVICE_LABEL, SWARM_TASK_LABEL};
 use crate::reconcile::Reconciler;
+use crate::vault_link::NodeChannel;
 use futures::StreamExt;
 use hush_proto::v1 as pb;
 use hush_proto::v1::node_client::NodeClient;
@@ -26,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tonic::transport::Channel;
 
 /// Longest a first open waits for the engine and the vault (a cached container answers at once).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -107,7 +107,7 @@ pub struct Containers {
     /// `MOUNT_ROOT/services`, as the engines see the bind sources.
     services_root: PathBuf,
     proc_root: PathBuf,
-    vault: NodeClient<Channel>,
+    vault: NodeClient<NodeChannel>,
     reconciler: Arc<Reconciler>,
     runtime: tokio::runtime::Handle,
     slots: Mutex<HashMap<String, Slot>>,
@@ -118,7 +118,7 @@ impl Containers {
     pub fn new(
         engines: Vec<Arc<dyn Engine>>,
         mount_root: &Path,
-        vault: NodeClient<Channel>,
+        vault: NodeClient<NodeChannel>,
         reconciler: Arc<Reconciler>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
