@@ -30,6 +30,10 @@ pub enum JoinError {
     Pin(#[from] pin::PinError),
     #[error("join refused by the vault: {0}")]
     Refused(String),
+    /// The vault could not take the join now (a contended token, too many joins from this
+    /// address at once, a replica cut off from its store): worth asking again.
+    #[error("the vault could not take the join now: {0}")]
+    Busy(String),
     #[error("cannot reach the vault at {0}: {1}")]
     Unreachable(String, String),
     #[error("cannot create a node key: {0}")]
@@ -159,9 +163,45 @@ fn is_unavailable(response: &http::Response<Body>) -> bool {
     response.headers().get("grpc-status").is_some_and(|code| code.as_bytes() == b"14")
 }
 
-/// Joins through the first replica in `vaults` (comma-separated) that answers, and keeps the
-/// whole list in the state dir.
+/// How long an agent keeps asking a vault that could not take its join now.
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+const JOIN_PAUSE_MIN: Duration = Duration::from_millis(200);
+const JOIN_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// Joins through the first replica in `vaults` (comma-separated) that takes the join, and keeps
+/// the whole list in the state dir. Agents that boot together on one token contend for its use
+/// count (and count against the vault's per-address join limit): a join the vault could not take
+/// now is asked again, after a pause that doubles (up to [`JOIN_PAUSE_MAX`]) with jitter so the
+/// agents spread out, for up to [`JOIN_PATIENCE`]. A definitive refusal (a wrong, expired, used
+/// up or revoked token) is never asked again.
 pub async fn join(vaults: &str, token: &str, state: &StateDir) -> Result<NodeIdentity, JoinError> {
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    let mut pause = JOIN_PAUSE_MIN;
+    loop {
+        match join_any(vaults, token, state).await {
+            Err(JoinError::Busy(why)) if tokio::time::Instant::now() + pause < deadline => {
+                let wait = jittered(pause);
+                tracing::info!(error = %why, retry_in = ?wait, "the vault could not take the join now; asking again");
+                tokio::time::sleep(wait).await;
+                pause = (pause * 2).min(JOIN_PAUSE_MAX);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// A pause between half of `pause` and all of it ("equal jitter").
+fn jittered(pause: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly keyed hasher: random enough to spread agents apart, with no extra crate.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let half = pause / 2;
+    half + Duration::from_nanos(random % (half.as_nanos() as u64).max(1))
+}
+
+/// One round over the replicas: the first that takes the join, or the last failure. A replica
+/// that cannot be reached or could not take the join now makes way for the next.
+async fn join_any(vaults: &str, token: &str, state: &StateDir) -> Result<NodeIdentity, JoinError> {
     let mut last = None;
     for addr in vault_addresses(vaults) {
         match join_one(&addr, vaults, token, state).await {
@@ -173,10 +213,18 @@ pub async fn join(vaults: &str, token: &str, state: &StateDir) -> Result<NodeIde
                 tracing::warn!(vault = %addr, error = %e, "vault replica unreachable; trying the next");
                 last = Some(JoinError::Pin(e));
             }
+            // A busy answer outranks an unreachable one: asking again may help.
+            Err(JoinError::Busy(why)) => last = Some(JoinError::Busy(why)),
             result => return result,
         }
     }
     Err(last.unwrap_or_else(|| JoinError::Unreachable(vaults.to_string(), "no address given".into())))
+}
+
+/// Whether a refused join may be taken if asked again: the token's use count was contended, the
+/// address had too many joins at once, or the replica could not reach its store.
+fn busy(code: Code) -> bool {
+    matches!(code, Code::Aborted | Code::ResourceExhausted | Code::Unavailable | Code::DeadlineExceeded)
 }
 
 /// Joins the vault at `vault`: pins its CA by the token's fingerprint, makes a key here (it
@@ -203,7 +251,10 @@ async fn join_one(vault: &str, vaults: &str, token: &str, state: &StateDir) -> R
             arch: std::env::consts::ARCH.to_string(),
         })
         .await
-        .map_err(|status| JoinError::Refused(status.message().to_string()))?
+        .map_err(|status| match busy(status.code()) {
+            true => JoinError::Busy(status.message().to_string()),
+            false => JoinError::Refused(status.message().to_string()),
+        })?
         .into_inner();
     let identity = NodeIdentity {
         info: NodeInfo { node_id: response.node_id, vault: vaults.to_string() },

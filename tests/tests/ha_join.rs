@@ -3,7 +3,13 @@
 //! still version 1, and an agent without `--vault` says it needs one.
 
 use hush_tests::etcd::EtcdCluster;
+use hush_tests::node_client;
 use hush_tests::{TestAgent, TestVault, wait_for};
+
+/// Refused joins an address may cause at once before the vault throttles it (vault/src/join_gate.rs).
+fn join_gate_burst() -> usize {
+    hush_vault::join_gate::RATE.burst as usize
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_without_vault_joins_and_fails_over_through_the_token_list() {
@@ -61,4 +67,75 @@ async fn an_agent_without_vault_joins_and_fails_over_through_the_token_list() {
     assert!(refused.stderr.contains("lists no vault address: pass --vault"), "{}", refused.stderr);
     // --vault still works with it (and overrides a list).
     agent.start(&["--vault", &embedded.addr, "--join-token-file", file.to_str().unwrap()]).expect("joins");
+}
+
+/// Agents that boot together on one token contend for its use count, and share their host's
+/// budget of refused joins: a join the vault could not take now (contended, or throttled because
+/// this address was refused too often) is asked again with backoff, so all five agents of a
+/// five-use token join; a sixth is refused for good, in one line, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_booting_together_on_one_token_all_join_and_one_too_many_is_refused() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cluster = EtcdCluster::start(1);
+    let url = cluster.url("/hajoin5");
+    let mut first = TestVault::init(&["--store", &url]);
+    first.serve_args = vec!["--store".into(), url.clone()];
+    first.start();
+    let mut vaults = vec![first];
+    for _ in 0..2 {
+        let mut replica = TestVault::replica_of(&vaults[0]);
+        replica.start();
+        vaults.push(replica);
+    }
+    let token = vaults[0].hush(&["node", "join-token", "-q", "--uses", "5"]).ok().trim().to_string();
+    let addresses: Vec<&str> = vaults.iter().map(|v| v.addr.as_str()).collect();
+    // This host (127.0.0.1) has used up its refused joins on every replica (an earlier bad
+    // token, say): each replica takes its next join only after its bucket refills.
+    let ca_pem = std::fs::read_to_string(vaults[0].admin_dir().join("ca.pem")).expect("ca.pem");
+    for addr in &addresses {
+        for _ in 0..=join_gate_burst() {
+            let refused = node_client::join(addr, "HUSHTKN-1-00-wrong", &ca_pem, "bad", None).await;
+            assert!(refused.is_err(), "a wrong token is refused");
+        }
+        let Err(throttled) = node_client::join(addr, &token, &ca_pem, "early", None).await else {
+            panic!("{addr} should throttle this address now");
+        };
+        assert!(throttled.contains("too many refused joins"), "{throttled}");
+    }
+
+    // Five agents at once, each starting at another replica (so they contend across replicas too).
+    let mut agents: Vec<TestAgent> = (0..5).map(|_| TestAgent::new()).collect();
+    let started: Vec<Result<(), hush_tests::Run>> = std::thread::scope(|scope| {
+        let joins: Vec<_> = agents
+            .iter_mut()
+            .enumerate()
+            .map(|(i, agent)| {
+                let mut list = addresses.clone();
+                list.rotate_left(i % 3);
+                let (list, file) = (list.join(","), agent.token_file(&token));
+                scope.spawn(move || agent.start(&["--vault", &list, "--join-token-file", file.to_str().unwrap()]))
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().expect("no panic")).collect()
+    });
+    for (i, result) in started.iter().enumerate() {
+        assert!(result.is_ok(), "agent {i} joins: {:?}", result.as_ref().err());
+    }
+    let asked_again =
+        agents.iter().filter(|a| a.log_text().contains("could not take the join now; asking again")).count();
+    assert!(asked_again > 0, "some agent was throttled and asked again");
+    let nodes = vaults[1].hush(&["node", "ls", "-q"]).ok().lines().count();
+    assert_eq!(nodes, 5, "five nodes joined");
+
+    // The sixth: the token is used up, which no retry can change.
+    let mut sixth = TestAgent::new();
+    let file = sixth.token_file(&token);
+    let began = std::time::Instant::now();
+    let refused = sixth.start(&["--vault", &addresses.join(","), "--join-token-file", file.to_str().unwrap()]);
+    let refused = refused.expect_err("a sixth join on a five-use token is refused");
+    let errors: Vec<&str> = refused.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {}", refused.stderr);
+    assert!(errors[0].contains("has been used 5 time(s), its limit"), "{}", errors[0]);
+    assert!(!refused.stderr.contains("asking again"), "a used-up token is not asked again: {}", refused.stderr);
+    assert!(began.elapsed() < std::time::Duration::from_secs(20), "refused at once, not after retries");
 }
