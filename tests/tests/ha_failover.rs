@@ -1,6 +1,7 @@
 //! Unary calls fail over as the assignment stream does: an agent whose replica is cut off from
 //! etcd still starts a new task (StartTask) and ends it (EndTask) through another replica of its
-//! `--vault` list, and the task gets its files.
+//! `--vault` list, and the task gets its files. `hush audit verify` there says the log could not
+//! be read, never that it was tampered.
 
 use hush_tests::etcd::EtcdCluster;
 use hush_tests::proxy::Proxy;
@@ -59,9 +60,18 @@ async fn an_agent_cut_off_with_its_replica_starts_and_ends_tasks_through_another
     // Its EndTask went through the other replica too: the node runs no task.
     wait_for("the ended task to be gone", || (tasks_of_node(&vaults[other]) == 0).then_some(()));
 
-    // Back on etcd, the cut-off replica serves again.
+    // `audit verify` on the cut-off replica cannot read the chains: it says so, with its own
+    // exit status, and does not call the log tampered.
+    let unread = vaults[cut].hush(&["audit", "verify"]);
+    assert_eq!(unread.status.code(), Some(3), "{unread:?}");
+    let line = unread.fails_with("audit log not verified: it could not be read");
+    assert!(!line.contains("tampered:"), "{line}");
+
+    // Back on etcd, the cut-off replica serves again, and the log verifies.
     proxies[cut].restore();
     wait_for("the replica to follow etcd again", || {
         vaults[cut].hush(&["secret", "inspect", "s"]).status.success().then_some(())
     });
+    let intact = vaults[cut].hush(&["audit", "verify"]);
+    assert!(intact.ok().contains("audit log intact"), "{intact:?}");
 }

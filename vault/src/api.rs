@@ -610,8 +610,14 @@ impl Admin for AdminService {
                 problem: String::new(),
                 chains: v.chains,
                 links: v.links,
+                unreadable: String::new(),
             },
-            Err(problem) => pb::AuditVerifyResponse { ok: false, problem, ..Default::default() },
+            Err(crate::audit::VerifyError::Tampered(problem)) => {
+                pb::AuditVerifyResponse { ok: false, problem, ..Default::default() }
+            }
+            Err(crate::audit::VerifyError::Unreadable(why)) => {
+                pb::AuditVerifyResponse { ok: false, unreadable: why, ..Default::default() }
+            }
         };
         Ok(Response::new(response))
     }

@@ -219,16 +219,37 @@ impl Walk {
     }
 }
 
+/// Why a verification did not pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The log is not what was written (an entry edited, removed, inserted, reordered, cut).
+    #[error("{0}")]
+    Tampered(String),
+    /// The log could not be read (a store or file I/O error): nothing was concluded about it.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl From<String> for VerifyError {
+    fn from(problem: String) -> Self {
+        VerifyError::Tampered(problem)
+    }
+}
+
 /// Walks every line of every file and checks the recorded head; names the first problem.
 /// Lines after the recorded head pass only if they verify: a batch being written.
-pub fn verify(dir: &Path, key: &Key, head: &StoredHead) -> Result<Verified, String> {
-    let files = log_files(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+pub fn verify(dir: &Path, key: &Key, head: &StoredHead) -> Result<Verified, VerifyError> {
+    let files = log_files(dir).map_err(|e| VerifyError::Unreadable(format!("cannot list {}: {e}", dir.display())))?;
     let mut walk = Walk::new(key);
     for file in &files {
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {name}: {e}"))?;
+        let text = std::fs::read_to_string(file).map_err(|e| match e.kind() {
+            // Bytes that are not text were not written by the vault.
+            std::io::ErrorKind::InvalidData => VerifyError::Tampered(format!("{name} is not text")),
+            _ => VerifyError::Unreadable(format!("cannot read {name}: {e}")),
+        })?;
         if !text.is_empty() && !text.ends_with('\n') {
-            return Err(format!("{name}: the last line is cut short"));
+            return Err(format!("{name}: the last line is cut short").into());
         }
         for (index, line) in text.lines().enumerate() {
             walk.step(line, &format!("{name} line {}", index + 1))?;

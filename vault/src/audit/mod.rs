@@ -17,6 +17,7 @@ pub mod shared;
 
 use crate::crypto::Key;
 use crate::store::{Store, Txn};
+pub use chain::VerifyError;
 use chain::{DAMAGED_OP, Head, LineError, StoredHead};
 pub use entry::AuditEntry;
 use std::fs::{File, OpenOptions};
@@ -282,18 +283,25 @@ impl AuditLog {
 
     /// Checks the chain end to end (every MAC, every link) against the recorded head; for
     /// replicas on etcd, every replica's chain in the store and the checkpoints linking them.
-    pub async fn verify(&self) -> Result<chain::Verified, String> {
-        let key = self.key.lock().expect("not poisoned").clone().ok_or_else(|| AuditError::Locked.to_string())?;
+    pub async fn verify(&self) -> Result<chain::Verified, VerifyError> {
+        let key = self
+            .key
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .ok_or_else(|| VerifyError::Unreadable(AuditError::Locked.to_string()))?;
         if self.is_shared() {
             let v = shared::verify(self.store.as_ref(), &key).await?;
             return Ok(chain::Verified { entries: v.entries, files: 0, chains: v.chains, links: v.links });
         }
         let head = match self.store.get(&self.head_key).await {
             Ok(entry) => StoredHead::parse(entry.as_ref().map(|e| e.value.as_slice())),
-            Err(e) => return Err(format!("cannot read the chain head: {e}")),
+            Err(e) => return Err(VerifyError::Unreadable(format!("cannot read the chain head: {e}"))),
         };
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || chain::verify(&dir, &key, &head)).await.map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || chain::verify(&dir, &key, &head))
+            .await
+            .map_err(|e| VerifyError::Unreadable(e.to_string()))?
     }
 }
 
@@ -657,7 +665,7 @@ mod tests {
             log.record(AuditEntry::denied("admin:a", "unlock: wrong unlock key")).await;
         }
         assert!(log.read_lines().unwrap().is_empty());
-        assert_eq!(log.verify().await.unwrap_err(), AuditError::Locked.to_string());
+        assert_eq!(log.verify().await.unwrap_err(), VerifyError::Unreadable(AuditError::Locked.to_string()));
         log.unlock(&fixture.data_key).await.unwrap();
         log.record(AuditEntry::now("unlock")).await;
         let lines = log.read_lines().unwrap();
@@ -673,7 +681,7 @@ mod tests {
         // Another data key: the last line does not verify; the log goes on, damage recorded.
         let other = AuditLog::open(&fixture.audit_dir, fixture.store.clone(), Some(&Key::random())).unwrap();
         other.record(AuditEntry::now("rm")).await;
-        assert!(other.verify().await.unwrap_err().contains("does not verify"));
+        assert!(other.verify().await.unwrap_err().to_string().contains("does not verify"));
 
         // An earlier Hush's log: unkeyed lines and an unkeyed head.
         let fixture = Fixture::new();

@@ -16,7 +16,7 @@
 //! Queries merge the chains: one cursor per chain reads a few segments at a time, and a k-way
 //! merge by time hands out lines; `--follow` then reads the segments a head change announces.
 
-use super::chain::{self, Head, StoredHead, Walk};
+use super::chain::{self, Head, StoredHead, VerifyError, Walk};
 use super::entry::{AuditEntry, ChainMark};
 use super::query::Query;
 use crate::crypto::Key;
@@ -232,8 +232,8 @@ struct Claim {
 
 /// Checks every replica's chain (each line's MAC and link, each head) and every newest
 /// checkpoint mark against the chain it names. Errors name the replica.
-pub async fn verify(store: &dyn Store, key: &Key) -> Result<VerifiedChains, String> {
-    let heads = heads(store).await.map_err(|e| format!("cannot read the chain heads: {e}"))?;
+pub async fn verify(store: &dyn Store, key: &Key) -> Result<VerifiedChains, VerifyError> {
+    let heads = heads(store).await.map_err(|e| VerifyError::Unreadable(format!("cannot read the chain heads: {e}")))?;
     let mut claims: BTreeMap<(String, String), Claim> = BTreeMap::new();
     let mut lengths: HashMap<String, u64> = HashMap::new();
     let mut entries = 0;
@@ -251,12 +251,15 @@ pub async fn verify(store: &dyn Store, key: &Key) -> Result<VerifiedChains, Stri
             continue;
         }
         let claim = claims.iter().find(|((_, t), _)| *t == replica).map(|(_, c)| c).expect("listed above");
-        let any = store.range_page(&segment_prefix(&replica), None, 1).await.map_err(|e| e.to_string())?;
+        let any = store
+            .range_page(&segment_prefix(&replica), None, 1)
+            .await
+            .map_err(|e| VerifyError::Unreadable(e.to_string()))?;
         if any.is_empty() {
             return Err(format!(
                 "replica {replica}: its chain is gone (no head, no entries), but replica {}'s checkpoint (entry {}) recorded it at entry {}",
                 claim.by, claim.at, claim.mark.seq
-            ));
+            ).into());
         }
         let mut more = BTreeMap::new();
         let length = walk_chain(store, key, &replica, &StoredHead::None, &mut more).await?;
@@ -271,12 +274,12 @@ pub async fn verify(store: &dyn Store, key: &Key) -> Result<VerifiedChains, Stri
             return Err(format!(
                 "replica {target}: its chain ends at entry {length} but {by} recorded entry {}: entries were removed from the end",
                 mark.seq
-            ));
+            ).into());
         }
         let segment = store
             .get(&segment_key(target, mark.segment))
             .await
-            .map_err(|e| format!("cannot read replica {target}'s chain: {e}"))?;
+            .map_err(|e| VerifyError::Unreadable(format!("cannot read replica {target}'s chain: {e}")))?;
         let found = segment.and_then(|s| {
             String::from_utf8(s.value).ok()?.lines().find_map(|line| {
                 let (entry, mac) = chain::open_line(key, line).ok()?;
@@ -284,7 +287,7 @@ pub async fn verify(store: &dyn Store, key: &Key) -> Result<VerifiedChains, Stri
             })
         });
         if found.as_deref() != Some(mark.mac.as_str()) {
-            return Err(format!("replica {target}: entry {} is not the entry {by} recorded", mark.seq));
+            return Err(format!("replica {target}: entry {} is not the entry {by} recorded", mark.seq).into());
         }
     }
     Ok(VerifiedChains { entries, chains, links: claims.len() as u32 })
@@ -298,7 +301,7 @@ async fn walk_chain(
     replica: &str,
     head: &StoredHead,
     claims: &mut BTreeMap<(String, String), Claim>,
-) -> Result<u64, String> {
+) -> Result<u64, VerifyError> {
     let prefix = segment_prefix(replica);
     let named = |problem: String| format!("replica {replica}: {problem}");
     let mut walk = Walk::new(key);
@@ -307,7 +310,7 @@ async fn walk_chain(
         let page = store
             .range_page(&prefix, after.as_deref(), PAGE)
             .await
-            .map_err(|e| named(format!("cannot read the chain: {e}")))?;
+            .map_err(|e| VerifyError::Unreadable(named(format!("cannot read the chain: {e}"))))?;
         let Some(last) = page.last() else { break };
         after = Some(last.key.clone());
         for segment in page {
@@ -318,10 +321,11 @@ async fn walk_chain(
                     "segment {} does not start at entry {} (entries removed, inserted or reordered)",
                     segment.key,
                     walk.entries() + 1
-                )));
+                ))
+                .into());
             }
             if !text.ends_with('\n') {
-                return Err(named(format!("segment {}: the last line is cut short", segment.key)));
+                return Err(named(format!("segment {}: the last line is cut short", segment.key)).into());
             }
             for line in text.lines() {
                 let (entry, _) = walk.step(line, &format!("segment {}", segment.key)).map_err(named)?;

@@ -68,10 +68,21 @@ fn parse_time(text: &str) -> anyhow::Result<String> {
     Ok(ago.to_rfc3339())
 }
 
+/// `hush audit verify`'s exit status when the log could not be read (tampered is 1).
+pub const VERIFY_UNREADABLE: u8 = 3;
+
 pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect_admin(&args.connection.target()).await?;
     if let Some(AuditCommand::Verify) = args.command {
         let report = client.audit_verify(pb::AuditVerifyRequest {}).await.map_err(call_error)?.into_inner();
+        if !report.unreadable.is_empty() {
+            // Not a verdict: the log may be intact. Its own exit status, so scripts can tell.
+            eprintln!(
+                "error: audit log not verified: it could not be read ({}); nothing was found tampered, try again",
+                report.unreadable
+            );
+            return Ok(ExitCode::from(VERIFY_UNREADABLE));
+        }
         if !report.ok {
             bail!("audit log tampered: {}", report.problem);
         }
