@@ -51,6 +51,12 @@ struct PlannedService {
     files: Vec<PlannedFile>,
 }
 
+impl PlannedFile {
+    fn value_key(&self) -> ValueKey {
+        ValueKey { kind: self.kind, object_id: self.object_id.clone(), version: self.version }
+    }
+}
+
 fn file_part(file: &PlannedFile) -> pb::AssignedFile {
     pb::AssignedFile {
         kind: kind_to_pb(file.kind),
@@ -83,7 +89,50 @@ impl Plan {
     /// Every value the plan's files hold.
     pub fn values(&self) -> HashSet<ValueKey> {
         let files = self.tasks.iter().flat_map(|t| &t.files).chain(self.services.iter().flat_map(|s| &s.files));
-        files.map(|f| ValueKey { kind: f.kind, object_id: f.object_id.clone(), version: f.version }).collect()
+        files.map(PlannedFile::value_key).collect()
+    }
+
+    /// The plan's tasks, then its services, each with the values its files hold (in file
+    /// order, repeats included): the order in which the stream sends them, tasks first, since a
+    /// task is waiting for its files and a service directory is only there ahead of need.
+    pub fn items(&self) -> Vec<Vec<ValueKey>> {
+        let keys = |files: &[PlannedFile]| files.iter().map(PlannedFile::value_key).collect();
+        let tasks = self.tasks.iter().map(|t| keys(&t.files));
+        tasks.chain(self.services.iter().map(|s| keys(&s.files))).collect()
+    }
+
+    /// How many of [`Plan::items`] are tasks (they come first).
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// What the agent can be given while the rest of this plan is still on its way: every task
+    /// and service of this plan whose values are all in `have`; for the others, the version the
+    /// agent shows now (from `current`, the last snapshot it was sent), if its values are still
+    /// in `have`; else nothing yet (a new task waits for its files). A partial snapshot never
+    /// names a value outside `have`, so it is complete for the agent.
+    pub fn partial(&self, current: Option<&Plan>, have: &HashSet<ValueKey>) -> Plan {
+        let ready = |files: &[PlannedFile]| files.iter().all(|f| have.contains(&f.value_key()));
+        let tasks = self.tasks.iter().filter_map(|task| {
+            if ready(&task.files) {
+                return Some(task.clone());
+            }
+            let shown = current?.tasks.iter().find(|t| t.task_id == task.task_id)?;
+            ready(&shown.files).then(|| shown.clone())
+        });
+        let services = self.services.iter().filter_map(|service| {
+            if ready(&service.files) {
+                return Some(service.clone());
+            }
+            let shown = current?.services.iter().find(|s| s.service_id == service.service_id)?;
+            ready(&shown.files).then(|| shown.clone())
+        });
+        Plan {
+            node_id: self.node_id.clone(),
+            tasks: tasks.collect(),
+            services: services.collect(),
+            depends_on: self.depends_on.clone(),
+        }
     }
 
     /// The plan's tasks as stream parts: files with their metadata, without values.

@@ -36,6 +36,7 @@ pub mod reports;
 pub mod secret;
 pub mod server;
 pub mod services;
+pub mod snapshots;
 pub mod spec;
 pub mod store;
 pub mod tasks;

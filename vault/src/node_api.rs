@@ -1,17 +1,16 @@
 //! The node gRPC service (agents): join, the assignment stream, task start and end.
 //! Converts proto ⇄ domain and decides nothing beyond "is this a live node".
 
-use crate::assign::{Plan, ValueKey, plan_for, value_part};
+use crate::assign::{Plan, plan_for};
 use crate::audit::AuditEntry;
 use crate::identity::{Peer, actor_of, peer_of};
 use crate::join_gate::JoinGate;
 use crate::nodes::{Claimed, NodeError, node_key};
-use crate::objects::Objects;
 use crate::services::ServiceError;
+use crate::snapshots::send_plan;
 use crate::store::{Expect, StoreError, Txn};
 use crate::vault::Vault;
 use hush_proto::v1 as pb;
-use hush_proto::v1::assignment_part::Part;
 use hush_proto::v1::node_server::Node;
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -27,6 +26,8 @@ pub struct NodeService {
     join_gate: Arc<JoinGate>,
     /// Audit events per node (reports.rs).
     reports: crate::reports::ReportLimiter,
+    /// Open assignment streams per node (snapshots.rs).
+    streams: crate::snapshots::StreamSlots,
 }
 
 impl NodeService {
@@ -34,7 +35,7 @@ impl NodeService {
     pub fn new(vault: Arc<Vault>) -> Self {
         let join_gate = Arc::new(JoinGate::default());
         join_gate.spawn_flusher(vault.clone());
-        Self { vault, join_gate, reports: Default::default() }
+        Self { vault, join_gate, reports: Default::default(), streams: Default::default() }
     }
 
     /// The calling node's ID, if its certificate is a node's and the node has not been removed.
@@ -178,6 +179,11 @@ impl Node for NodeService {
         request: Request<pb::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let node_id = self.live_node(&request).await?;
+        let Some(slot) = self.streams.take(&node_id) else {
+            tracing::warn!(node = %node_id, "assignment stream refused: the node holds too many");
+            let limit = crate::snapshots::STREAMS_PER_NODE;
+            return Err(Status::resource_exhausted(format!("this node already holds {limit} assignment streams")));
+        };
         if request.get_ref().open_audit_off {
             // Not a refusal: the node's operator chose it. Recorded on every stream, so the log
             // says for how long a node's reads went unrecorded.
@@ -194,6 +200,7 @@ impl Node for NodeService {
         vault.nodes()?.set_connected(&node_id, true).await?;
         tracing::info!(node = %node_id, "assignment stream open");
         tokio::spawn(async move {
+            let _slot = slot;
             stream_assignments(&vault, &node_id, changes, &tx).await;
             if let Ok(nodes) = vault.nodes() {
                 let _ = nodes.set_connected(&node_id, false).await;
@@ -310,8 +317,9 @@ const HEALTH_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Sends the node's assignment, then a new one after every store change that alters it,
 /// until the agent goes away or the node is removed (then the stream ends with an error).
-/// Each snapshot goes out in bounded parts (see `AssignmentPart` in the proto): the values the
-/// agent does not hold yet, one per message, then each task, then the end marker.
+/// Each snapshot goes out in bounded parts (see `AssignmentPart` in the proto and snapshots.rs):
+/// the values the agent does not hold yet, one per message, then each task, then the end marker;
+/// a large one as several complete snapshots, cut short when the assignment changes meanwhile.
 async fn stream_assignments(
     vault: &Vault,
     node_id: &str,
@@ -330,19 +338,25 @@ async fn stream_assignments(
             vault.nodes()?.get(node_id).await?;
             let objects = vault.objects()?;
             let plan = plan_for(&objects, node_id).await?;
-            if last_sent.as_ref().is_some_and(|sent| sent.same_assignment(&plan)) {
-                return Ok::<_, Status>((plan, Some(held.clone())));
+            if let Some(sent) = last_sent.as_ref().filter(|sent| sent.same_assignment(&plan)) {
+                return Ok::<_, Status>((plan, Some((sent.clone(), held.clone(), false))));
             }
             // Recorded before the values leave: every value sent is in the log.
             vault.audit().record_all(vault.delivered().new_entries(node_id, &plan)).await;
-            let sent = send_snapshot(&objects, &plan, &held, revision, tx).await?;
-            Ok((plan, sent))
+            let mut link = crate::snapshots::Link { tx, changes: &mut changes, changed: false };
+            let sent = send_plan(&objects, &plan, last_sent.as_ref(), &held, revision, &mut link).await?;
+            Ok((plan, sent.map(|sent| (sent.plan, sent.held, sent.interrupted))))
         };
         match next.await {
             Ok((_, None)) => return,
-            Ok((plan, Some(sent))) => {
-                last_sent = Some(plan);
-                held = sent;
+            Ok((plan, Some((sent, now_held, interrupted)))) => {
+                drop(plan);
+                last_sent = Some(sent);
+                held = now_held;
+                if interrupted {
+                    // The assignment changed while it was sent: send the new one at once.
+                    continue;
+                }
             }
             Err(status) => {
                 tracing::warn!(node = %node_id, error = %status.message(), "assignment stream ended");
@@ -382,40 +396,6 @@ async fn stream_assignments(
             }
         }
     }
-}
-
-/// Sends one snapshot of `plan` in parts; returns the values the agent holds afterwards, or
-/// `None` if the agent went away. Values are opened one at a time, just before being sent.
-async fn send_snapshot(
-    objects: &Objects,
-    plan: &Plan,
-    held: &HashSet<ValueKey>,
-    revision: u64,
-    tx: &mpsc::Sender<Result<pb::AssignmentPart, Status>>,
-) -> Result<Option<HashSet<ValueKey>>, Status> {
-    let send = |part: Part| async move { tx.send(Ok(pb::AssignmentPart { part: Some(part) })).await.is_ok() };
-    let mut now_held = HashSet::new();
-    for key in plan.values() {
-        if !held.contains(&key) {
-            // An object removed meanwhile: the agent skips its files; the next plan drops them.
-            let Some(value) = value_part(objects, &key).await? else { continue };
-            if !send(Part::Value(value)).await {
-                return Ok(None);
-            }
-        }
-        now_held.insert(key);
-    }
-    for task in plan.task_parts() {
-        if !send(Part::Task(task)).await {
-            return Ok(None);
-        }
-    }
-    for service in plan.service_parts() {
-        if !send(Part::Service(service)).await {
-            return Ok(None);
-        }
-    }
-    Ok(send(Part::End(revision)).await.then_some(now_held))
 }
 
 /// Ends a task whose `StartTask` call went away before its answer: no agent knows its ID.

@@ -20,6 +20,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
 /// Most transactions folded into one commit.
 const MAX_BATCH: usize = 512;
+/// redb's page cache (reads and the write buffer). redb's default is 1 GiB, and the vault locks
+/// its memory: with 1,000 values of 1 MB stored that cache alone kept ~1 GB resident. Values are
+/// read once per delivery, so caching them buys little; the B-tree's branch pages and the small
+/// records (objects, services, tasks, nodes) fit many times over.
+const CACHE_BYTES: usize = 32 << 20;
 
 type Reply = oneshot::Sender<Result<Revision, StoreError>>;
 
@@ -49,7 +54,7 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) the store file and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(io)?;
+        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(io)?;
         // Create the tables once, so read transactions never meet a missing table.
         let txn = db.begin_write().map_err(io)?;
         {
