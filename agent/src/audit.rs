@@ -8,6 +8,9 @@
 //! Folded entries wait in a bounded in-memory queue until the vault acknowledges them. When the
 //! queue (or the filesystem's own event channel) overflows, the loss is counted and reported as
 //! a `dropped` entry: never silent.
+//!
+//! A hand-over to a successor agent ([`crate::handover`]) takes what waits ([`Pending::take`]):
+//! the successor ships it, so an access just before a restart is recorded once, with its count.
 
 use crate::reconcile::Reconciler;
 use crate::vault_link::NodeChannel;
@@ -48,8 +51,64 @@ pub fn open_events() -> bool {
 /// Where `--audit-log` writes: a file or standard output.
 pub type LocalLog = Box<dyn Write + Send>;
 
+/// What a hand-over asks of the shipper.
+enum PendingRequest {
+    /// Everything not yet delivered, folded and queued (the mount is frozen: nothing new comes).
+    Take(std::sync::mpsc::SyncSender<Vec<pb::AccessEvent>>),
+    /// The hand-over did not happen: back at the front of the queue.
+    Restore(Vec<pb::AccessEvent>),
+    /// An entry of the agent's own (`agent_restart`), queued as it is.
+    Record(Box<pb::AccessEvent>),
+}
+
+/// The hand-over's handle on the shipper's undelivered events.
+#[derive(Clone)]
+pub struct Pending(tokio::sync::mpsc::UnboundedSender<PendingRequest>);
+
+/// The shipper's end of [`Pending`].
+pub struct PendingRequests(tokio::sync::mpsc::UnboundedReceiver<PendingRequest>);
+
+impl Pending {
+    pub fn channel() -> (Pending, PendingRequests) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Pending(tx), PendingRequests(rx))
+    }
+
+    /// Takes every event the shipper has not delivered (from a blocking thread); `None` if it
+    /// does not answer within `timeout` (it is waiting on the vault: those events stay behind).
+    pub fn take(&self, timeout: Duration) -> Option<Vec<pb::AccessEvent>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.0.send(PendingRequest::Take(tx)).ok()?;
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// Queues an `agent_restart` entry: how this agent started (`reason`). The vault records it
+    /// for this node, at its own time.
+    pub fn record_restart(&self, reason: String) {
+        let event = pb::AccessEvent {
+            time: rfc3339(SystemTime::now()),
+            op: "agent_restart".into(),
+            reason,
+            count: 1,
+            ..Default::default()
+        };
+        let _ = self.0.send(PendingRequest::Record(Box::new(event)));
+    }
+
+    /// Gives back what [`Pending::take`] took.
+    pub fn restore(&self, events: Vec<pb::AccessEvent>) {
+        if !events.is_empty() {
+            let _ = self.0.send(PendingRequest::Restore(events));
+        }
+    }
+}
+
 pub struct Shipper {
     pub events: hush_fuse::EventReceiver,
+    /// Hand-over requests.
+    pub pending: PendingRequests,
+    /// Events a predecessor had not delivered, shipped first.
+    pub carried: Vec<pb::AccessEvent>,
     pub fs: Arc<SecretFs>,
     pub reconciler: Arc<Reconciler>,
     pub vault: NodeClient<NodeChannel>,
@@ -228,7 +287,7 @@ impl Shipper {
     /// Runs until `stop` fires; then makes one last attempt to deliver what is queued.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let capacity = max_queue();
-        let mut queue: VecDeque<pb::AccessEvent> = VecDeque::new();
+        let mut queue: VecDeque<pb::AccessEvent> = std::mem::take(&mut self.carried).into();
         let mut folder = Folder::default();
         let mut lost = 0u64;
         let mut fs_dropped_seen = 0u64;
@@ -237,6 +296,31 @@ impl Shipper {
             let stopping = tokio::select! {
                 _ = tokio::time::sleep(TICK) => false,
                 _ = stop.changed() => true,
+                Some(request) = self.pending.0.recv() => {
+                    match request {
+                        PendingRequest::Take(reply) => {
+                            while let Ok(event) = self.events.try_recv() {
+                                folder.add(event, tokio::time::Instant::now());
+                            }
+                            self.flush(&mut folder, &mut queue, &mut lost, capacity);
+                            let fs_dropped = self.fs.dropped_events();
+                            lost += fs_dropped - fs_dropped_seen;
+                            fs_dropped_seen = fs_dropped;
+                            if lost > 0 {
+                                queue.push_back(dropped(lost));
+                                lost = 0;
+                            }
+                            let _ = reply.send(queue.drain(..).collect());
+                        }
+                        PendingRequest::Restore(events) => {
+                            for event in events.into_iter().rev() {
+                                queue.push_front(event);
+                            }
+                        }
+                        PendingRequest::Record(event) => queue.push_back(*event),
+                    }
+                    continue;
+                }
             };
             let now = tokio::time::Instant::now();
             while let Ok(event) = self.events.try_recv() {

@@ -102,6 +102,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         );
     }
     let state = StateDir::new(&args.state_dir);
+    let mut joined_now = false;
     let identity = match state.load().context("reading the state dir")? {
         Some(identity) => identity,
         None => {
@@ -121,6 +122,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
             };
             let identity = vault_link::join(&vault, &token, &state).await?;
             tracing::info!(node = %identity.info.node_id, "joined the vault");
+            joined_now = true;
             identity
         }
     };
@@ -149,7 +151,11 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     };
     // What a crashed agent left (its dead mount's device, its tasks), noted before the mount goes.
     let records = Arc::new(crate::task_record::Records::new(&args.state_dir));
-    let mut leftovers = crate::recovery::Leftovers::find(records.clone(), &args.mount_root);
+    // A `systemctl restart` left the connection in systemd's store: taken first (served by
+    // nobody until this agent serves it, so the mount is not looked at meanwhile).
+    let from_store = crate::handover::take_from_store();
+    let held = matches!(from_store, crate::handover::Start::Taken(_));
+    let mut leftovers = crate::recovery::Leftovers::find(records.clone(), &args.mount_root, held);
     // As the engines will name bind sources. The parent only: the mount root itself may be a
     // predecessor's live mount, about to stop answering while it hands over, or a dead one.
     let canonical_root = canonical_mount_root(&args.mount_root)?;
@@ -181,7 +187,14 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
 
     // Everything is ready to serve: only now ask a running predecessor to hand over (its readers
     // wait from here until we serve).
-    let started = crate::startup::start(&args, &fs, &reconciler, &containers)?;
+    let mut started = crate::startup::start(&args, from_store, &fs, &reconciler, &containers)?;
+    // The audit trail records every start but the first: a takeover at once, a recovery from a
+    // crash once its views are repaired (see recovery::repair_views).
+    let (audit, audit_requests) = crate::audit::Pending::channel();
+    let crashed = started.report.how == "fresh" && leftovers.crashed();
+    if !joined_now && !crashed {
+        audit.record_restart(started.report.describe());
+    }
     leftovers.mounted().context("recording the mount in the state dir")?;
     if let Err(e) = started.report.save(&args.state_dir) {
         tracing::warn!(error = %e, "cannot record how this start went (hush-agent status)");
@@ -193,8 +206,9 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         reconciler: reconciler.clone(),
         containers: containers.clone(),
         takeovers: started.report.takeovers,
+        audit: audit.clone(),
     });
-    let handover = tokio::spawn(giver.serve(crate::handover::listen(&args.state_dir)?));
+    let handover = tokio::spawn(giver.clone().serve(crate::handover::listen(&args.state_dir)?));
 
     let followers: Vec<_> = engines
         .iter()
@@ -224,7 +238,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         }
     }
     tokio::spawn(crate::recovery::repair_views(
-        leftovers.views(),
+        crate::recovery::Views { devices: leftovers.views(), audit: crashed.then(|| audit.clone()) },
         canonical_root.clone(),
         restored,
         clients,
@@ -235,8 +249,23 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
 
     let stop = Arc::new(stop);
     let on_signal = stop.clone();
+    // Weak: an agent that ends otherwise (its node removed) must still hold the last reference
+    // to its mount at the end, to unmount it.
+    let giver = Arc::downgrade(&giver);
     tokio::spawn(async move {
         shutdown.await;
+        let systemd = crate::handover::systemd::supervised();
+        // `systemctl restart`: the mount stays, its connection and state in systemd's store.
+        if systemd
+            && let Some(max) = crate::handover::systemd::restarting().await
+            && let Some(giver) = giver.upgrade()
+            && let Ok(Err(e)) = tokio::task::spawn_blocking(move || giver.hand_to_store(max)).await
+        {
+            tracing::error!(error = %format!("{e:#}"), "cannot hand over through systemd: stopping");
+        }
+        if systemd {
+            crate::handover::systemd::stopping();
+        }
         let _ = on_signal.send(true);
     });
     let mut control_stopped = stopped.clone();
@@ -254,9 +283,14 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         args.mount_root.display(),
         args.socket.display()
     );
+    if crate::handover::systemd::supervised() {
+        crate::handover::systemd::ready();
+    }
 
     let shipper = crate::audit::Shipper {
         events: events_rx,
+        pending: audit_requests,
+        carried: std::mem::take(&mut started.audit),
         fs,
         reconciler: reconciler.clone(),
         vault: NodeClient::new(channel.clone()),

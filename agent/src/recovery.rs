@@ -35,6 +35,7 @@ pub struct Leftovers {
     stale: Vec<Device>,
     tasks: Vec<TaskRecord>,
     new_device: Option<Device>,
+    crashed: bool,
 }
 
 /// A restored task, to repair once its files are served.
@@ -45,9 +46,13 @@ pub struct RestoredTask {
 
 impl Leftovers {
     /// Call before the stale mount at `mount_root` is cleaned away (it names a dead device).
-    pub fn find(records: Arc<Records>, mount_root: &Path) -> Self {
+    /// `held`: this process holds the mount's connection (taken from systemd's store) and does
+    /// not serve it yet, so the mount is not asked whether it is dead (nobody would answer).
+    pub fn find(records: Arc<Records>, mount_root: &Path, held: bool) -> Self {
         let mut stale = records.devices();
-        for device in repair::dead_mounts_at(mount_root) {
+        let dead = if held { Vec::new() } else { repair::dead_mounts_at(mount_root) };
+        let crashed = !dead.is_empty();
+        for device in dead {
             if !stale.contains(&device) {
                 stale.push(device);
             }
@@ -57,7 +62,12 @@ impl Leftovers {
             let devices: Vec<String> = stale.iter().map(Device::to_string).collect();
             tracing::warn!(tasks = tasks.len(), ?devices, "an earlier agent left tasks or mounts behind: restoring");
         }
-        Self { records, mount_root: mount_root.to_path_buf(), stale, tasks, new_device: None }
+        Self { records, mount_root: mount_root.to_path_buf(), stale, tasks, new_device: None, crashed }
+    }
+
+    /// Whether an earlier agent died serving the mount root (its mount was found dead).
+    pub fn crashed(&self) -> bool {
+        self.crashed
     }
 
     /// Call once the new FUSE mount is up: its device joins the recorded ones, so an agent that
@@ -138,11 +148,18 @@ fn verify(record: &TaskRecord) -> Result<(Namespace, OwnedFd), &'static str> {
     Ok((namespace, pidfd))
 }
 
+/// What [`repair_views`] repairs: the dead devices and the new mount's ([`Leftovers::views`]), and
+/// where to record the recovery after a crash (`None`: not a crash, nothing recorded).
+pub struct Views {
+    pub devices: Option<(Vec<Device>, Device)>,
+    pub audit: Option<crate::audit::Pending>,
+}
+
 /// Once the first assignment is served: repairs each restored task (ending those that cannot be
 /// repaired) and each running container of a service on `engines`. Then only the new mount's
 /// device stays recorded, if every repair worked.
 pub async fn repair_views(
-    views: Option<(Vec<Device>, Device)>,
+    views: Views,
     mount_root: PathBuf,
     tasks: Vec<RestoredTask>,
     engines: Vec<Arc<dyn Engine>>,
@@ -150,14 +167,26 @@ pub async fn repair_views(
     restored: Arc<Restored>,
     records: Arc<Records>,
 ) {
-    let Some((stale, new_device)) = views else { return };
+    let Views { devices: views, audit } = views;
+    // After a crash, the audit trail says so once the views are repaired (`agent_restart`).
+    let record = |what: String| {
+        if let Some(audit) = &audit {
+            audit.record_restart(format!("recovered after a crash: fresh mount, {what}"));
+        }
+    };
+    let Some((stale, new_device)) = views else {
+        record("no view to repair".into());
+        return;
+    };
     if stale.is_empty() {
+        record("no view to repair".into());
         return;
     }
     reconciler.first_assignment().await;
     let started = std::time::Instant::now();
     let mut failed = false;
     let mut repaired = 0;
+    let mut ended = 0;
     for task in tasks {
         let view = View { new_root: mount_root.clone(), stale: stale.clone(), allowed: format!("/{}/", task.task_id) };
         let namespace = task.namespace;
@@ -174,6 +203,7 @@ pub async fn repair_views(
                 repair::count(Outcome::TaskEnded);
                 restored.end(&task.task_id, "its files could not be restored after the agent restarted");
                 failed = true;
+                ended += 1;
             }
             Err(_) => failed = true,
         }
@@ -201,7 +231,12 @@ pub async fn repair_views(
             }
         }
     }
-    tracing::info!(repaired, elapsed_ms = started.elapsed().as_millis() as u64, "views repaired after the crash");
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(repaired, elapsed_ms, "views repaired after the crash");
+    record(format!(
+        "{repaired} views repaired in {elapsed_ms} ms{}",
+        if ended > 0 { format!(", {ended} tasks ended (views not repairable)") } else { String::new() }
+    ));
     if !failed && let Err(e) = records.save_devices(&[new_device]) {
         tracing::warn!(error = %e, "cannot record the mount's device");
     }

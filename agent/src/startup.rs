@@ -1,4 +1,5 @@
-//! How the agent comes up, in order of preference: take over from a live predecessor with the
+//! How the agent comes up, in order of preference: take over what a predecessor left in
+//! systemd's file descriptor store (`systemctl restart`), or from a live predecessor with the
 //! same state dir (its connection, inodes, open files and contents: nobody notices,
 //! [`crate::handover`]); otherwise mount afresh (a dead mount left by a crashed agent is
 //! detached first).
@@ -30,6 +31,30 @@ pub struct StartReport {
     pub refused: Option<String>,
     /// From asking the predecessor to serving (milliseconds).
     pub switch_ms: u64,
+    /// How a predecessor handed over: `handover.sock` or `systemd` (its file descriptor store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through: Option<&'static str>,
+}
+
+impl StartReport {
+    /// The report as a sentence (the audit trail's `agent_restart` reason; `status` says the same).
+    pub fn describe(&self) -> String {
+        match self.how {
+            "took-over" => format!(
+                "took over from pid {}{} ({} tasks, {} containers; {} hand-overs of this mount; switch {} ms)",
+                self.predecessor.unwrap_or(0),
+                if self.through == Some("systemd") { " through systemd's file descriptor store" } else { "" },
+                self.tasks_taken_over,
+                self.containers_taken_over,
+                self.takeovers,
+                self.switch_ms
+            ),
+            _ => match &self.refused {
+                Some(why) => format!("fresh mount (a hand-over was refused: {why})"),
+                None => "fresh mount".to_string(),
+            },
+        }
+    }
 }
 
 /// Where the last start's report is kept (no secret in it), for `hush-agent status`.
@@ -59,9 +84,13 @@ pub fn status(state_dir: &std::path::Path) -> anyhow::Result<String> {
     let r: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("unreadable {}", path.display()))?;
     let n = |k: &str| r.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     let how = r.get("how").and_then(serde_json::Value::as_str).unwrap_or("unknown");
+    let through = match r.get("through").and_then(serde_json::Value::as_str) {
+        Some("systemd") => " through systemd's file descriptor store",
+        _ => "",
+    };
     Ok(match how {
         "took-over" => format!(
-            "last start: took over from pid {} ({} tasks, {} containers; {} hand-overs of this mount; switch {} ms)",
+            "last start: took over from pid {}{through} ({} tasks, {} containers; {} hand-overs of this mount; switch {} ms)",
             n("predecessor"),
             n("tasks_taken_over"),
             n("containers_taken_over"),
@@ -81,17 +110,25 @@ pub struct Started {
     pub report: StartReport,
     /// `hush run` tasks taken over, until their `hush run` reconnects.
     pub resumable: Vec<String>,
+    /// Audit events the predecessor had not delivered.
+    pub audit: Vec<hush_proto::v1::AccessEvent>,
 }
 
-/// Starts serving `fs` at the mount root: taken over, or fresh.
+/// Starts serving `fs` at the mount root: taken over (from systemd's store, `from_store`, as
+/// [`handover::take_from_store`] found it, else from a running agent), or fresh.
 pub fn start(
     args: &AgentArgs,
+    from_store: Start,
     fs: &Arc<SecretFs>,
     reconciler: &Arc<Reconciler>,
     containers: &Arc<Containers>,
 ) -> anyhow::Result<Started> {
     let began = Instant::now();
-    let refused = match handover::take_over(&args.state_dir)? {
+    let start = match from_store {
+        Start::Fresh => handover::take_over(&args.state_dir)?,
+        other => other,
+    };
+    let refused = match start {
         Start::Taken(inherited) => return take(*inherited, args, fs, reconciler, containers, began),
         Start::Refused(why) => {
             eprintln!("hush-agent: {why}");
@@ -100,7 +137,15 @@ pub fn start(
         Start::Fresh => None,
     };
     let mount = fresh(args, fs)?;
-    Ok(Started { mount, report: StartReport { how: "fresh", refused, ..Default::default() }, resumable: Vec::new() })
+    let report = StartReport { how: "fresh", refused, ..Default::default() };
+    Ok(Started { mount, report, resumable: Vec::new(), audit: Vec::new() })
+}
+
+/// Answers the predecessor, if one waits (a hand-over through systemd's store has none).
+fn refuse(handshake: Option<handover::Handshake>) {
+    if let Some(handshake) = handshake {
+        handshake.refuse();
+    }
 }
 
 fn take(
@@ -112,13 +157,27 @@ fn take(
     began: Instant,
 ) -> anyhow::Result<Started> {
     let Inherited { handshake, device, state, contents, namespaces } = inherited;
-    let pid = handshake.pid;
+    let through = if handshake.is_some() { "handover.sock" } else { "systemd" };
+    let pid = handshake.as_ref().map_or(state.pid as i32, |h| h.pid);
+    let audit = match crate::handover::format::decode_events(&state.audit) {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(error = %e, "the predecessor's undelivered audit events are unreadable: dropped");
+            vec![hush_proto::v1::AccessEvent {
+                op: "dropped".into(),
+                count: 1,
+                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                ..Default::default()
+            }]
+        }
+    };
     if let Err(e) = fs.import(state.fs, contents, namespaces, &|id| reconciler.service_dir_owner(id)) {
-        handshake.refuse();
+        refuse(handshake);
+        drop(device);
         eprintln!("hush-agent: cannot use the running agent's hand-over ({e}): starting afresh");
         let mount = fresh(args, fs)?;
         let report = StartReport { how: "fresh", refused: Some(e.to_string()), ..Default::default() };
-        return Ok(Started { mount, report, resumable: Vec::new() });
+        return Ok(Started { mount, report, resumable: Vec::new(), audit });
     }
     let resumable = reconciler.restore(fs.served(), state.services);
     let containers_taken_over = state.container_tasks.len();
@@ -127,11 +186,13 @@ fn take(
     {
         Ok(mount) => mount,
         Err(e) => {
-            handshake.refuse();
+            refuse(handshake);
             return Err(e).context("cannot serve the running agent's connection");
         }
     };
-    handshake.accept()?;
+    if let Some(handshake) = handshake {
+        handshake.accept()?;
+    }
     // Requests the predecessor read but never answered: sent again, now to us.
     if let Err(e) = mount.resend() {
         tracing::warn!(error = %e, "FUSE_NOTIFY_RESEND failed: requests the previous agent had read may hang");
@@ -144,15 +205,17 @@ fn take(
         takeovers: state.takeovers + 1,
         refused: None,
         switch_ms: began.elapsed().as_millis() as u64,
+        through: Some(through),
     };
     tracing::info!(
         predecessor = pid,
         tasks = report.tasks_taken_over,
         containers = report.containers_taken_over,
         switch_ms = report.switch_ms,
+        through,
         "took over from the running agent"
     );
-    Ok(Started { mount, report, resumable })
+    Ok(Started { mount, report, resumable, audit })
 }
 
 /// A new mount (after detaching a dead one left by a crashed agent).

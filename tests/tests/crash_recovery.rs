@@ -118,6 +118,20 @@ fn kill9_then_restart_repairs_tasks_and_containers_in_place() {
     });
     let log = agent.log_text();
     assert!(log.contains("container view repaired"), "{log}");
+    // The audit trail records the recovery, once, with what was repaired: the task, the Docker
+    // container and the Podman container.
+    let recovered = wait_for("the recovery in the audit trail", || {
+        let out = vault.hush(&["audit", "--format", "json"]);
+        let entries: Vec<serde_json::Value> = serde_json::from_str(out.ok()).expect("audit json");
+        let restarts: Vec<String> = entries
+            .iter()
+            .filter(|e| e["op"] == "agent_restart")
+            .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+            .collect();
+        (!restarts.is_empty()).then_some(restarts)
+    });
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(recovered[0].starts_with("recovered after a crash: fresh mount, 3 views repaired in "), "{recovered:?}");
 }
 
 /// The pid that `command` gets, made to be `pid` through `ns_last_pid` (retried: other processes

@@ -1,5 +1,6 @@
 //! A node's audit reports, checked before anything is written: the vault decides what a node
-//! may say. Only `open`, `read`, `denied` and `dropped`; only about tasks this node started;
+//! may say. Only `open`, `read`, `denied`, `dropped` and `agent_restart` (about the node itself);
+//! only about tasks this node started;
 //! time, service, node and actor set by the vault; every field capped; at most
 //! [`MAX_EVENTS`] per report and [`RATE`] per node.
 //!
@@ -169,6 +170,11 @@ fn checked(node_id: &str, actor: &str, event: pb::AccessEvent, facts: &Facts) ->
         "dropped" => {
             return Ok(AuditEntry { count: Some(event.count.max(1)), ..stated });
         }
+        // The agent's own restart (a takeover, a recovery after a crash): about this node only,
+        // at the vault's time; the node says only how, capped.
+        "agent_restart" => {
+            return Ok(AuditEntry { reason: capped(event.reason, MAX_REASON), ..stated });
+        }
         "open" | "read" | "denied" => {}
         other => {
             return Err(format!("its op {:?} is not one a node may report", crate::audit::entry::truncated(other, 32)));
@@ -297,6 +303,30 @@ mod tests {
         let refused = &entries[3];
         assert_eq!((refused.op.as_str(), refused.count), ("denied", Some(3)));
         assert!(refused.reason.as_ref().unwrap().contains("is not one this node started"), "{refused:?}");
+    }
+
+    #[test]
+    fn an_agent_restart_is_about_the_reporting_node_only() {
+        let restart = pb::AccessEvent {
+            op: "agent_restart".into(),
+            reason: "took over from pid 7 ".repeat(100),
+            task_id: MINE.into(),
+            service: "web".into(),
+            name: "db_pw".into(),
+            time: "1999-01-01T00:00:00Z".into(),
+            ..Default::default()
+        };
+        let entries = validated("n1", vec![restart], &Facts::default());
+        assert_eq!(entries.len(), 1, "{entries:#?}");
+        let entry = &entries[0];
+        assert_eq!(
+            (entry.op.as_str(), entry.node.as_deref(), entry.actor.as_deref()),
+            ("agent_restart", Some("n1"), Some("node:n1"))
+        );
+        // Nothing but how: no task, service or object the node named; the vault's time.
+        assert_eq!((entry.task.as_deref(), entry.service.as_deref(), entry.secret.as_deref()), (None, None, None));
+        assert!(!entry.time.starts_with("1999"));
+        assert!(entry.reason.as_ref().unwrap().len() < MAX_REASON + 32, "capped");
     }
 
     #[test]

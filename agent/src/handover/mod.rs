@@ -15,8 +15,13 @@
 //! A successor that cannot read the predecessor's format (an upgrade across an incompatible
 //! change) says so in one line and answers "NO"; the predecessor then exits as if it had crashed
 //! and the successor starts afresh (a new mount, then repair of every task's view).
+//!
+//! Under systemd, `systemctl restart` hands over the same state through the service manager's
+//! file descriptor store instead ([`systemd`]). Either way the audit events the predecessor had
+//! not delivered travel in the state, and the successor ships them.
 
 pub mod format;
+pub mod systemd;
 pub mod wire;
 
 use crate::reconcile::Reconciler;
@@ -47,6 +52,18 @@ pub struct Giver {
     pub containers: Arc<Containers>,
     /// Hand-overs this mount went through before (passed on, plus one).
     pub takeovers: u64,
+    /// The audit shipper's undelivered events, carried to the successor.
+    pub audit: crate::audit::Pending,
+}
+
+/// How long a hand-over waits for the audit shipper to give up its queue.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A hand-over ready to pass: the descriptors and what must be put back if it does not happen.
+struct Offer {
+    memfd: OwnedFd,
+    namespaces: Vec<OwnedFd>,
+    audit: Vec<hush_proto::v1::AccessEvent>,
 }
 
 /// Binds the hand-over socket (replacing a leftover file: a live predecessor was asked first).
@@ -106,9 +123,22 @@ impl Giver {
         };
         tracing::info!(pid, reads, "handing over to a successor");
         self.mount.freeze();
-        let offered = self.offer(&stream);
-        if let Err(e) = offered {
-            tracing::error!(error = %format!("{e:#}"), "cannot hand over: serving on");
+        // A successor that reads only an older format gets that one (it may still refuse it).
+        let version = reads.clamp(format::OLDEST, format::VERSION);
+        let offer = match self.prepare(version) {
+            Ok(offer) => offer,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot hand over: serving on");
+                self.mount.thaw();
+                return;
+            }
+        };
+        let device = self.mount.device().expect("prepared: the mount has a connection");
+        let mut fds = vec![device, offer.memfd.as_fd()];
+        fds.extend(offer.namespaces.iter().map(|ns| ns.as_fd()));
+        if let Err(e) = wire::send_offer(&stream, version, &fds) {
+            tracing::error!(error = %e, "cannot send the hand-over: serving on");
+            self.audit.restore(offer.audit);
             self.mount.thaw();
             return;
         }
@@ -126,14 +156,25 @@ impl Giver {
             }
             None => {
                 tracing::warn!(pid, "the successor went away before taking over: serving on");
+                self.audit.restore(offer.audit);
                 self.mount.thaw();
             }
         }
     }
 
-    fn offer(&self, stream: &UnixStream) -> anyhow::Result<()> {
+    /// The state of the frozen mount, written into a sealed memfd in format `version`, with
+    /// the audit events not yet delivered.
+    fn prepare(&self, version: u32) -> anyhow::Result<Offer> {
+        self.mount.device().context("the mount has no connection")?;
         let export = self.fs.export().context("exporting the filesystem")?;
         let (services, _) = self.reconciler.export_names();
+        let audit = match self.audit.take(AUDIT_TIMEOUT) {
+            Some(events) => events,
+            None => {
+                tracing::warn!("the audit shipper is busy with the vault: its undelivered events stay behind");
+                Vec::new()
+            }
+        };
         let state = format::AgentState {
             fuse_version: self.mount.version(),
             fs: export.state,
@@ -141,13 +182,64 @@ impl Giver {
             container_tasks: self.containers.export(),
             content_lengths: export.contents.iter().map(|c| c.len() as u64).collect(),
             takeovers: self.takeovers,
+            pid: std::process::id(),
+            audit: format::encode_events(&audit),
         };
-        let memfd = format::write(&state, &export.contents)?;
-        let device = self.mount.device().context("the mount has no connection")?;
-        let mut fds = vec![device, memfd.as_fd()];
-        fds.extend(export.namespaces.iter().map(|ns| ns.as_fd()));
-        wire::send_offer(stream, format::VERSION, &fds).context("sending the hand-over")?;
-        Ok(())
+        if version < 2 && !audit.is_empty() {
+            tracing::warn!(
+                events = audit.len(),
+                "the successor reads hand-over format 1: undelivered audit events stay behind"
+            );
+        }
+        let memfd = match format::write(&state, &export.contents, version) {
+            Ok(memfd) => memfd,
+            Err(e) => {
+                self.audit.restore(audit);
+                return Err(e.into());
+            }
+        };
+        Ok(Offer { memfd, namespaces: export.namespaces, audit })
+    }
+
+    /// `systemctl restart`: leaves the connection and the state in systemd's file descriptor
+    /// store ([`systemd`]) and exits 0. Returns only if that failed (the mount serves again;
+    /// the agent then stops as for `systemctl stop`).
+    /// `max`: the store's size (`FileDescriptorStoreMax=`).
+    pub fn hand_to_store(&self, max: usize) -> anyhow::Result<()> {
+        tracing::info!(
+            "systemctl restart: leaving the mount to the next agent through systemd's file descriptor store"
+        );
+        self.mount.freeze();
+        let stored = self.prepare(format::VERSION).and_then(|offer| {
+            if offer.namespaces.len() + 2 > max {
+                self.audit.restore(offer.audit);
+                bail!(
+                    "{} descriptors to store (the connection, the state, {} tasks' namespaces) but FileDescriptorStoreMax={max}",
+                    offer.namespaces.len() + 2,
+                    offer.namespaces.len()
+                );
+            }
+            let device = self.mount.device().expect("prepared: the mount has a connection");
+            let namespaces: Vec<_> = offer.namespaces.iter().map(|ns| ns.as_fd()).collect();
+            match systemd::store(device, offer.memfd.as_fd(), &namespaces) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.audit.restore(offer.audit);
+                    Err(anyhow::Error::new(e).context("storing the hand-over in systemd's file descriptor store"))
+                }
+            }
+        });
+        match stored {
+            Ok(()) => {
+                systemd::stopping();
+                tracing::info!("handed over to systemd's file descriptor store: exiting");
+                std::process::exit(0);
+            }
+            Err(e) => {
+                self.mount.thaw();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -172,7 +264,9 @@ pub struct Handshake {
 
 /// What a predecessor handed over.
 pub struct Inherited {
-    pub handshake: Handshake,
+    /// The predecessor waiting for an answer (`None`: it handed over through systemd's store
+    /// and has exited).
+    pub handshake: Option<Handshake>,
     /// The `/dev/fuse` connection.
     pub device: OwnedFd,
     pub state: format::AgentState,
@@ -204,12 +298,13 @@ pub fn take_over(state_dir: &Path) -> anyhow::Result<Start> {
         wait_exit(&pidfd, pid);
         Ok(Start::Refused(why))
     };
-    if version != format::VERSION {
+    if !(format::OLDEST..=format::VERSION).contains(&version) {
         return refuse(
             stream,
             pidfd,
             format!(
-                "the running agent (pid {pid}) hands over in format version {version}; this build reads version {}: starting afresh",
+                "the running agent (pid {pid}) hands over in format version {version}; this build reads versions {} to {}: starting afresh",
+                format::OLDEST,
                 format::VERSION
             ),
         );
@@ -230,8 +325,31 @@ pub fn take_over(state_dir: &Path) -> anyhow::Result<Start> {
             return refuse(stream, pidfd, format!("cannot read the running agent's hand-over ({e}): starting afresh"));
         }
     };
-    let handshake = Handshake { stream, pidfd, pid };
+    let handshake = Some(Handshake { stream, pidfd, pid });
     Ok(Start::Taken(Box::new(Inherited { handshake, device, state, contents, namespaces })))
+}
+
+/// What systemd's file descriptor store passed this agent at start (`systemctl restart`).
+pub fn take_from_store() -> Start {
+    let stored = match systemd::take() {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return Start::Fresh,
+        Err(why) => return Start::Refused(why),
+    };
+    if !is_fuse_device(&stored.device) {
+        return Start::Refused("systemd's file descriptor store passed no FUSE connection: starting afresh".into());
+    }
+    match format::read(&stored.memfd) {
+        Ok((state, contents)) => Start::Taken(Box::new(Inherited {
+            handshake: None,
+            device: stored.device,
+            state,
+            contents,
+            namespaces: stored.namespaces,
+        })),
+        // The connection is closed here (its last holder): the mount dies, and is replaced.
+        Err(e) => Start::Refused(format!("cannot read the hand-over in systemd's store ({e}): starting afresh")),
+    }
 }
 
 impl Handshake {
