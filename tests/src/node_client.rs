@@ -85,6 +85,17 @@ pub async fn join(
     })
 }
 
+impl NodeIdentity {
+    /// A node API client for unary calls (StartTask, SyncTasks, ...) on `addr`, as this node.
+    pub fn client(&self, addr: &str) -> NodeClient<Channel> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(host_of(addr));
+        NodeClient::new(endpoint(addr, tls, None).connect_lazy())
+    }
+}
+
 /// A node holding its assignment stream on a background task. Dropping it ends the stream.
 pub struct StreamNode {
     pub node_id: String,

@@ -130,10 +130,14 @@ impl Nodes {
         let outstanding = self.store.range(join_token::PREFIX).await?.entries;
         let (secret, record) = join_token::mint(grant, created_by, now);
         let (txn, revoked) = if rotate {
-            let txn =
-                outstanding.iter().fold(Txn::new().delete(join_token::LEGACY_KEY), |t, e| t.delete(e.key.clone()));
+            // Every outstanding token goes in one prefix delete (one operation however many there
+            // are: etcd allows 128 in a transaction), committed before the new token is: etcd
+            // refuses a put inside a range the same transaction deletes. A failure between the two
+            // leaves no token at all, never an old one: `--rotate` again mints one.
+            let revoke = Txn::new().delete(join_token::LEGACY_KEY).delete_prefix(join_token::PREFIX);
+            self.store.commit(revoke).await?;
             (
-                txn,
+                Txn::new(),
                 outstanding
                     .iter()
                     .filter(|e| join_token::decode(e).is_ok_and(|r| join_token::check(&r, now).is_ok()))

@@ -134,15 +134,20 @@ impl Tasks {
         if gone.is_empty() {
             return Ok(gone);
         }
-        let mut txn = gone.iter().fold(Txn::new(), |txn, t| txn.delete(task_key(&t.id)));
+        let mut keys: Vec<String> = gone.iter().map(|t| task_key(&t.id)).collect();
         // Owners older than OWNER_DAYS go too, so the records stay bounded per node.
         let cutoff = Utc::now() - chrono::Duration::days(OWNER_DAYS);
         for entry in self.store.range(&owner_prefix(node_id)).await?.entries {
             if serde_json::from_slice::<TaskOwner>(&entry.value).is_ok_and(|o| o.started_at < cutoff) {
-                txn = txn.delete(entry.key.clone());
+                keys.push(entry.key);
             }
         }
-        self.store.commit(txn).await?;
+        // Each task ends on its own, so the deletes go in transactions of at most
+        // TASKS_PER_TXN (etcd allows 128 operations in one). If one fails, those before it
+        // stand; the rest end at the node's next SyncTasks.
+        for chunk in keys.chunks(crate::nodes::TASKS_PER_TXN) {
+            self.store.commit(chunk.iter().fold(Txn::new(), |txn, key| txn.delete(key.clone()))).await?;
+        }
         Ok(gone)
     }
 
