@@ -79,12 +79,95 @@ fn content() -> Arc<Plaintext> {
     Arc::new(Plaintext::new((0..SIZE).map(|i| (i % 251) as u8).collect()))
 }
 
+/// Set when this binary runs as a reader process (see [`ChildReader`]).
+const CHILD_ENV: &str = "HUSH_FUSE_BENCH_CHILD";
+
+/// A reader in a process of its own (this binary again), as a task's reader is: a FUSE round
+/// trip then switches between two address spaces, not two threads of one. Reads `PATH MILLIS`
+/// lines, answers `OPS NANOS` for a loop of that long.
+struct ChildReader {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl ChildReader {
+    /// `own_session`: in a session of its own (as `hush run` starts a task), which with
+    /// `CONFIG_SCHED_AUTOGROUP` is also a scheduling group of its own.
+    fn spawn(own_session: bool) -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("own path");
+        let mut command = if own_session {
+            let mut c = std::process::Command::new("setsid");
+            c.arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        };
+        let mut child = command
+            .env(CHILD_ENV, "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the reader process");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        ChildReader { child, stdin, stdout }
+    }
+
+    /// (ops, elapsed) of a loop on `path` for `length`.
+    fn run(&mut self, path: &Path, length: Duration) -> (u64, Duration) {
+        use std::io::Write;
+        writeln!(self.stdin, "{} {}", path.display(), length.as_millis()).expect("reader stdin");
+        let line = self.stdout.next().expect("reader answers").expect("reader output");
+        let (ops, nanos) = line.split_once(' ').expect("OPS NANOS");
+        (ops.parse().expect("ops"), Duration::from_nanos(nanos.parse().expect("nanos")))
+    }
+}
+
+impl Drop for ChildReader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reader process's side of [`ChildReader`].
+fn child_main() {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lines() {
+        let line = line.expect("stdin");
+        let (path, millis) = line.rsplit_once(' ').expect("PATH MILLIS");
+        let (ops, elapsed) = read_loop(Path::new(path), Duration::from_millis(millis.parse().expect("millis")));
+        writeln!(out, "{ops} {}", elapsed.as_nanos()).expect("stdout");
+        out.flush().expect("stdout");
+    }
+}
+
+/// open+read+close of `path` in batches of 50 until `length` has passed: (ops, elapsed).
+fn read_loop(path: &Path, length: Duration) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < length {
+        for _ in 0..50 {
+            open_read_close(path).unwrap();
+        }
+        ops += 50;
+    }
+    (ops, start.elapsed())
+}
+
 /// One way of serving the file, and its results so far.
 struct Variant {
     name: &'static str,
     path: PathBuf,
     mount: Option<Mounted>,
+    /// Reads are made by this process, or by a reader process of its own.
+    child: Option<ChildReader>,
     best: f64,
+    /// Every round's rate.
+    rates: Vec<f64>,
     ops: u64,
     cpu: Duration,
 }
@@ -98,10 +181,27 @@ struct Mounted {
 }
 
 impl Variant {
+    fn new(name: &'static str, path: PathBuf, mount: Option<Mounted>, child: Option<ChildReader>) -> Self {
+        Variant { name, path, mount, child, best: 0.0, rates: Vec::new(), ops: 0, cpu: Duration::ZERO }
+    }
+
     fn tmpfs(shm: &Path) -> Self {
         let path = shm.join("secret");
         std::fs::write(&path, content().expose_secret()).expect("write tmpfs file");
-        Variant { name: "tmpfs (/dev/shm)", path, mount: None, best: 0.0, ops: 0, cpu: Duration::ZERO }
+        Variant::new("tmpfs (/dev/shm)", path, None, None)
+    }
+
+    /// The same, read by a process of its own.
+    fn in_child(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self.child = Some(ChildReader::spawn(false));
+        self
+    }
+
+    /// A second variant on `self`'s mount, read by a process of its own.
+    fn child_of(&self, name: &'static str, own_session: bool) -> Self {
+        let child = Some(ChildReader::spawn(own_session));
+        Variant::new(name, self.path.clone(), None, child)
     }
 
     fn fuse(name: &'static str, threads: usize, resolver: Option<Arc<dyn CallerResolver>>) -> Self {
@@ -156,28 +256,25 @@ impl Variant {
             .expect("mount (needs root and /dev/fuse)");
         let path = dir.path().join("bench/secret");
         let mount = Some(Mounted { _dir: dir, guard, fs, consumer });
-        Variant { name, path, mount, best: 0.0, ops: 0, cpu: Duration::ZERO }
+        Variant::new(name, path, mount, None)
     }
 
-    fn warm_up(&self) {
+    fn warm_up(&mut self) {
         assert_eq!(open_read_close(&self.path).expect("first read"), SIZE);
-        let until = Instant::now() + WARMUP;
-        while Instant::now() < until {
-            open_read_close(&self.path).unwrap();
+        match &mut self.child {
+            Some(child) => drop(child.run(&self.path, WARMUP)),
+            None => drop(read_loop(&self.path, WARMUP)),
         }
     }
 
     fn round(&mut self) {
         let cpu_start = process_cpu();
-        let start = Instant::now();
-        let mut ops = 0u64;
-        while start.elapsed() < ROUND {
-            for _ in 0..50 {
-                open_read_close(&self.path).unwrap();
-            }
-            ops += 50;
-        }
-        self.best = self.best.max(ops as f64 / start.elapsed().as_secs_f64());
+        let (ops, elapsed) = match &mut self.child {
+            Some(child) => child.run(&self.path, ROUND),
+            None => read_loop(&self.path, ROUND),
+        };
+        self.best = self.best.max(ops as f64 / elapsed.as_secs_f64());
+        self.rates.push(ops as f64 / elapsed.as_secs_f64());
         self.ops += ops;
         self.cpu += process_cpu() - cpu_start;
     }
@@ -193,6 +290,9 @@ impl Variant {
 }
 
 fn main() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return child_main();
+    }
     // `cargo bench` passes `--bench`; filters are not supported.
     let shm = tempfile::tempdir_in("/dev/shm").expect("tmpfs at /dev/shm");
     let me = std::process::id();
@@ -204,19 +304,29 @@ fn main() {
         command: "bench".into(),
         probe: Arc::new(FixedNs(mount_namespace_of(me).expect("own namespace"))),
     }));
+    let one = Variant::fuse("hush fuse, 1 thread", 1, None);
+    let two = Variant::fuse("hush fuse, 2 threads (default)", 2, None);
+    // The floor of this design: one OPEN and one RELEASE round trip, nothing checked or recorded.
+    let floor = Variant::fuse_audited("hush fuse, 1 thread, no lookup, audit off", 1, Some(fixed.clone()), false);
     let mut variants = vec![
         Variant::tmpfs(shm.path()),
-        Variant::fuse("hush fuse, 2 threads", 2, None),
+        Variant::tmpfs(shm.path()).in_child("tmpfs, reader process"),
+        one.child_of("1 thread, reader process", false),
+        one.child_of("1 thread, reader process, own session", true),
+        two.child_of("2 threads, reader process", false),
+        two.child_of("2 threads, reader process, own session", true),
+        floor.child_of("floor, reader process", false),
+        floor.child_of("floor, reader process, own session", true),
+        one,
+        two,
+        floor,
         Variant::fuse_audited("hush fuse, 2 threads, audit off", 2, None, false),
-        Variant::fuse("hush fuse, 4 threads (default)", 4, None),
-        Variant::fuse("hush fuse, 1 thread", 1, None),
         Variant::fuse_audited("hush fuse, 1 thread, audit off", 1, None, false),
+        Variant::fuse("hush fuse, 4 threads", 4, None),
         Variant::fuse("hush fuse, 2 threads, uncached lookup", 2, Some(Arc::new(Uncached))),
-        Variant::fuse("hush fuse, 2 threads, no /proc lookup", 2, Some(fixed.clone())),
-        // The floor of this design: one OPEN and one RELEASE round trip, nothing checked or recorded.
-        Variant::fuse_audited("hush fuse, 1 thread, no lookup, audit off", 1, Some(fixed), false),
+        Variant::fuse("hush fuse, 2 threads, no /proc lookup", 2, Some(fixed)),
     ];
-    for v in &variants {
+    for v in &mut variants {
         v.warm_up();
     }
     for round in 0..ROUNDS as usize {
@@ -248,19 +358,26 @@ fn main() {
     }
     let first_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
 
-    let tmpfs = variants[0].best;
+    // A reader process is compared with tmpfs read by a reader process.
+    for v in &mut variants {
+        v.rates.sort_by(f64::total_cmp);
+    }
+    let median = |v: &Variant| v.rates[v.rates.len() / 2];
+    // A reader process is compared with tmpfs read by a reader process.
+    let tmpfs = |v: &Variant| if v.child.is_some() { &variants[1] } else { &variants[0] };
     println!(
-        "open+read+close of a {SIZE}-byte file, single reader, best of {ROUNDS} interleaved rounds of {} ms",
+        "open+read+close of a {SIZE}-byte file, single reader, best and median of {ROUNDS} interleaved rounds of {} ms",
         ROUND.as_millis()
     );
-    println!("{:<38} {:>9} {:>8} {:>9} {:>10}", "variant", "ops/s", "us/op", "vs tmpfs", "cpu us/op");
+    println!("(cpu: this process's, per op: the server's, and the reader's when it reads in this process)");
+    println!("{:<44} {:>17} {:>8} {:>13} {:>9}", "variant", "ops/s best / med", "us/op", "x tmpfs", "cpu us/op");
     for v in &variants {
         println!(
-            "{:<38} {:>9.0} {:>8.2} {:>8.1}x {:>10.1}",
+            "{:<44} {:>17} {:>8.2} {:>13} {:>9.1}",
             v.name,
-            v.best,
+            format!("{:.0} / {:.0}", v.best, median(v)),
             1e6 / v.best,
-            tmpfs / v.best,
+            format!("{:.1}x / {:.1}x", tmpfs(v).best / v.best, median(tmpfs(v)) / median(v)),
             v.cpu.as_secs_f64() * 1e6 / v.ops as f64
         );
     }
