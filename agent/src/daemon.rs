@@ -238,7 +238,14 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
         }
     }
     tokio::spawn(crate::recovery::repair_views(
-        crate::recovery::Views { devices: leftovers.views(), audit: crashed.then(|| audit.clone()) },
+        crate::recovery::Views {
+            devices: leftovers.views(),
+            crash: crashed.then(|| crate::recovery::Crash {
+                audit: audit.clone(),
+                report: started.report.clone(),
+                state_dir: args.state_dir.clone(),
+            }),
+        },
         canonical_root.clone(),
         restored,
         clients,

@@ -152,7 +152,15 @@ fn verify(record: &TaskRecord) -> Result<(Namespace, OwnedFd), &'static str> {
 /// where to record the recovery after a crash (`None`: not a crash, nothing recorded).
 pub struct Views {
     pub devices: Option<(Vec<Device>, Device)>,
-    pub audit: Option<crate::audit::Pending>,
+    pub crash: Option<Crash>,
+}
+
+/// Where a recovery after a crash is recorded: the audit trail (`agent_restart`) and the start
+/// report (`hush-agent status`).
+pub struct Crash {
+    pub audit: crate::audit::Pending,
+    pub report: crate::startup::StartReport,
+    pub state_dir: PathBuf,
 }
 
 /// Once the first assignment is served: repairs each restored task (ending those that cannot be
@@ -167,11 +175,15 @@ pub async fn repair_views(
     restored: Arc<Restored>,
     records: Arc<Records>,
 ) {
-    let Views { devices: views, audit } = views;
-    // After a crash, the audit trail says so once the views are repaired (`agent_restart`).
+    let Views { devices: views, crash } = views;
+    // After a crash, the audit trail and `hush-agent status` say so once the views are repaired.
     let record = |what: String| {
-        if let Some(audit) = &audit {
-            audit.record_restart(format!("recovered after a crash: fresh mount, {what}"));
+        if let Some(Crash { audit, report, state_dir }) = &crash {
+            let report = crate::startup::StartReport { recovered: Some(what), ..report.clone() };
+            audit.record_restart(report.describe());
+            if let Err(e) = report.save(state_dir) {
+                tracing::warn!(error = %e, "cannot record how this start went (hush-agent status)");
+            }
         }
     };
     let Some((stale, new_device)) = views else {

@@ -10,15 +10,16 @@ use crate::reconcile::Reconciler;
 use crate::runtime::registry::Containers;
 use anyhow::Context;
 use hush_fuse::{MountGuard, SecretFs};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// How the last start went (`hush-agent status`, the audit trail).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StartReport {
     /// `took-over` (from a live predecessor) or `fresh` (a new mount).
-    pub how: &'static str,
+    pub how: String,
     /// The predecessor's pid, when one handed over.
     pub predecessor: Option<i32>,
     /// `hush run` tasks taken over.
@@ -33,25 +34,33 @@ pub struct StartReport {
     pub switch_ms: u64,
     /// How a predecessor handed over: `handover.sock` or `systemd` (its file descriptor store).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub through: Option<&'static str>,
+    pub through: Option<String>,
+    /// After a crash, once the views are repaired: what was repaired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<String>,
 }
 
 impl StartReport {
     /// The report as a sentence (the audit trail's `agent_restart` reason; `status` says the same).
     pub fn describe(&self) -> String {
-        match self.how {
+        match self.how.as_str() {
             "took-over" => format!(
                 "took over from pid {}{} ({} tasks, {} containers; {} hand-overs of this mount; switch {} ms)",
                 self.predecessor.unwrap_or(0),
-                if self.through == Some("systemd") { " through systemd's file descriptor store" } else { "" },
+                if self.through.as_deref() == Some("systemd") {
+                    " through systemd's file descriptor store"
+                } else {
+                    ""
+                },
                 self.tasks_taken_over,
                 self.containers_taken_over,
                 self.takeovers,
                 self.switch_ms
             ),
-            _ => match &self.refused {
-                Some(why) => format!("fresh mount (a hand-over was refused: {why})"),
-                None => "fresh mount".to_string(),
+            _ => match (&self.refused, &self.recovered) {
+                (Some(why), _) => format!("fresh mount (a hand-over was refused: {why})"),
+                (None, Some(what)) => format!("recovered after a crash: fresh mount, {what}"),
+                (None, None) => "fresh mount".to_string(),
             },
         }
     }
@@ -81,27 +90,8 @@ pub fn status(state_dir: &std::path::Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("no agent has started with the state dir {} ({})", state_dir.display(), path.display())
     })?;
-    let r: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("unreadable {}", path.display()))?;
-    let n = |k: &str| r.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    let how = r.get("how").and_then(serde_json::Value::as_str).unwrap_or("unknown");
-    let through = match r.get("through").and_then(serde_json::Value::as_str) {
-        Some("systemd") => " through systemd's file descriptor store",
-        _ => "",
-    };
-    Ok(match how {
-        "took-over" => format!(
-            "last start: took over from pid {}{through} ({} tasks, {} containers; {} hand-overs of this mount; switch {} ms)",
-            n("predecessor"),
-            n("tasks_taken_over"),
-            n("containers_taken_over"),
-            n("takeovers"),
-            n("switch_ms")
-        ),
-        _ => match r.get("refused").and_then(serde_json::Value::as_str) {
-            Some(why) => format!("last start: fresh mount (a hand-over was refused: {why})"),
-            None => "last start: fresh mount".to_string(),
-        },
-    })
+    let report: StartReport = serde_json::from_str(&text).with_context(|| format!("unreadable {}", path.display()))?;
+    Ok(format!("last start: {}", report.describe()))
 }
 
 /// A started agent's mount, and what it took over.
@@ -137,7 +127,7 @@ pub fn start(
         Start::Fresh => None,
     };
     let mount = fresh(args, fs)?;
-    let report = StartReport { how: "fresh", refused, ..Default::default() };
+    let report = StartReport { how: "fresh".into(), refused, ..Default::default() };
     Ok(Started { mount, report, resumable: Vec::new(), audit: Vec::new() })
 }
 
@@ -176,7 +166,7 @@ fn take(
         drop(device);
         eprintln!("hush-agent: cannot use the running agent's hand-over ({e}): starting afresh");
         let mount = fresh(args, fs)?;
-        let report = StartReport { how: "fresh", refused: Some(e.to_string()), ..Default::default() };
+        let report = StartReport { how: "fresh".into(), refused: Some(e.to_string()), ..Default::default() };
         return Ok(Started { mount, report, resumable: Vec::new(), audit });
     }
     let resumable = reconciler.restore(fs.served(), state.services);
@@ -198,14 +188,15 @@ fn take(
         tracing::warn!(error = %e, "FUSE_NOTIFY_RESEND failed: requests the previous agent had read may hang");
     }
     let report = StartReport {
-        how: "took-over",
+        how: "took-over".into(),
         predecessor: Some(pid),
         tasks_taken_over: resumable.len(),
         containers_taken_over,
         takeovers: state.takeovers + 1,
         refused: None,
         switch_ms: began.elapsed().as_millis() as u64,
-        through: Some(through),
+        through: Some(through.to_string()),
+        recovered: None,
     };
     tracing::info!(
         predecessor = pid,

@@ -132,6 +132,10 @@ fn kill9_then_restart_repairs_tasks_and_containers_in_place() {
     });
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert!(recovered[0].starts_with("recovered after a crash: fresh mount, 3 views repaired in "), "{recovered:?}");
+    let status = Run::from_command(
+        Command::new(hush_tests::bin("hush-agent")).args(["status", "--state-dir"]).arg(agent.state_dir()),
+    );
+    assert_eq!(status.ok().trim(), format!("last start: {}", recovered[0]));
 }
 
 /// The pid that `command` gets, made to be `pid` through `ns_last_pid` (retried: other processes

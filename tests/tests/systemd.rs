@@ -256,7 +256,9 @@ fn systemctl_restart_fails_no_read() {
 
     const RESTARTS: usize = 3;
     let mut pids = vec![manager.property("MainPID")];
+    let mut windows = Vec::new();
     for _ in 0..RESTARTS {
+        let before = Instant::now();
         let restarted = manager.systemctl(&["restart", "hush-agent"]);
         assert!(restarted.status.success(), "{}\n{}", restarted.stderr, manager.log());
         let after = Instant::now();
@@ -265,9 +267,20 @@ fn systemctl_restart_fails_no_read() {
         wait_for("reads after the restart", || {
             (reader.reads().iter().filter(|(at, _)| *at > after).count() > 5).then_some(())
         });
+        windows.push((before, Instant::now()));
         // ...and what the new agent took is no longer in the store.
         assert_eq!(manager.property("NFileDescriptorStore"), "0", "{}", manager.log());
     }
+    // The figures for the closing note: the longest wait between two reads across each restart,
+    // against the same-length window just before the first one.
+    let gap = |from: Instant, to: Instant| {
+        let at: Vec<Instant> = reader.reads().iter().map(|(at, _)| *at).filter(|at| *at >= from && *at <= to).collect();
+        at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    };
+    let stalls: Vec<Duration> = windows.iter().map(|(from, to)| gap(*from, *to)).collect();
+    let (first, end) = windows[0];
+    let baseline = gap(first - (end - first), first);
+    eprintln!("longest read gap across each systemctl restart: {stalls:?}; same-length window before: {baseline:?}");
     let failed = reader.reads().iter().filter(|(_, r)| *r == Read::Fail).count();
     assert_eq!(failed, 0, "failed reads through systemctl restart\n{}", manager.log());
     pids.dedup();
