@@ -322,3 +322,58 @@ fn systemctl_restart_fails_no_read() {
     let mounts = manager.exec(&["cat", "/proc/self/mountinfo"]).ok().to_string();
     assert!(!mounts.contains(" /run/hush "), "{mounts}");
 }
+
+/// What an agent takes from `LISTEN_FDS` is checked like a hand-over: a descriptor named
+/// `hush-fuse` that is not `/dev/fuse`, or a state that is not a sealed memfd, is refused in one
+/// line and the agent starts afresh and serves. Forged here without systemd (as any process
+/// that starts the agent could), the way systemd passes them: `LISTEN_PID`, fds from 3 on.
+#[test]
+fn a_forged_store_is_refused_and_the_agent_starts_afresh() {
+    let vault = TestVault::start_new();
+    let mut agent = hush_tests::TestAgent::join(&vault);
+    let value = marker("s");
+    vault.hush_stdin(&["secret", "create", "s", "-"], value.as_bytes()).ok();
+    vault.hush(&["service", "create", "web", "--secret", "s"]).ok();
+    agent.stop();
+    let plain = agent.dir.path().join("not-a-memfd");
+    std::fs::write(&plain, b"HUSHSTAT").unwrap();
+    for (device, why) in [
+        ("/dev/null", "systemd's file descriptor store passed no FUSE connection: starting afresh"),
+        (
+            "/dev/fuse",
+            "cannot read the hand-over in systemd's store (malformed hand-over state: not a memfd): starting afresh",
+        ),
+    ] {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&agent.log).unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "export LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=hush-fuse:hush-state; exec \"$0\" \"$@\" 3<>{device} 4<{}",
+                plain.display()
+            ))
+            .arg(hush_tests::bin("hush-agent"))
+            .arg("--state-dir")
+            .arg(agent.state_dir())
+            .arg("--mount-root")
+            .arg(agent.mount_root())
+            .arg("--socket")
+            .arg(agent.socket())
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let serving = hush_tests::read_line_with(child.stdout.take().unwrap(), "hush-agent: node ");
+        assert!(serving.is_some(), "{}", agent.log_text());
+        let run = agent.run(&vault, &["--service", "web", "--", "cat", "/run/secrets/s"]);
+        assert_eq!(run.ok(), value);
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        assert!(child.wait().unwrap().success());
+        let log = agent.log_text();
+        assert_eq!(log.lines().filter(|l| l.starts_with("hush-agent: ") && l.contains(why)).count(), 1, "{log}");
+    }
+}
