@@ -165,6 +165,19 @@ fn expected(task: usize, files: usize, size: usize, first_version: u32) -> Strin
     format!("{heads} {}", files * size)
 }
 
+/// Streams opened and never read, besides the agent's.
+const STALLED: usize = 3;
+
+/// The node's certificate as a `TlsBundle` directory.
+fn node_bundle(agent: &TestAgent) -> TlsBundle {
+    let bundle = agent.dir.path().join("node-bundle-for-bench");
+    std::fs::create_dir_all(&bundle).expect("bundle dir");
+    for (from, to) in [("ca.pem", "ca.pem"), ("node.pem", "cert.pem"), ("node.key", "key.pem")] {
+        std::fs::copy(agent.state_dir().join(from), bundle.join(to)).expect("node file");
+    }
+    TlsBundle::read(&bundle).expect("bundle")
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
@@ -239,6 +252,21 @@ fn main() {
     let rotated = start.elapsed();
     let rotate_peak = sampler.stop();
     let after_rotation = [rss_kib(pids[0]), rss_kib(pids[1])];
+
+    // What one node can make the vault spend: streams it opens and never reads, each owed every
+    // value (the agent holds the 4th place per node).
+    let stalled = runtime.block_on(async {
+        let channel = connect_channel(&vault.addr, &node_bundle(&agent)).await.expect("node channel");
+        let mut node = hush_proto::v1::node_client::NodeClient::new(channel);
+        let mut open = Vec::new();
+        for _ in 0..STALLED {
+            open.push(node.assignments(pb::AssignmentsRequest::default()).await.expect("stream"));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = rss_kib(pids[0]);
+        let refused = node.assignments(pb::AssignmentsRequest::default()).await.is_err();
+        (rss, refused)
+    });
     for session in sessions {
         assert!(session.finish().success());
     }
@@ -263,6 +291,16 @@ fn main() {
         "growth serving vs idle, per MiB of payload",
         format!("{:.2}x", (serving[0] - idle[0].min(serving[0])) as f64 / 1024.0 / payload_mib),
         (serving[1] - idle[1].min(serving[1])) as f64 / 1024.0 / payload_mib
+    );
+    println!(
+        "{:<48} {:>12}",
+        format!("vault: {STALLED} stalled streams of the node (5th refused: {})", stalled.1),
+        mib(stalled.0)
+    );
+    println!(
+        "{:<48} {:>12}",
+        "vault growth per stalled stream",
+        mib(stalled.0.saturating_sub(after_rotation[0]) / STALLED as u64)
     );
     println!("{:<48} {:>12.1}", "seconds to create the configs", create_time.as_secs_f64());
     let large_rate = (tasks * files) as f64 / create_time.as_secs_f64();
