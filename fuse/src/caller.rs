@@ -50,6 +50,13 @@ pub trait CallerResolver: Send + Sync {
 /// until the request is answered: the owner check gets that value
 /// ([`ThreadProbe::mount_namespace`]) instead of reading it again.
 ///
+/// Measured on this machine kind (CPU time per call, another process's thread): this
+/// `readlinkat` 2.0–2.5 µs; `fstatat` or `statx` of the same link 4.5–6.3 µs (they follow it to
+/// the namespace inode); `readlinkat(fd, "")` on an `O_PATH|O_NOFOLLOW` descriptor of the link
+/// itself 1.8–2.0 µs, not taken: it saves the lookup of `mnt` only, and a dead thread then
+/// answers `EACCES`, the same as a refused `ptrace` access check, where the lookup answers
+/// `ENOENT`. Most of the cost is the kernel's access check and naming of the namespace.
+///
 /// # What is cached, and why that is safe
 /// - **The thread, through its `ns` directory.** The directory is bound to the thread itself,
 ///   not to its number: once the thread has exited, reading the link in it fails (`ENOENT`),
