@@ -139,3 +139,36 @@ async fn agents_booting_together_on_one_token_all_join_and_one_too_many_is_refus
     assert!(!refused.stderr.contains("asking again"), "a used-up token is not asked again: {}", refused.stderr);
     assert!(began.elapsed() < std::time::Duration::from_secs(20), "refused at once, not after retries");
 }
+
+/// A replica that is gone drops out of new join tokens once its etcd lease ends (its
+/// advertise entry lives under the lease), while `vault members` still lists it as Down; once
+/// it serves again, new tokens list it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_replica_leaves_new_tokens_when_its_lease_ends_and_comes_back_with_it() {
+    let cluster = EtcdCluster::start(1);
+    let url = cluster.url("/hajoinlease");
+    let mut first = TestVault::init(&["--store", &url]);
+    first.serve_args = vec!["--store".into(), url.clone(), "--lease-ttl".into(), "2s".into()];
+    first.start();
+    let mut second = TestVault::replica_of(&first);
+    second.start();
+    let token = |vault: &TestVault| vault.hush(&["node", "join-token", "-q"]).ok().trim().to_string();
+    wait_for("both replicas in a token", || {
+        let t = token(&first);
+        (t.contains(&first.addr) && t.contains(&second.addr)).then_some(())
+    });
+
+    let gone = second.addr.clone();
+    second.kill9();
+    // Within the 2 s lease (and a renewal period): no longer in new tokens.
+    wait_for("the killed replica to leave new tokens", || {
+        let t = token(&first);
+        (t.contains(&first.addr) && !t.contains(&gone)).then_some(())
+    });
+    let members = first.hush(&["vault", "members"]).ok().to_string();
+    let row = members.lines().find(|l| l.contains(&gone)).unwrap_or_else(|| panic!("still a member: {members}"));
+    assert!(row.contains("Down"), "{row}");
+
+    second.start_on(&gone);
+    wait_for("the replica back in new tokens", || token(&first).contains(&gone).then_some(()));
+}

@@ -122,7 +122,9 @@ pub fn replica_id(dir: &DataDir) -> Result<String, ReplicaError> {
 }
 
 /// Where each replica says agents reach it: `cluster/advertise/<replica id>` → JSON list of
-/// `HOST:PORT`. A join token minted by any replica carries them all ([`advertised`]).
+/// `HOST:PORT`. A join token minted by any replica carries them all ([`advertised`]). Each
+/// entry lives under its replica's etcd lease (`cluster::presence`): a replica that is gone
+/// is not listed once its lease ends.
 pub const ADVERTISE_PREFIX: &str = "cluster/advertise/";
 
 /// The addresses this replica is reached at: each `--advertise-addr` (with the listening port
@@ -140,7 +142,8 @@ pub fn advertise_addrs(advertise: &[String], listening: std::net::SocketAddr) ->
     addrs
 }
 
-/// Records `addrs` as this replica's (replacing what an earlier start recorded).
+/// Records `addrs` as this replica's (replacing what an earlier start recorded); the replica's
+/// presence then keeps it under its lease.
 pub async fn publish_advertised(store: &dyn Store, replica: &str, addrs: &[String]) -> Result<(), ReplicaError> {
     let value = serde_json::to_vec(addrs).expect("addresses serialise");
     store.commit(Txn::new().put(format!("{ADVERTISE_PREFIX}{replica}"), value)).await?;

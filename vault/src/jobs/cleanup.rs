@@ -7,7 +7,9 @@
 //! - task owners (kept for late audit reports) older than [`crate::tasks::OWNER_DAYS`], or of
 //!   a removed node;
 //! - join tokens past their expiry (they can admit no one);
-//! - member records of replicas with no heartbeat for [`FORGET_AFTER`] and no live lease.
+//! - member records of replicas with no heartbeat for [`FORGET_AFTER`] and no live lease, with
+//!   their advertise entries (which live under the replica's lease, but an entry written by a
+//!   version before that has none).
 //!
 //! Every delete is fenced by the leader's term, at most [`PER_TXN`] per transaction.
 
@@ -64,6 +66,7 @@ where
         let Ok(member) = serde_json::from_slice::<MemberRecord>(&entry.value) else { continue };
         if member.id != replica && member.heartbeat_at + FORGET_AFTER < now && !lease_alive(member.lease).await {
             dead.push(entry.key);
+            dead.push(format!("{}{}", crate::replica::ADVERTISE_PREFIX, member.id));
         }
     }
     for chunk in dead.chunks(PER_TXN) {
