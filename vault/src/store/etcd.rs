@@ -93,13 +93,16 @@ pub enum Health {
 const GRACE: Duration = Duration::from_secs(1);
 
 pub struct EtcdStore {
+    // Fields drop in this order: the health goes before the client, so a watch that sees the
+    // client's connections close as the store is dropped (its abort may not have landed yet,
+    // on another worker) finds nobody holding the health, and says nothing (see `lost`).
+    health: watch::Receiver<Health>,
+    watcher: tokio::task::JoinHandle<()>,
     client: Client,
     /// Keys in etcd are `prefix/key`.
     prefix: String,
     runtime: tokio::runtime::Handle,
     changes: broadcast::Sender<Change>,
-    health: watch::Receiver<Health>,
-    watcher: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for EtcdStore {
