@@ -1,6 +1,6 @@
 //! The agent's control socket (Unix, root only): `hush run` asks here for a task. The task's
-//! owner is the mount namespace of the process on the other end of the socket (from the
-//! kernel's peer credentials, not from anything the caller claims).
+//! owner is the mount namespace of the process on the other end of the socket, taken through a
+//! pidfd on that very process ([`crate::peer`]), never from anything the caller claims.
 //!
 //! Each task is recorded in the state dir while it runs ([`crate::task_record`]). An agent that
 //! starts after a crash restores the tasks whose record the kernel still agrees with
@@ -24,7 +24,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Code, Request, Response, Status};
 
 /// How long a new task may wait for its files to arrive from the vault.
@@ -191,10 +190,8 @@ impl AgentControl for ControlService {
     type ResumeTaskStream = EventStream;
 
     async fn run_task(&self, request: Request<pb::RunTaskRequest>) -> Result<Response<Self::RunTaskStream>, Status> {
-        let pid = peer_pid(&request)?;
         // Held open for as long as the task lives: its inode number cannot be reused meanwhile.
-        let namespace = MountNamespaceOwner::of_process(pid)
-            .map_err(|e| Status::internal(format!("reading the caller's namespace: {e}")))?;
+        let (pid, namespace, start_time) = caller(&request)?;
         let own = hush_fuse::mount_namespace_of(std::process::id()).map_err(|e| Status::internal(e.to_string()))?;
         if namespace.inode() == own {
             // The host's namespace would make every host process an owner of the task's files.
@@ -208,7 +205,8 @@ impl AgentControl for ControlService {
         // The task's whole life runs on its own tokio task, never inside this call: a caller that
         // leaves (or is killed) at any moment drops only `rx`, which the lifecycle sees, so a start
         // under way is finished and then undone rather than abandoned halfway.
-        tokio::spawn(lifecycle(self.clone_parts(), request, owner, ns, pid, tx));
+        let caller = Caller { pid, ns, start_time: start_time.unwrap_or(0) };
+        tokio::spawn(lifecycle(self.clone_parts(), request, owner, caller, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -216,9 +214,7 @@ impl AgentControl for ControlService {
         &self,
         request: Request<pb::ResumeTaskRequest>,
     ) -> Result<Response<Self::ResumeTaskStream>, Status> {
-        let pid = peer_pid(&request)?;
-        let caller = MountNamespaceOwner::of_process(pid)
-            .map_err(|e| Status::internal(format!("reading the caller's namespace: {e}")))?;
+        let (pid, caller, _) = caller(&request)?;
         let task_id = request.into_inner().task_id;
         let (lease, name, end) = self.restored.resume(&task_id, &caller)?;
         tracing::info!(task = %task_id, pid, "task resumed by its hush run");
@@ -228,15 +224,28 @@ impl AgentControl for ControlService {
     }
 }
 
-/// The pid of the process on the other end of the control socket (the kernel's peer credentials).
-fn peer_pid<T>(request: &Request<T>) -> Result<u32, Status> {
-    request
+/// The pid, mount namespace and start time of the process on the other end of the control
+/// socket (the kernel's peer credentials and a pidfd on that process: see [`crate::peer`]).
+fn caller<T>(request: &Request<T>) -> Result<(u32, MountNamespaceOwner, Option<u64>), Status> {
+    let peer = request
         .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .and_then(|cred| cred.pid())
-        .map(|pid| pid as u32)
-        .ok_or_else(|| Status::permission_denied("cannot identify the calling process"))
+        .get::<crate::peer::Peer>()
+        .ok_or_else(|| Status::permission_denied("cannot identify the calling process"))?;
+    let refused = |e: crate::peer::PeerError| match e {
+        crate::peer::PeerError::Namespace(_) => Status::internal(e.to_string()),
+        _ => Status::permission_denied(e.to_string()),
+    };
+    peer.check_uid().map_err(refused)?;
+    peer.namespace().map_err(refused)
+}
+
+/// The `hush run` a task was registered for, as recorded for an agent that starts after a crash.
+struct Caller {
+    pid: u32,
+    /// Its mount namespace: the kernel's id where there is one, and the inode.
+    ns: (Option<u64>, u64),
+    /// When the process started (`/proc/PID/stat`), so that a reused pid is told apart.
+    start_time: u64,
 }
 
 /// A restored task from its `hush run`'s `ResumeTask` to its end, as [`lifecycle`]'s second half.
@@ -270,14 +279,8 @@ type Events = mpsc::Sender<Result<pb::RunTaskEvent, Status>>;
 
 /// One task from `StartTask` to `EndTask`. `events` is the caller's stream: its first message is
 /// the task's mounts (or the error), and it closes when the caller goes, which ends the task.
-async fn lifecycle(
-    mut parts: Parts,
-    request: pb::RunTaskRequest,
-    owner: TaskOwner,
-    ns: (Option<u64>, u64),
-    pid: u32,
-    events: Events,
-) {
+async fn lifecycle(mut parts: Parts, request: pb::RunTaskRequest, owner: TaskOwner, caller: Caller, events: Events) {
+    let pid = caller.pid;
     tracing::debug!(service = %request.service, pid, "asking the vault for a task");
     // Not raced against the caller leaving: the vault may commit the task at any point of this
     // call, and only its answer says which task to end.
@@ -299,8 +302,8 @@ async fn lifecycle(
         &request.service,
         &started.name,
         pid as i32,
-        ns,
-        crate::task_record::start_time(pid as i32).unwrap_or(0),
+        caller.ns,
+        caller.start_time,
     );
     let lease = Lease::start(&parts, record, owner);
     let ready = tokio::select! {

@@ -278,7 +278,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     let mut control_stopped = stopped.clone();
     let control_server = tokio::spawn(
         tonic::transport::Server::builder().add_service(AgentControlServer::new(control)).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            crate::peer::incoming(listener),
             async move {
                 let _ = control_stopped.wait_for(|s| *s).await;
             },

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod handover;
 pub mod hardening;
 pub mod join_token;
+pub mod peer;
 pub mod pin;
 pub mod reconcile;
 pub mod recovery;
