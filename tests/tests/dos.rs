@@ -218,7 +218,7 @@ fn an_admins_17th_follow_stream_is_refused_until_one_closes() {
     assert_eq!(lines.len(), 1, "{refused:?}");
     assert!(lines[0].starts_with("error: too many `hush audit --follow` streams open (16 for admin"), "{}", lines[0]);
     assert!(lines[0].contains("at most 16 per admin and 256 in all): close one first"), "{}", lines[0]);
-    // Queries without --follow are not capped.
+    // Queries without --follow have a cap of their own.
     assert!(vault.hush(&["audit", "--format", "json"]).status.success());
 
     // A follower killed: its slot comes back once the vault sees the connection go.
@@ -231,4 +231,106 @@ fn an_admins_17th_follow_stream_is_refused_until_one_closes() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// `n` admin queries without `--follow` whose client never reads: with a stream window of 0 bytes
+/// the vault cannot send them a single line, so each stays open until its connection goes
+/// (queries spread over a few connections, under the vault's per-connection stream limit).
+async fn stalled_queries(vault: &TestVault, n: usize) -> (Vec<Channel>, Vec<tonic::Streaming<pb::AuditLine>>) {
+    use hush_proto::v1::admin_client::AdminClient;
+    let bundle = hush_vault::client::TlsBundle::read(&vault.admin_dir()).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&bundle.ca))
+        .identity(tonic::transport::Identity::from_pem(&bundle.cert, &bundle.key))
+        .domain_name("localhost");
+    let mut channels = Vec::new();
+    let mut open = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let channel = Endpoint::from_shared(format!("https://{}", vault.addr))
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap()
+            .initial_stream_window_size(0)
+            .connect()
+            .await
+            .unwrap();
+        for _ in chunk {
+            let mut client = AdminClient::new(channel.clone());
+            open.push(client.audit_query(pb::AuditQueryRequest::default()).await.expect("under the cap").into_inner());
+        }
+        channels.push(channel);
+    }
+    (channels, open)
+}
+
+/// Appends `n` agents' `read` entries to a stopped vault's log through the vault's own writer
+/// (keyed and chained as a running vault writes them; the API would take one call per entry).
+fn fill_log(vault: &TestVault, n: usize) {
+    use hush_vault::audit::AuditEntry;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let data_dir = hush_vault::layout::DataDir::new(&vault.data_dir);
+        let opened = hush_vault::vault::Vault::open(&data_dir).expect("vault opens");
+        let entries = (0..n)
+            .map(|i| AuditEntry {
+                node: Some("m3kq9t2x7v1b5n8c4z6w0y2aa".into()),
+                service: Some("web".into()),
+                path: Some("/run/secrets/s".into()),
+                pid: Some(1000 + i as u32),
+                ..AuditEntry::now("read")
+                    .actor("node:m3kq9t2x7v1b5n8c4z6w0y2aa")
+                    .object(hush_vault::model::Kind::Secret, "s")
+            })
+            .collect();
+        opened.audit().record_all(entries).await;
+    });
+    drop(runtime);
+    // The audit writer's thread lets go of the store once it sees the log dropped.
+    let store = hush_vault::layout::DataDir::new(&vault.data_dir).store();
+    wait_for("the filler to let go of the store", || hush_vault::store::redb::RedbStore::open(&store).ok().map(drop));
+}
+
+/// A query's memory is held while its answer is being read and sent (about 0.25 MiB, 0.43 MiB
+/// for a client that stops reading), so queries without `--follow` are capped as follow streams
+/// are: here by clients that never read a log larger than what the vault buffers for them.
+#[test]
+fn queries_past_an_admins_cap_are_refused_until_they_end() {
+    use hush_vault::follow::{QUERIES_PER_ADMIN, QUERIES_TOTAL};
+    let mut vault = TestVault::init(&[]);
+    // About 800 KB: more than a query's read-ahead, send queue and one encoded chunk.
+    fill_log(&vault, 2_000);
+    vault.start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (channels, open) = runtime.block_on(stalled_queries(&vault, QUERIES_PER_ADMIN));
+    let refused = vault.hush(&["audit", "--format", "json"]);
+    assert!(!refused.status.success(), "query {} of one admin was served", QUERIES_PER_ADMIN + 1);
+    let lines: Vec<&str> = refused.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{refused:?}");
+    assert!(
+        lines[0].starts_with(&format!("error: too many `hush audit` queries open ({QUERIES_PER_ADMIN} for admin")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].ends_with(&format!(
+            "at most {QUERIES_PER_ADMIN} per admin and {QUERIES_TOTAL} in all): wait for one to finish"
+        )),
+        "{}",
+        lines[0]
+    );
+    // Follow streams are counted apart.
+    let mut follower = follow(&vault).expect("a follow stream is not a query");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // The clients go: their queries end, and queries are served again, whole.
+    drop(open);
+    drop(channels);
+    drop(runtime);
+    let entries = wait_for("queries to be served again", || {
+        let run = vault.hush(&["audit", "--format", "json", "--secret", "s"]);
+        run.status.success().then_some(run.stdout)
+    });
+    let entries: Vec<Value> = serde_json::from_str::<Value>(&entries).unwrap().as_array().unwrap().clone();
+    assert_eq!(entries.len(), 2_000);
 }

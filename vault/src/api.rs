@@ -14,12 +14,15 @@ use tonic::{Request, Response, Status};
 pub struct AdminService {
     vault: Arc<Vault>,
     /// Open `hush audit --follow` streams, by admin (follow.rs).
-    follows: Arc<crate::follow::Follows>,
+    follows: Arc<crate::follow::Streams>,
+    /// Open `hush audit` queries without `--follow`, by admin (follow.rs).
+    queries: Arc<crate::follow::Streams>,
 }
 
 impl AdminService {
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault, follows: Arc::default() }
+        use crate::follow::{FOLLOWS, QUERIES, Streams};
+        Self { vault, follows: Streams::new(FOLLOWS), queries: Streams::new(QUERIES) }
     }
 
     /// The admin behind a request; a refusal is audited as `denied`.
@@ -491,7 +494,9 @@ impl Admin for AdminService {
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::AuditQueryStream>, Status> {
         let admin = self.admin(&request).await?;
-        let follow_slot = if request.get_ref().follow { Some(self.follows.acquire(&admin.actor())?) } else { None };
+        // Held by the answer's stream (and its reader): given back once the caller has it all or goes.
+        let slot = if request.get_ref().follow { &self.follows } else { &self.queries };
+        let slot = Arc::new(slot.acquire(&admin.actor())?);
         let r = request.into_inner();
         let time = |t: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
             if t.is_empty() {
@@ -523,7 +528,7 @@ impl Admin for AdminService {
             let lines = crate::audit::shared::query(audit.store(), query, r.follow, self.vault.stopping());
             let stream =
                 tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(lines), move |line| {
-                    let _follow_slot = &follow_slot;
+                    let _slot = &slot;
                     line.map(|json| pb::AuditLine { json }).map_err(|end| match end {
                         crate::audit::shared::QueryEnd::Store(e) => Status::unavailable(e),
                         crate::audit::shared::QueryEnd::Lagged(n) => {
@@ -539,8 +544,9 @@ impl Admin for AdminService {
         let mut stored = audit.stream_lines(256);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let mut stopping = self.vault.stopping();
+        let reader_slot = slot.clone();
         tokio::spawn(async move {
-            let _follow_slot = follow_slot;
+            let _slot = reader_slot;
             let mut last_seq = 0;
             // Each line parsed once: its sequence number, and whether the query wants it.
             let read = |line: &str| {
@@ -594,7 +600,11 @@ impl Admin for AdminService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let lines = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), move |line| {
+            let _slot = &slot;
+            line
+        });
+        Ok(Response::new(Box::pin(lines)))
     }
 
     async fn audit_verify(
