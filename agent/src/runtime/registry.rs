@@ -9,11 +9,15 @@
 //!    `MOUNT_ROOT/services/S` (or a path under it);
 //! 3. a swarm task (label `com.docker.swarm.task.id`) is checked against the swarm's own task
 //!    record: that task runs this container, and the service spec asked for `io.hush.service=S`
-//!    (a plain container's labels can be set by anyone with the Engine API);
+//!    (a plain container's labels can be set by anyone with the Engine API). The manager records
+//!    a task's container only after the worker reports it, in batches, so a container can run
+//!    (and open files) before its record names it: a record naming no container yet is asked
+//!    again for up to [`SWARM_RECORD_GRACE`], and is never a cached refusal;
 //! 4. this node may run S (the vault sends this node S's files only if it may).
 //!
 //! Decisions about a container are cached until it ends (its labels and mounts cannot change);
-//! transient failures (engine or vault unreachable, not started yet) are not.
+//! transient failures (engine or vault unreachable, not started yet, not yet in the swarm's
+//! record) are not.
 
 use super::proc::{self, IdMap};
 use super::{ContainerEvent, ContainerInfo, Engine, EngineKind, RunState, SERVICE_LABEL, SWARM_TASK_LABEL};
@@ -34,6 +38,10 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 const START_GRACE: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a swarm task's record may name no container yet: the manager records a task's
+/// container from the worker's status reports, which it commits in batches, so the container can
+/// be running (and opening files) before its record names it.
+const SWARM_RECORD_GRACE: Duration = Duration::from_secs(2);
 /// Running containers are checked against the engine this often, in case an event was missed.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
@@ -228,13 +236,24 @@ impl Containers {
             return Ok(Outcome::Refused(Refusal::of("NotBindingServiceDir", &info)));
         }
         if let Some(task_id) = info.labels.get(SWARM_TASK_LABEL) {
-            match engine.swarm_task(task_id).await {
-                Ok(Some(task))
-                    if task.container_id == info.id && task.container_labels.get(SERVICE_LABEL) == Some(&service) => {}
-                Ok(_) => return Ok(Outcome::Refused(Refusal::of("SwarmTaskMismatch", &info))),
-                Err(e) => {
-                    tracing::warn!(container = id, error = %e, "cannot read the swarm task record");
-                    return Err(Refusal::of("EngineUnavailable", &info));
+            let started = tokio::time::Instant::now();
+            loop {
+                let task = match engine.swarm_task(task_id).await {
+                    Ok(task) => task,
+                    Err(e) => {
+                        tracing::warn!(container = id, error = %e, "cannot read the swarm task record");
+                        return Err(Refusal::of("EngineUnavailable", &info));
+                    }
+                };
+                match swarm_check(task.as_ref(), &info.id, &service) {
+                    SwarmCheck::Runs => break,
+                    SwarmCheck::Mismatch => return Ok(Outcome::Refused(Refusal::of("SwarmTaskMismatch", &info))),
+                    // Not a verdict: a later open or event asks again.
+                    SwarmCheck::NoContainerYet if started.elapsed() >= SWARM_RECORD_GRACE => {
+                        tracing::debug!(container = id, task = %task_id, "the swarm has not recorded this task's container yet");
+                        return Err(Refusal::of("SwarmTaskPending", &info));
+                    }
+                    SwarmCheck::NoContainerYet => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
         }
@@ -421,5 +440,52 @@ impl Containers {
             }
             tokio::time::sleep(backoff).await;
         }
+    }
+}
+
+/// What the swarm's record of a task says about a container that carries the task's label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SwarmCheck {
+    /// The task runs this container, and its spec asked for this service.
+    Runs,
+    /// No such task, another container, or another service: a forged label (cached).
+    Mismatch,
+    /// The task's spec asks for this service, but the record names no container yet.
+    NoContainerYet,
+}
+
+fn swarm_check(task: Option<&super::SwarmTask>, container: &str, service: &str) -> SwarmCheck {
+    let Some(task) = task else { return SwarmCheck::Mismatch };
+    if task.container_labels.get(SERVICE_LABEL).map(String::as_str) != Some(service) {
+        return SwarmCheck::Mismatch;
+    }
+    match task.container_id.as_str() {
+        "" => SwarmCheck::NoContainerYet,
+        id if id == container => SwarmCheck::Runs,
+        _ => SwarmCheck::Mismatch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::SwarmTask;
+
+    fn task(container_id: &str, service: &str) -> SwarmTask {
+        SwarmTask {
+            container_id: container_id.to_string(),
+            container_labels: HashMap::from([(SERVICE_LABEL.to_string(), service.to_string())]),
+        }
+    }
+
+    #[test]
+    fn a_swarm_record_without_a_container_yet_is_no_verdict() {
+        assert_eq!(swarm_check(Some(&task("c1", "api")), "c1", "api"), SwarmCheck::Runs);
+        assert_eq!(swarm_check(Some(&task("", "api")), "c1", "api"), SwarmCheck::NoContainerYet);
+        // A forged label: another container, another service, or no such task.
+        assert_eq!(swarm_check(Some(&task("c2", "api")), "c1", "api"), SwarmCheck::Mismatch);
+        assert_eq!(swarm_check(Some(&task("", "web")), "c1", "api"), SwarmCheck::Mismatch);
+        assert_eq!(swarm_check(Some(&task("c1", "web")), "c1", "api"), SwarmCheck::Mismatch);
+        assert_eq!(swarm_check(None, "c1", "api"), SwarmCheck::Mismatch);
     }
 }
