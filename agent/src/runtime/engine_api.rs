@@ -94,9 +94,15 @@ impl Engine for EngineApi {
         }
         let task = match self.client.inspect_task(task_id).await {
             Ok(task) => task,
-            // No such task, or this engine is not a swarm manager.
+            // No such task, or this engine is in no swarm or a worker of one (no record to check
+            // against: moby's `errNoManager`). Any other 503 (no leader just now, a manager being
+            // prepared, a locked swarm) is transient.
             Err(e) if not_found(&e) => return Ok(None),
-            Err(BollardError::DockerResponseServerError { status_code: 503, .. }) => return Ok(None),
+            Err(BollardError::DockerResponseServerError { status_code: 503, message })
+                if message.contains("docker swarm init") || message.contains("Worker nodes") =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(self.error(e)),
         };
         let container_id =

@@ -187,7 +187,21 @@ impl Containers {
 
     /// Resolves a container once (concurrent callers share the work), starting its task.
     async fn resolve_into(&self, slot: &Slot, kind: EngineKind, id: &str) -> Result<Outcome, Refusal> {
-        let outcome = slot.get_or_try_init(|| self.resolve(kind, id)).await?.clone();
+        let outcome = slot
+            .get_or_try_init(|| async {
+                let outcome = self.resolve(kind, id).await?;
+                if let Outcome::Refused(refusal) = &outcome {
+                    // Once per container: every open of it is refused for this reason from now on.
+                    tracing::info!(
+                        container = id,
+                        reason = refusal.reason,
+                        "not a task of any service: its opens are refused"
+                    );
+                }
+                Ok(outcome)
+            })
+            .await?
+            .clone();
         // The container may have died while we resolved it: then its slot is gone, and so must
         // the task be.
         let current = self.lock().get(id).is_some_and(|s| Arc::ptr_eq(s, slot));
