@@ -94,6 +94,9 @@ fn canonical_mount_root(mount_root: &std::path::Path) -> anyhow::Result<PathBuf>
     Ok(parent.join(name))
 }
 
+/// How long a stopping agent waits for its control server to tell every `hush run` it ends.
+const CONTROL_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     crate::hardening::harden();
     if args.join_token.is_some() {
@@ -310,7 +313,13 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()> + Send + 's
     // stops them, so no task's mount namespace holds the mount when it goes (unmounting
     // would wait for that, up to two seconds).
     stop.send_replace(true);
-    control_server.abort();
+    // The control server shuts down gracefully: each `hush run` still gets the message that its
+    // task ends (aborting it at once could drop that message, and `hush run` would then wait
+    // `--reconnect-timeout` for an agent that is not coming back).
+    let mut control_server = control_server;
+    if tokio::time::timeout(CONTROL_DRAIN, &mut control_server).await.is_err() {
+        control_server.abort();
+    }
     for follower in followers {
         follower.abort();
     }

@@ -68,7 +68,44 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-async fn connect(socket: &Path) -> anyhow::Result<AgentControlClient<Channel>> {
+/// The agent's control socket as `hush run` reaches it for the task's whole life. The task's
+/// view is set up in `hush run`'s own mount namespace: `/proc` there may be the task's, and
+/// `/run` an overlay (to create `/run/secrets` in) that keeps what it looked up, so a restarted
+/// agent's new socket at the same path would not be reached through them and `hush run` could
+/// not take its task back. So the socket's directory is opened before any of that, and once the
+/// task runs (its working directory its own) the socket is reached relative to that directory.
+struct AgentSocket {
+    dir: Option<std::os::fd::OwnedFd>,
+    /// The path as given.
+    shown: PathBuf,
+}
+
+impl AgentSocket {
+    fn open(socket: &Path) -> Self {
+        let parent = match socket.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = rustix::fs::open(
+            parent,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok();
+        Self { dir, shown: socket.to_path_buf() }
+    }
+
+    /// The path to connect to once the task runs: the socket's name, in its directory as it was
+    /// opened (made this process's working directory).
+    fn for_resume(&self) -> PathBuf {
+        match (&self.dir, self.shown.file_name()) {
+            (Some(dir), Some(name)) if rustix::process::fchdir(dir).is_ok() => PathBuf::from(name),
+            _ => self.shown.clone(),
+        }
+    }
+}
+
+async fn connect(socket: &Path, shown: &Path) -> anyhow::Result<AgentControlClient<Channel>> {
     let path = socket.to_path_buf();
     let channel = Endpoint::from_static("http://agent.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -79,7 +116,7 @@ async fn connect(socket: &Path) -> anyhow::Result<AgentControlClient<Channel>> {
         }))
         .await
         .with_context(|| {
-            format!("cannot reach the agent at {} (is hush-agent running? set HUSH_AGENT_SOCKET)", socket.display())
+            format!("cannot reach the agent at {} (is hush-agent running? set HUSH_AGENT_SOCKET)", shown.display())
         })?;
     Ok(AgentControlClient::new(channel))
 }
@@ -90,6 +127,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         bail!("hush run needs root: it gives the task its own mount and PID namespaces");
     }
     let keep = caps::resolve(&args.cap_add, &args.cap_drop, args.privileged, caps::bounding_set())?;
+    let socket = AgentSocket::open(&args.socket);
     // Must happen before any thread exists (the runtime below is single-threaded).
     task_ns::unshare_mount_namespace().context("cannot create the task's mount namespace")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -102,7 +140,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         // Until the task runs, a signal ends the start (dropping the call ends the task at the agent).
         let start = async {
-            let mut client = connect(&args.socket).await?;
+            let mut client = connect(&socket.shown, &socket.shown).await?;
             let request =
                 pb::RunTaskRequest { service: args.service.clone(), name: args.name.clone().unwrap_or_default() };
             let mut events =
@@ -124,7 +162,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         let init = spawn_init(&args, keep, &ready)?;
         // The call (and the connection) stays open while the task runs: the agent ends the task when
         // it closes.
-        supervise(init, &mut signals, events, &args, &ready.task_id).await
+        supervise(init, &mut signals, events, &args, &socket, &ready.task_id).await
     })
 }
 
@@ -165,6 +203,7 @@ async fn supervise(
     signals: &mut [(Signal, tokio::signal::unix::Signal)],
     mut events: Streaming<pb::RunTaskEvent>,
     args: &RunArgs,
+    socket: &AgentSocket,
     task_id: &str,
 ) -> anyhow::Result<i32> {
     let lost = 'task: loop {
@@ -183,7 +222,7 @@ async fn supervise(
         };
         // The call broke without a word: the agent crashed. A restarted agent may take the task back.
         tracing::debug!(error = %broken, "lost the agent; waiting for it to come back");
-        match resume(&mut init, signals, args, task_id).await? {
+        match resume(&mut init, signals, args, socket, task_id).await? {
             Resumed::Yes(stream) => events = *stream,
             Resumed::Exited(code) => return Ok(code),
             Resumed::No(why) => break format!("lost the agent: {broken}; {why}"),
@@ -215,12 +254,14 @@ async fn resume(
     init: &mut Child,
     signals: &mut [(Signal, tokio::signal::unix::Signal)],
     args: &RunArgs,
+    socket: &AgentSocket,
     task_id: &str,
 ) -> anyhow::Result<Resumed> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.reconnect_timeout);
+    let path = socket.for_resume();
     loop {
         let attempt = async {
-            let mut client = connect(&args.socket).await.map_err(|_| None)?;
+            let mut client = connect(&path, &socket.shown).await.map_err(|_| None)?;
             let request = pb::ResumeTaskRequest { task_id: task_id.to_string() };
             let mut stream = client.resume_task(request).await.map_err(refusal)?.into_inner();
             match stream.message().await {
