@@ -19,6 +19,7 @@ need docker-compose docker-compose
 dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
 need protoc protobuf-compiler  # etcd-client's build script compiles etcd's protos
 need etcd etcd-server       # the HA store's tests run a real etcd cluster on loopback
+need systemd systemd        # tests/systemd.rs runs systemd as PID 1 of a container with the shipped unit
 if ((${#packages[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
