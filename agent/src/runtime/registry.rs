@@ -34,8 +34,11 @@ use tokio::sync::OnceCell;
 
 /// Longest a first open waits for the engine and the vault (a cached container answers at once).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a container may stay `created` after its first process already opened a file.
-const START_GRACE: Duration = Duration::from_secs(1);
+/// How long a container may stay `created` after its first process already opened a file. A
+/// `created` container's process can only run once its start is under way (runc holds it at the
+/// exec fifo until then), so waiting is safe; on a loaded node podman took over 1 s to record
+/// the start (the first `cat` was refused), so the wait is most of the resolve budget.
+const START_GRACE: Duration = Duration::from_millis(2_500);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a swarm task's record may name no container yet: the manager records a task's

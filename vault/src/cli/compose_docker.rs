@@ -93,15 +93,9 @@ fn compose_command() -> Command {
 /// Waits until the local agent serves every service of the project (a container created before
 /// that would fail with Docker's `bind source path does not exist`).
 fn wait_served(loaded: &Loaded, mount_root: &Path) -> anyhow::Result<()> {
-    let started = Instant::now();
+    let deadline = Instant::now() + SERVED_TIMEOUT;
     for spec in loaded.project.services.values() {
-        loop {
-            match super::docker::check_served(mount_root, &spec.name) {
-                Ok(()) => break,
-                Err(e) if started.elapsed() >= SERVED_TIMEOUT => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+        super::docker::wait_served(mount_root, &spec.name, deadline)?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 /// The label naming the service a container is a task of.
 pub const SERVICE_LABEL: &str = "io.hush.service";
@@ -129,8 +130,24 @@ pub async fn mounts(connection: &Connection, args: MountsArgs) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long `hush docker run` waits for the agent to serve a service created a moment ago (its
+/// assignment reaches the agent asynchronously).
+const SERVED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until the local agent serves `service` or `deadline` passes (then: why not). A service
+/// created just before, as in the README, is usually on the node a few milliseconds later.
+pub fn wait_served(mount_root: &Path, service: &str, deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        match check_served(mount_root, service) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// Why a container of `service` could not read its files here, if that can be told beforehand.
-pub fn check_served(mount_root: &Path, service: &str) -> anyhow::Result<()> {
+fn check_served(mount_root: &Path, service: &str) -> anyhow::Result<()> {
     let services = mount_root.join("services");
     if !services.is_dir() {
         bail!(
@@ -175,7 +192,7 @@ pub struct RunArgs {
 pub async fn run(connection: &Connection, args: RunArgs, runtime: Option<Runtime>) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let (name, targets) = targets_of(connection, &args.service).await?;
-    check_served(&args.root.mount_root, &name)?;
+    wait_served(&args.root.mount_root, &name, Instant::now() + SERVED_TIMEOUT)?;
     let flags = mount_flags(&name, &binds(&args.root.mount_root, &name, &targets), MountsFormat::Docker)?;
     let program = match runtime.unwrap_or(args.runtime) {
         Runtime::Docker => "docker",
