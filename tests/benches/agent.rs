@@ -369,15 +369,7 @@ fn audit_entries(vault: &TestVault, task_id: &str) -> usize {
 
 /// (VmRSS, VmLck) of process `pid`, in KiB.
 fn memory_of(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmLck:"))
+    (hush_tests::proc_status_kib(pid, "VmRSS:"), hush_tests::proc_status_kib(pid, "VmLck:"))
 }
 
 /// A 1 KiB value starting with `prefix`.

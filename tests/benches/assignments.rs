@@ -33,12 +33,7 @@ fn knob(name: &str, default: usize) -> usize {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
+    hush_tests::proc_status_kib(pid, "VmRSS:")
 }
 
 /// Peak VmRSS of each pid while a phase runs.

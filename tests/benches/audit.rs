@@ -123,15 +123,6 @@ fn log_bytes(data_dir: &Path) -> u64 {
     std::fs::read_dir(&dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("field present")
-}
-
 /// The vault's memory over one phase: peak sampled VmRSS and VmHWM (reset at the start), KiB.
 #[derive(Debug, Clone, Copy, Default)]
 struct Memory {
@@ -150,7 +141,7 @@ async fn sampled<F: std::future::Future<Output = ()>>(pid: u32, phase: F) -> Mem
         let (done, peak) = (done.clone(), peak.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
+                peak.fetch_max(hush_tests::proc_status_kib(pid, "VmRSS:"), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
             }
         })
@@ -160,7 +151,7 @@ async fn sampled<F: std::future::Future<Output = ()>>(pid: u32, phase: F) -> Mem
     let seconds = start.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     sampler.join().expect("sampler");
-    Memory { peak_rss: peak.load(Ordering::Relaxed), hwm: status_kib(pid, "VmHWM:"), seconds }
+    Memory { peak_rss: peak.load(Ordering::Relaxed), hwm: hush_tests::proc_status_kib(pid, "VmHWM:"), seconds }
 }
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -133,12 +133,7 @@ async fn bare_puts(client: &Client) -> f64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmRSS")
+    hush_tests::proc_status_kib(pid, "VmRSS:")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -270,15 +265,7 @@ async fn main() {
 
     let cluster = EtcdCluster::start(3);
     let url = cluster.url("/bench");
-    let mut first = TestVault::init(&["--store", &url]);
-    first.serve_args = vec!["--store".into(), url.clone()];
-    first.start();
-    let mut vaults = vec![first];
-    for _ in 1..3 {
-        let mut replica = TestVault::replica_of(&vaults[0]);
-        replica.start();
-        vaults.push(replica);
-    }
+    let mut vaults = TestVault::replicas_on(&url, 3, &[]);
     let bundle = TlsBundle::read(&vaults[0].admin_dir()).expect("bundle");
     let mut channels = Vec::new();
     for vault in &vaults {

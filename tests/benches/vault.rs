@@ -38,15 +38,6 @@ async fn create_many(channel: &tonic::transport::Channel, prefix: &str, count: u
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("field present")
-}
-
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -56,7 +47,7 @@ async fn main() {
 
     let sequential = create_many(&channel, "baseline-", BASELINE, 1).await;
     let concurrent = create_many(&channel, "s-", SECRETS, IN_FLIGHT).await;
-    let rss_warm = rss_kib(vault.pid(), "VmRSS:");
+    let rss_warm = hush_tests::proc_status_kib(vault.pid(), "VmRSS:");
 
     vault.stop();
     let start = Instant::now();
@@ -68,7 +59,7 @@ async fn main() {
     let ls_start = Instant::now();
     vault.hush(&["secret", "ls", "-q"]).ok();
     let warm_ls = ls_start.elapsed();
-    let rss_cold = rss_kib(vault.pid(), "VmRSS:");
+    let rss_cold = hush_tests::proc_status_kib(vault.pid(), "VmRSS:");
     let store_size = std::fs::metadata(vault.data_dir.join("store.redb")).expect("store").len();
 
     println!();

@@ -144,6 +144,21 @@ impl TestVault {
         }
     }
 
+    /// `count` replicas serving one shared store `url` (etcd), each with `serve_args` after
+    /// `--store URL`: the first initialised on it, the others [`TestVault::replica_of`] it.
+    pub fn replicas_on(url: &str, count: usize, serve_args: &[&str]) -> Vec<Self> {
+        let mut first = Self::init(&["--store", url]);
+        first.serve_args = ["--store", url].iter().chain(serve_args).map(|a| a.to_string()).collect();
+        first.start();
+        let mut all = vec![first];
+        for _ in 1..count {
+            let mut replica = Self::replica_of(&all[0]);
+            replica.start();
+            all.push(replica);
+        }
+        all
+    }
+
     /// Initialised and serving.
     pub fn start_new() -> Self {
         let mut vault = Self::init(&[]);
@@ -508,4 +523,15 @@ impl TaskSession {
         drop(self.stdin.take());
         self.child.wait().expect("task exits")
     }
+}
+
+/// A `kB` field of `/proc/PID/status` (`"VmRSS:"`, `"VmHWM:"`, `"VmLck:"`) in KiB; 0 once the
+/// process is gone or if the field is missing (a sampler may outlive its process).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -95,7 +95,8 @@ fn has_entry(entries: &[Value], want: &[(&str, &str)]) -> bool {
     entries.iter().any(|e| {
         want.iter().all(|(k, v)| match e.get(*k) {
             Some(Value::String(s)) => s == v,
-            Some(other) => *v == other.to_string(),
+            // A number or a bool, compared as JSON: `v` parsed, not the value printed.
+            Some(other) => v.parse::<Value>().is_ok_and(|parsed| parsed == *other),
             None => false,
         })
     })

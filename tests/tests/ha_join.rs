@@ -16,15 +16,7 @@ async fn an_agent_without_vault_joins_and_fails_over_through_the_token_list() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cluster = EtcdCluster::start(1);
     let url = cluster.url("/hajoin");
-    let mut first = TestVault::init(&["--store", &url]);
-    first.serve_args = vec!["--store".into(), url.clone()];
-    first.start();
-    let mut vaults = vec![first];
-    for _ in 0..2 {
-        let mut replica = TestVault::replica_of(&vaults[0]);
-        replica.start();
-        vaults.push(replica);
-    }
+    let mut vaults = TestVault::replicas_on(&url, 3, &[]);
     let a = &vaults[0];
     a.hush_stdin(&["secret", "create", "s", "-"], b"one").ok();
     a.hush(&["service", "create", "web", "--secret", "s"]).ok();
@@ -78,15 +70,7 @@ async fn agents_booting_together_on_one_token_all_join_and_one_too_many_is_refus
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cluster = EtcdCluster::start(1);
     let url = cluster.url("/hajoin5");
-    let mut first = TestVault::init(&["--store", &url]);
-    first.serve_args = vec!["--store".into(), url.clone()];
-    first.start();
-    let mut vaults = vec![first];
-    for _ in 0..2 {
-        let mut replica = TestVault::replica_of(&vaults[0]);
-        replica.start();
-        vaults.push(replica);
-    }
+    let vaults = TestVault::replicas_on(&url, 3, &[]);
     let token = vaults[0].hush(&["node", "join-token", "-q", "--uses", "5"]).ok().trim().to_string();
     let addresses: Vec<&str> = vaults.iter().map(|v| v.addr.as_str()).collect();
     // This host (127.0.0.1) has used up its refused joins on every replica (an earlier bad

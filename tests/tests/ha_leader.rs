@@ -15,16 +15,7 @@ use std::time::{Duration, Instant};
 const TTL: u64 = 3;
 
 fn replicas(url: &str) -> Vec<TestVault> {
-    let mut first = TestVault::init(&["--store", url]);
-    first.serve_args = vec!["--store".into(), url.into(), "--lease-ttl".into(), format!("{TTL}s")];
-    first.start();
-    let mut all = vec![first];
-    for _ in 0..2 {
-        let mut replica = TestVault::replica_of(&all[0]);
-        replica.start();
-        all.push(replica);
-    }
-    all
+    TestVault::replicas_on(url, 3, &["--lease-ttl", &format!("{TTL}s")])
 }
 
 fn replica_id(vault: &TestVault) -> String {
