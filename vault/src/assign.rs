@@ -322,17 +322,7 @@ mod tests {
         let service =
             Services::new(objects.clone()).create("web", &["used".into()], &[], BTreeMap::new(), &[]).await.unwrap();
         let task = Tasks::new(store.clone()).start("n1", &service.id, "web", "", None).await.unwrap();
-        let now = chrono::Utc::now();
-        let node = NodeRecord {
-            id: "n1".into(),
-            name: "n1".into(),
-            joined_at: now,
-            last_seen: now,
-            labels: BTreeMap::new(),
-            os: String::new(),
-            arch: String::new(),
-            join_token_id: None,
-        };
+        let node = NodeRecord::fixture("n1");
         store.commit(crate::store::Txn::new().put(node_key("n1"), serde_json::to_vec(&node).unwrap())).await.unwrap();
 
         let plan = plan_for(&objects, "n1").await.unwrap();

@@ -74,6 +74,24 @@ pub struct NodeRecord {
     pub join_token_id: Option<String>,
 }
 
+#[cfg(test)]
+impl NodeRecord {
+    /// Unit tests' node: named and identified `id`, joined now, no labels, no platform.
+    pub fn fixture(id: &str) -> Self {
+        let now = Utc::now();
+        Self {
+            id: id.into(),
+            name: id.into(),
+            joined_at: now,
+            last_seen: now,
+            labels: BTreeMap::new(),
+            os: String::new(),
+            arch: String::new(),
+            join_token_id: None,
+        }
+    }
+}
+
 /// What a joining node says about itself: recorded, never trusted for authorization.
 #[derive(Debug, Clone, Default)]
 pub struct Claimed<'a> {

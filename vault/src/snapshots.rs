@@ -227,17 +227,7 @@ mod tests {
                 .unwrap();
             ids.push(services.create(name, &[name.into()], &[], BTreeMap::new(), &[]).await.unwrap().id);
         }
-        let now = chrono::Utc::now();
-        let node = NodeRecord {
-            id: "n1".into(),
-            name: "n1".into(),
-            joined_at: now,
-            last_seen: now,
-            labels: BTreeMap::new(),
-            os: String::new(),
-            arch: String::new(),
-            join_token_id: None,
-        };
+        let node = NodeRecord::fixture("n1");
         store.commit(crate::store::Txn::new().put(node_key("n1"), serde_json::to_vec(&node).unwrap())).await.unwrap();
         Tasks::new(store.clone()).start("n1", &ids[0], "a", "", None).await.unwrap();
         (dir, store, objects, ids[1].clone())
