@@ -1,6 +1,6 @@
 //! `hush node join-token|ls|inspect|update|rm`.
 
-use super::output::{Format, Listing, ago, print_json, print_listing};
+use super::output::{ListFlags, Listing, ago, print_json, print_listing};
 use super::{Connection, call_error};
 use crate::client::connect_admin;
 use clap::{Args, Subcommand};
@@ -24,12 +24,7 @@ enum NodeCommand {
     JoinToken(JoinTokenArgs),
     /// List nodes
     #[command(alias = "list")]
-    Ls {
-        #[arg(short, long)]
-        quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Ls(ListFlags),
     /// Show nodes (JSON, or text with --pretty)
     Inspect {
         #[arg(required = true, value_name = "NODE")]
@@ -83,12 +78,7 @@ struct JoinTokenArgs {
 enum TokenAction {
     /// List the outstanding join tokens: ID, uses left, expiry, labels (never the token itself)
     #[command(alias = "list")]
-    Ls {
-        #[arg(short, long)]
-        quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Ls(ListFlags),
     /// Revoke join tokens by ID (nodes that joined with them stay)
     #[command(alias = "remove")]
     Rm {
@@ -137,7 +127,7 @@ async fn join_token(
                 print_token(&response, vault);
             }
         }
-        Some(TokenAction::Ls { quiet, format }) => {
+        Some(TokenAction::Ls(ListFlags { quiet, format })) => {
             let tokens =
                 client.join_token_list(pb::JoinTokenListRequest {}).await.map_err(call_error)?.into_inner().tokens;
             let now = chrono::Utc::now();
@@ -271,7 +261,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         NodeCommand::JoinToken(token_args) => {
             return join_token(&mut client, token_args, args.connection.vault.as_deref().unwrap_or("VAULT:7443")).await;
         }
-        NodeCommand::Ls { quiet, format } => {
+        NodeCommand::Ls(ListFlags { quiet, format }) => {
             let nodes = client.node_list(pb::NodeListRequest {}).await.map_err(call_error)?.into_inner().nodes;
             let now = chrono::Utc::now();
             let row = |n: &pb::NodeInfo| {

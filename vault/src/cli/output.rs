@@ -11,6 +11,15 @@ pub enum Format {
     Json,
 }
 
+/// `-q/--quiet` and `--format` of an `ls` without filters (nodes, join tokens, services).
+#[derive(Debug, clap::Args)]
+pub struct ListFlags {
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
 /// Writes rows as columns separated by at least three spaces, as Docker does (no trailing blanks).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut table = TabWriter::new(Vec::new()).padding(3);

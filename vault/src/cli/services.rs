@@ -1,6 +1,6 @@
 //! `hush service create|ls|inspect|rm|update`.
 
-use super::output::{Format, Listing, ago, print_json, print_listing};
+use super::output::{ListFlags, Listing, ago, print_json, print_listing};
 use super::{Connection, call_error};
 use crate::client::connect_admin;
 use clap::{Args, Subcommand};
@@ -34,12 +34,7 @@ enum ServiceCommand {
     },
     /// List services
     #[command(alias = "list")]
-    Ls {
-        #[arg(short, long)]
-        quiet: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Ls(ListFlags),
     /// Show services as JSON
     Inspect {
         /// Full ID, name or unique ID prefix
@@ -104,7 +99,7 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
             let request = pb::ServiceCreateRequest { name, secrets, configs, labels: Default::default(), constraints };
             println!("{}", client.service_create(request).await.map_err(call_error)?.into_inner().id);
         }
-        ServiceCommand::Ls { quiet, format } => {
+        ServiceCommand::Ls(ListFlags { quiet, format }) => {
             let services =
                 client.service_list(pb::ServiceListRequest {}).await.map_err(call_error)?.into_inner().services;
             let now = chrono::Utc::now();
