@@ -181,6 +181,12 @@ impl ProcResolver {
 
     /// The identity of live thread `tid` and its mount namespace now: from the cache when the
     /// cached thread is still alive, else looked up and cached.
+    /// `/proc/ID` of a thread or process, as a path-only fd to open its entries relative to.
+    fn proc_dir(&self, id: u32) -> io::Result<OwnedFd> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Ok(rustix::fs::openat(CWD, self.proc_root.join(id.to_string()), flags, Mode::empty())?)
+    }
+
     fn identity(&self, tid: u32) -> io::Result<(Arc<Identity>, u64)> {
         let cached = self.lock_cache().get(&tid).cloned();
         if let Some(identity) = cached {
@@ -193,29 +199,14 @@ impl ProcResolver {
                 Err(e) => return Err(e),
             }
         }
-        let dir = rustix::fs::openat(
-            CWD,
-            self.proc_root.join(tid.to_string()),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let dir = self.proc_dir(tid)?;
         let ns_dir = rustix::fs::openat(&dir, "ns", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let status_fd = rustix::fs::openat(&dir, "status", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
         let status = io::read_to_string(File::from(status_fd))?;
         let pid = parse_tgid(&status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in status"))?;
         // The thread is alive (its status was read through its own directory), so `pid` is its
         // process's: the read below fails if it exited since.
-        let comm = if pid == tid {
-            Comm::open(&dir, "comm")?
-        } else {
-            let process = rustix::fs::openat(
-                CWD,
-                self.proc_root.join(pid.to_string()),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            Comm::open(&process, "comm")?
-        };
+        let comm = if pid == tid { Comm::open(&dir, "comm")? } else { Comm::open(&self.proc_dir(pid)?, "comm")? };
         let identity = Arc::new(Identity { pid, ns_dir, comm });
         let ns = identity.mount_namespace()?;
         let mut cache = self.lock_cache();
